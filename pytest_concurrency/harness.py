@@ -1,0 +1,236 @@
+"""The ``concurrency`` fixture: who am I, a barrier, and the explicit stress harness.
+
+Inside a concurrent body, ``.worker`` and ``.run`` say which worker and run this call is.
+Between runs, the harness gives fresh state and a check after every run::
+
+    for run in concurrency.runs(1000):
+        Registry._instance = None              # per-run setup, single-threaded
+        got = run(Registry.get, workers=8)     # all 8 start together; results in worker order
+        assert len({id(x) for x in got}) == 1  # per-run check, after every worker joined
+
+Pure module: no pytest import (the plugin builds the fixture and turns errors into pytest's).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import messages
+from .context import WorkerContext, current
+from .outcomes import SeriesOutcome
+from .runners.base import Runner, RunPlan, WorkerCall
+from .series import failure_exception, outcome_signal, run_series
+
+RunnerFactory = Callable[[str, int], Runner]
+
+
+class ConcurrencyUsageError(RuntimeError):
+    """The harness was used in a way that cannot work; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    """What the fixture knows about its test: plain values, safe to send to a process."""
+
+    mode: str
+    workers: int
+    runs: int
+    seed: int
+    timeout: float
+    budget: float | None
+    reproduce: str
+    reproduce_seed: int
+
+
+class Concurrency:
+    """The object behind the ``concurrency`` fixture."""
+
+    def __init__(self, config: HarnessConfig, runner_factory: RunnerFactory | None = None):
+        self._config = config
+        self._runner_factory = runner_factory
+        self._runner: Runner | None = None
+        self._runner_workers = 0
+        self.active: HarnessLoop | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A worker process gets the plain settings; the runner stays with the controller.
+        return (Concurrency, (self._config,))
+
+    # -- identity inside a run ------------------------------------------------------------
+
+    def _context(self, name: str) -> WorkerContext:
+        context = current()
+        if context is None:
+            raise ConcurrencyUsageError(messages.WORKER_OUTSIDE_RUN.format(name=name))
+        return context
+
+    @property
+    def worker(self) -> int:
+        """This worker's index, 0..workers-1."""
+        return self._context("worker").worker
+
+    @property
+    def run(self) -> int:
+        """This run's index, 0..runs-1 (the run numbers printed in reports)."""
+        return self._context("run").run
+
+    @property
+    def run_seed(self) -> int:
+        """The seed of this run, derived from the test's seed and the run index."""
+        return self._context("run_seed").seed
+
+    @property
+    def workers(self) -> int:
+        context = current()
+        return context.workers if context is not None else self._config.workers
+
+    @property
+    def mode(self) -> str:
+        context = current()
+        return context.mode if context is not None else self._config.mode
+
+    @property
+    def seed(self) -> int:
+        """The test's seed: every run seed derives from it."""
+        return self._config.seed
+
+    @property
+    def in_run(self) -> bool:
+        return current() is not None
+
+    def barrier(self, timeout: float | None = None) -> None:
+        """Wait until every worker of this run has arrived here."""
+        __tracebackhide__ = True
+        context = current()
+        if context is None:
+            raise ConcurrencyUsageError(messages.BARRIER_OUTSIDE_RUN)
+        context.wait_at_barrier(self._config.timeout if timeout is None else timeout)
+
+    # -- the explicit harness ---------------------------------------------------------------
+
+    def runs(
+        self, count: int | None = None, *, budget: float | None = None
+    ) -> Iterator[HarnessRun]:
+        """Yield runs; a budget (argument or ``--concurrency-budget``) replaces the count."""
+        if current() is not None:
+            raise ConcurrencyUsageError(messages.NESTED_RUN)
+        loop = HarnessLoop(self, self._plan(count, budget))
+        self.active = loop
+        return loop.iterate()
+
+    def _plan(self, count: int | None, budget: float | None) -> RunPlan:
+        budget = budget if budget is not None else self._config.budget
+        if budget is not None:
+            return RunPlan(count=None, deadline=time.monotonic() + budget)
+        count = self._config.runs if count is None else count
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConcurrencyUsageError(
+                f"pytest-concurrency: runs() takes a whole number >= 1, e.g. runs(100); got "
+                f"{count!r}"
+            )
+        return RunPlan(count=count)
+
+    def runner(self, workers: int) -> Runner:
+        if self._runner is not None and self._runner_workers != workers:
+            self.close()
+        if self._runner is None:
+            if self._runner_factory is None:
+                raise ConcurrencyUsageError(messages.NESTED_RUN)
+            self._runner = self._runner_factory(self._config.mode, workers)
+            self._runner_workers = workers
+        return self._runner
+
+    def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.close()
+
+    @property
+    def config(self) -> HarnessConfig:
+        return self._config
+
+
+class HarnessLoop:
+    """One ``for run in concurrency.runs(N)`` loop and its outcome."""
+
+    def __init__(self, fixture: Concurrency, plan: RunPlan) -> None:
+        self.fixture = fixture
+        self.plan = plan
+        config = fixture.config
+        self.outcome = SeriesOutcome(
+            mode=config.mode, workers=config.workers, runs_planned=plan.count,
+            seed=config.seed, budget=None if plan.count is not None else config.budget,
+        )
+        self.current: HarnessRun | None = None
+
+    def iterate(self) -> Iterator[HarnessRun]:
+        index = self.plan.first_index
+        while self.plan.has_run(index):
+            run = HarnessRun(self, index)
+            self.current = run
+            yield run
+            run.closed = True
+            if run.record_count == 0:
+                self.outcome.runs_done += 1
+            index += 1
+        self.current = None
+
+
+class HarnessRun:
+    """One run of the harness: call it to start workers together; observe outcomes."""
+
+    def __init__(self, loop: HarnessLoop, index: int) -> None:
+        self.loop = loop
+        self.index = index
+        self.closed = False
+        self.record_count = 0
+
+    def observe(self, value: object) -> None:
+        """Record an outcome of this run; the histogram is printed on failure and kept in JSON."""
+        self.loop.outcome.observations.add(value)
+
+    def __call__(self, *functions: Callable[[], Any], workers: int | None = None) -> list[Any]:
+        __tracebackhide__ = True
+        calls = self._calls(functions, workers)
+        fixture = self.loop.fixture
+        outcome = self.loop.outcome
+        outcome.workers = len(calls)
+        record = run_series(
+            fixture.runner(len(calls)), calls, outcome=outcome,
+            plan=RunPlan(count=1, first_index=self.index), timeout=fixture.config.timeout,
+            keep_results=True,
+        )
+        self.record_count += 1
+        if self.record_count > 1:
+            outcome.runs_done -= 1  # several run(...) calls in one iteration are one run
+        if outcome.failed:
+            raise failure_exception(outcome, timeout=fixture.config.timeout,
+                                    reproduce=fixture.config.reproduce,
+                                    seed=fixture.config.reproduce_seed)
+        signal = outcome_signal(outcome)
+        if signal is not None:
+            raise signal
+        return list(record.results) if record is not None else []
+
+    def _calls(
+        self, functions: tuple[Callable[[], Any], ...], workers: int | None
+    ) -> list[WorkerCall]:
+        if current() is not None:
+            raise ConcurrencyUsageError(messages.NESTED_RUN)
+        if self.closed:
+            raise ConcurrencyUsageError(messages.RUN_AFTER_LOOP)
+        if not functions or not all(callable(fn) for fn in functions):
+            raise ConcurrencyUsageError(messages.RUN_NEEDS_CALLABLES)
+        if len(functions) > 1:
+            if workers is not None:
+                raise ConcurrencyUsageError(messages.RUN_WORKERS_WITH_ACTORS)
+            return list(functions)
+        count = self.loop.fixture.config.workers if workers is None else workers
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConcurrencyUsageError(
+                f"pytest-concurrency: run(fn, workers=N) takes a whole number >= 1; got {count!r}"
+            )
+        return [functions[0]] * count

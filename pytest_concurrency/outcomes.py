@@ -1,0 +1,208 @@
+"""What happened in a concurrent test: every call that failed, grouped by where it came from.
+
+Pure module (no pytest import). A failure is never dropped: each failing call is kept with its
+worker and run, and failures are grouped by origin (exception type and the file:line that
+raised), as Hypothesis groups its failures by ``InterestingOrigin``.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from types import TracebackType
+
+OUTCOME_MODULE = "_pytest.outcomes"
+SKIP_NAMES = frozenset({"Skipped"})
+XFAIL_NAMES = frozenset({"XFailed"})
+
+
+class CallKind(Enum):
+    """How a single call ended."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    XFAILED = "xfailed"
+    INTERRUPTED = "interrupted"
+
+
+def classify(exc: BaseException) -> CallKind:
+    """Sort an exception into failure, skip/xfail signal or interrupt, without importing pytest."""
+    cls = type(exc)
+    if cls.__module__ == OUTCOME_MODULE or any(
+        base.__module__ == OUTCOME_MODULE for base in cls.__mro__
+    ):
+        names = {base.__name__ for base in cls.__mro__}
+        if names & SKIP_NAMES:
+            return CallKind.SKIPPED
+        if names & XFAIL_NAMES:
+            return CallKind.XFAILED
+        if "Exit" in names:
+            return CallKind.INTERRUPTED
+    if isinstance(exc, KeyboardInterrupt):
+        return CallKind.INTERRUPTED
+    return CallKind.FAILED
+
+
+@dataclass(frozen=True, order=True)
+class FailureOrigin:
+    """Where a failure came from: exception type and the line that raised it."""
+
+    exc_type: str
+    filename: str
+    lineno: int
+
+    def describe(self) -> str:
+        return f"{self.exc_type} at {os.path.basename(self.filename)}:{self.lineno}"
+
+
+def origin_of(exc: BaseException, tb: TracebackType | None = None) -> FailureOrigin:
+    tb = tb if tb is not None else exc.__traceback__
+    filename, lineno = "<unknown>", 0
+    while tb is not None:
+        filename, lineno = tb.tb_frame.f_code.co_filename, tb.tb_lineno
+        tb = tb.tb_next
+    return FailureOrigin(exception_name(exc), filename, lineno)
+
+
+def exception_name(exc: BaseException) -> str:
+    cls = type(exc)
+    if cls.__module__ in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@dataclass
+class CallFailure:
+    """One failing call: which worker, which run, what was raised.
+
+    ``exception`` is the live exception for threads and asyncio; for processes it may be a
+    stand-in rebuilt from ``traceback_text``.
+    """
+
+    worker: int
+    run: int
+    origin: FailureOrigin
+    message: str
+    exception: BaseException | None = None
+    traceback_text: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, worker: int, run: int) -> CallFailure:
+        return cls(
+            worker=worker,
+            run=run,
+            origin=origin_of(exc),
+            message=first_line(exc),
+            exception=exc,
+        )
+
+    def formatted_traceback(self) -> str:
+        if self.traceback_text:
+            return self.traceback_text
+        if self.exception is None:
+            return ""
+        return "".join(traceback.format_exception(self.exception))
+
+
+@dataclass
+class RunRecord:
+    """The outcome of one run: every worker's result, failures and skip signals."""
+
+    index: int
+    seed: int
+    workers: int
+    results: list[object] = field(default_factory=list)
+    failures: list[CallFailure] = field(default_factory=list)
+    signals: list[tuple[int, BaseException]] = field(default_factory=list)
+    interrupt: BaseException | None = None
+    hung_workers: list[int] = field(default_factory=list)
+    stacks: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.failures) or bool(self.hung_workers)
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """All failures of one origin."""
+
+    origin: FailureOrigin
+    failures: tuple[CallFailure, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.failures)
+
+    @property
+    def workers(self) -> list[int]:
+        return sorted({failure.worker for failure in self.failures})
+
+    @property
+    def runs(self) -> list[int]:
+        return sorted({failure.run for failure in self.failures})
+
+    @property
+    def first(self) -> CallFailure:
+        return self.failures[0]
+
+
+def group_failures(failures: Iterable[CallFailure]) -> list[FailureGroup]:
+    """Group by origin, most frequent first, ties in order of first appearance."""
+    buckets: dict[FailureOrigin, list[CallFailure]] = {}
+    for failure in failures:
+        buckets.setdefault(failure.origin, []).append(failure)
+    groups = [FailureGroup(origin, tuple(items)) for origin, items in buckets.items()]
+    order = {origin: position for position, origin in enumerate(buckets)}
+    groups.sort(key=lambda group: (-group.count, order[group.origin]))
+    return groups
+
+
+@dataclass
+class Observations:
+    """The outcome histogram of ``run.observe(value)`` (jcstress-style)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, value: object) -> None:
+        self.counts[repr(value)] += 1
+
+    def most_common(self) -> list[tuple[str, int]]:
+        return self.counts.most_common()
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+
+@dataclass
+class SeriesOutcome:
+    """What a concurrent test did across all its runs."""
+
+    mode: str
+    workers: int
+    runs_planned: int | None
+    seed: int
+    runs_done: int = 0
+    calls: int = 0
+    failing_run: RunRecord | None = None
+    signals: list[tuple[int, BaseException]] = field(default_factory=list)
+    observations: Observations = field(default_factory=Observations)
+    budget: float | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.failing_run is not None
+
+    def failures(self) -> Sequence[CallFailure]:
+        return self.failing_run.failures if self.failing_run else ()

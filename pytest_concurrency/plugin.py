@@ -1,0 +1,140 @@
+"""pytest-concurrency's entry point: options, ini keys and markers; registers the session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+
+from . import messages
+from .harness import Concurrency
+from .seeds import new_session_seed
+from .session import CACHE_SEED_KEY, ConcurrencySession
+from .settings import (
+    DEFAULT_UNSAFE_FIXTURES,
+    ENV_PREFIX,
+    FIELDS,
+    MODES,
+    SettingsError,
+    resolve,
+)
+
+SESSION_NAME = "concurrency-session"
+OPTION_HELP = {
+    "mode": f"default mode of concurrent tests: {', '.join(MODES)} (default: threads)",
+    "workers": "workers per run, a number or 'auto' (default: 4)",
+    "runs": "runs per concurrent test (default: 100)",
+    "seed": "the seed that drives every random choice, or 'last' for the previous run's "
+            "(default: random, printed in the header)",
+    "timeout": "seconds one run may take before its workers are reported as hung (default: 60)",
+    "perturb": "seeded schedule perturbation: true or false (default: true)",
+    "budget": "stress each concurrent test for this many seconds instead of a run count",
+}
+INI_HELP = "default for --concurrency-{name} (environment: " + ENV_PREFIX + "{upper})"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("concurrency", "run tests concurrently (pytest-concurrency)")
+    for name, spec in FIELDS.items():
+        if spec.cli:
+            group.addoption(spec.option, dest=spec.dest, default=None, metavar=name.upper(),
+                            help=OPTION_HELP.get(name, name))
+        parser.addini(spec.ini, INI_HELP.format(name=name.replace("_", "-"),
+                                                upper=name.upper()), default=None)
+    group.addoption("--concurrency-all", action="store_true", default=None,
+                    dest="concurrency_all",
+                    help="treat every test as marked concurrent; tests marked not_concurrent or "
+                         "using thread-unsafe fixtures run once, normally")
+    parser.addini("concurrency_all", "default for --concurrency-all", type="bool", default=False)
+    group.addoption("--concurrency-json", dest="concurrency_json", default=None, metavar="PATH",
+                    help="write a JSON report of concurrent tests (and scaling) to PATH")
+    group.addoption("--concurrency-plot", dest="concurrency_plot", default=None, metavar="DIR",
+                    help="write scaling charts, one per test, and an index page to DIR")
+    parser.addini("concurrency_unsafe_fixtures",
+                  "fixtures that make --concurrency-all run a test once, normally "
+                  f"(default: {', '.join(DEFAULT_UNSAFE_FIXTURES)})", type="linelist",
+                  default=list(DEFAULT_UNSAFE_FIXTURES))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", messages.MARKER_CONCURRENT)
+    config.addinivalue_line("markers", messages.MARKER_NOT_CONCURRENT)
+    try:
+        session = build_session(config)
+    except SettingsError as error:
+        raise pytest.UsageError(str(error)) from None
+    config.pluginmanager.register(session, SESSION_NAME)
+
+
+def build_session(config: pytest.Config) -> ConcurrencySession:
+    cli = {spec.dest: config.getoption(spec.dest) for spec in FIELDS.values() if spec.cli}
+    ini = {spec.ini: config.getini(spec.ini) for spec in FIELDS.values()}
+    env = {spec.env: os.environ.get(spec.env, "") for spec in FIELDS.values()}
+    seed_raw = cli.get("concurrency_seed") or env.get(ENV_PREFIX + "SEED") or ini.get(
+        "concurrency_seed")
+    if isinstance(seed_raw, str) and seed_raw.strip().lower() == "last":
+        cli["concurrency_seed"] = str(last_seed(config))
+    settings = resolve(cli=cli, env=env, ini=ini)
+    session_seed = settings.seed if settings.seed is not None else worker_seed(config)
+    settings = settings.__class__(**{**settings.__dict__, "seed": None})
+    run_all = config.getoption("concurrency_all")
+    if run_all is None:
+        run_all = env_flag("ALL") if os.environ.get(ENV_PREFIX + "ALL") else bool(
+            config.getini("concurrency_all"))
+    json_path = config.getoption("concurrency_json") or os.environ.get(ENV_PREFIX + "JSON")
+    plot_dir = config.getoption("concurrency_plot") or os.environ.get(ENV_PREFIX + "PLOT")
+    return ConcurrencySession(
+        config,
+        settings=settings,
+        session_seed=session_seed,
+        run_all=bool(run_all),
+        unsafe_fixtures=config.getini("concurrency_unsafe_fixtures"),
+        json_path=Path(json_path).resolve() if json_path else None,
+        plot_dir=Path(plot_dir).resolve() if plot_dir else None,
+    )
+
+
+def env_flag(name: str) -> bool:
+    from .settings import Source, parse_bool
+
+    raw = os.environ.get(ENV_PREFIX + name, "")
+    return parse_bool(raw, Source("environment", ENV_PREFIX + name))
+
+
+def last_seed(config: pytest.Config) -> int:
+    cache = getattr(config, "cache", None)
+    value = cache.get(CACHE_SEED_KEY, None) if cache is not None else None
+    if not isinstance(value, int):
+        raise SettingsError(messages.SEED_LAST_MISSING)
+    return value
+
+
+def worker_seed(config: pytest.Config) -> int:
+    """The controller's seed under pytest-xdist, else a new random seed."""
+    workerinput = getattr(config, "workerinput", None)
+    if isinstance(workerinput, dict) and isinstance(workerinput.get("concurrency_seed"), int):
+        return int(workerinput["concurrency_seed"])
+    return new_session_seed()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: object) -> None:
+    """pytest-xdist: every worker uses the controller's seed."""
+    session = node.config.pluginmanager.get_plugin(SESSION_NAME)  # type: ignore[attr-defined]
+    if isinstance(session, ConcurrencySession):
+        node.workerinput["concurrency_seed"] = session.session_seed  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def concurrency(request: pytest.FixtureRequest) -> Generator[Concurrency, None, None]:
+    """Who am I (``.worker``, ``.run``), a ``.barrier()``, and the explicit stress harness
+    ``for run in concurrency.runs(N): run(fn, workers=8)``."""
+    session = request.config.pluginmanager.get_plugin(SESSION_NAME)
+    assert isinstance(session, ConcurrencySession)
+    fixture = session.concurrency_fixture(request)
+    try:
+        yield fixture
+    finally:
+        fixture.close()

@@ -1,0 +1,223 @@
+"""Text and JSON for concurrent tests: the failure report, the summary and the JSON document.
+
+Pure module (no pytest import). Entries are plain JSON-able dicts so they can travel from
+pytest-xdist workers to the controller inside test reports and be merged there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .outcomes import FailureGroup, RunRecord, SeriesOutcome, group_failures
+
+JSON_VERSION = 1
+MAX_LISTED_WORKERS = 12
+MAX_OBSERVATIONS = 20
+KIND_CONCURRENT = "concurrent"
+KIND_SERIAL = "serial"
+KIND_SCALING = "scaling"
+
+HEADLINE_RACE = "RACE DETECTED in run {run} {of} ({where}): {failed} of {calls} calls failed"
+HEADLINE_EVERY_CALL = "FAILED in run {run} {of} ({where}): {failed} of {calls} calls failed"
+HEADLINE_HANG = "HANG in run {run} {of} ({where}): {hung} did not finish within {timeout:g}s"
+REPRODUCE = "reproduce: {command}"
+
+
+def reproduce_command(nodeid: str, session_seed: int, extra: Sequence[str] = ()) -> str:
+    parts = ["pytest", shlex.quote(nodeid), f"--concurrency-seed={session_seed}", *extra]
+    if parts[1] == nodeid and any(ch in nodeid for ch in "[] "):
+        parts[1] = f'"{nodeid}"'
+    return " ".join(parts)
+
+
+def run_position(outcome: SeriesOutcome, run: int) -> str:
+    if outcome.budget is not None and outcome.runs_planned is None:
+        return f"of a {outcome.budget:g}s budget"
+    return f"of {outcome.runs_planned}"
+
+
+def where(outcome: SeriesOutcome, seed: int) -> str:
+    unit = {"threads": "threads", "processes": "processes", "asyncio": "tasks"}.get(
+        outcome.mode, outcome.mode
+    )
+    return f"{outcome.workers} {unit}, seed {seed}"
+
+
+def headline(outcome: SeriesOutcome, record: RunRecord, timeout: float, seed: int) -> str:
+    of = run_position(outcome, record.index)
+    place = where(outcome, seed)
+    if record.hung_workers and not record.failures:
+        hung = ", ".join(f"worker {index}" for index in record.hung_workers)
+        return HEADLINE_HANG.format(run=record.index, of=of, where=place, hung=hung,
+                                    timeout=timeout)
+    failed = len(record.failures)
+    template = HEADLINE_EVERY_CALL if (
+        record.index == 0 and failed == record.workers
+    ) else HEADLINE_RACE
+    return template.format(run=record.index, of=of, where=place, failed=failed,
+                           calls=outcome.calls)
+
+
+def describe_workers(group: FailureGroup) -> str:
+    workers = group.workers
+    listed = ", ".join(str(worker) for worker in workers[:MAX_LISTED_WORKERS])
+    if len(workers) > MAX_LISTED_WORKERS:
+        listed += f", ... ({len(workers)} workers)"
+    noun = "call" if group.count == 1 else "calls"
+    label = "worker" if len(workers) == 1 else "workers"
+    return f"{group.count} {noun}: {label} {listed}"
+
+
+def group_lines(groups: Iterable[FailureGroup]) -> list[str]:
+    lines = []
+    for group in groups:
+        lines.append(f"  {group.origin.describe()} ({describe_workers(group)})")
+        if group.first.message:
+            lines.append(f"    {group.first.message}")
+    return lines
+
+
+def observation_lines(outcome: SeriesOutcome) -> list[str]:
+    if not outcome.observations:
+        return []
+    common = outcome.observations.most_common()
+    lines = ["  observed outcomes (value: count):"]
+    lines.extend(f"    {value}: {count}" for value, count in common[:MAX_OBSERVATIONS])
+    if len(common) > MAX_OBSERVATIONS:
+        lines.append(f"    ... and {len(common) - MAX_OBSERVATIONS} more")
+    return lines
+
+
+def hang_lines(record: RunRecord) -> list[str]:
+    lines = []
+    for worker, stack in sorted(record.stacks.items()):
+        lines.append(f"  worker {worker} is stuck here:")
+        lines.extend("    " + line for line in stack.rstrip().splitlines())
+    return lines
+
+
+def failure_report(
+    outcome: SeriesOutcome, *, timeout: float, reproduce: str, seed: int
+) -> list[str]:
+    """The lines that close a failed concurrent test, ending with the reproduction line.
+
+    ``seed`` is the one the reproduction line passes (the session's, or the marker's own).
+    """
+    record = outcome.failing_run
+    if record is None:
+        return []
+    lines = [headline(outcome, record, timeout, seed)]
+    lines.extend(group_lines(group_failures(record.failures)))
+    lines.extend(hang_lines(record))
+    lines.extend(observation_lines(outcome))
+    lines.append("  " + REPRODUCE.format(command=reproduce))
+    return lines
+
+
+# -- entries: one JSON-able dict per test, carried by the test report ------------------------
+
+
+def concurrent_entry(
+    outcome: SeriesOutcome, *, nodeid: str, reproduce: str | None
+) -> dict[str, Any]:
+    record = outcome.failing_run
+    groups = group_failures(record.failures) if record else []
+    return {
+        "kind": KIND_CONCURRENT,
+        "nodeid": nodeid,
+        "mode": outcome.mode,
+        "workers": outcome.workers,
+        "runs_planned": outcome.runs_planned,
+        "budget": outcome.budget,
+        "runs_done": outcome.runs_done,
+        "calls": outcome.calls,
+        "seed": outcome.seed,
+        "failing_run": record.index if record else None,
+        "failing_run_seed": record.seed if record else None,
+        "hung_workers": list(record.hung_workers) if record else [],
+        "failures": [
+            {
+                "origin": group.origin.describe(),
+                "exception": group.origin.exc_type,
+                "file": group.origin.filename,
+                "line": group.origin.lineno,
+                "count": group.count,
+                "workers": group.workers,
+                "runs": group.runs,
+                "message": group.first.message,
+            }
+            for group in groups
+        ],
+        "observations": dict(outcome.observations.most_common()),
+        "reproduce": reproduce,
+    }
+
+
+def serial_entry(nodeid: str, reason: str) -> dict[str, Any]:
+    return {"kind": KIND_SERIAL, "nodeid": nodeid, "reason": reason}
+
+
+def with_outcome(entry: Mapping[str, Any], outcome: str) -> dict[str, Any]:
+    return {**entry, "outcome": outcome}
+
+
+# -- terminal summary ---------------------------------------------------------------------
+
+
+def summary_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    concurrent = [e for e in entries if e.get("kind") == KIND_CONCURRENT]
+    serial = [e for e in entries if e.get("kind") == KIND_SERIAL]
+    lines: list[str] = []
+    if concurrent:
+        failed = [e for e in concurrent if e.get("failing_run") is not None]
+        runs = sum(int(e.get("runs_done") or 0) for e in concurrent)
+        calls = sum(int(e.get("calls") or 0) for e in concurrent)
+        lines.append(
+            f"{len(concurrent)} concurrent tests, {runs} runs, {calls} calls; "
+            f"{len(failed)} with failures"
+        )
+        for entry in failed:
+            lines.append(
+                f"  {entry['nodeid']}: failed in run {entry['failing_run']} "
+                f"({entry['mode']}, {entry['workers']} workers)"
+            )
+            for failure in entry.get("failures", []):
+                lines.append(f"    {failure['origin']} x{failure['count']}")
+            if not entry.get("failures") and not entry.get("hung_workers"):
+                lines.append("    the check after the run failed")
+            if entry.get("reproduce"):
+                lines.append(f"    reproduce: {entry['reproduce']}")
+    if serial:
+        lines.append(f"{len(serial)} tests ran once, not concurrently:")
+        by_reason: dict[str, list[str]] = {}
+        for entry in serial:
+            by_reason.setdefault(str(entry["reason"]), []).append(str(entry["nodeid"]))
+        for reason, nodeids in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+            lines.append(f"  {len(nodeids)} {reason}: {', '.join(nodeids[:5])}"
+                         + (" ..." if len(nodeids) > 5 else ""))
+    return lines
+
+
+def json_document(
+    header: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    ordered = sorted(entries, key=lambda entry: str(entry.get("nodeid")))
+    return {
+        "version": JSON_VERSION,
+        **header,
+        "tests": [e for e in ordered if e.get("kind") == KIND_CONCURRENT],
+        "serial": [e for e in ordered if e.get("kind") == KIND_SERIAL],
+        "scaling": [e for e in ordered if e.get("kind") == KIND_SCALING],
+    }
+
+
+def write_json(path: Path, document: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)

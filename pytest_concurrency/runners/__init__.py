@@ -1,0 +1,45 @@
+"""The modes: one module each behind :class:`~pytest_concurrency.runners.base.Runner`.
+
+Modules are imported on first use, so a suite that never runs processes or asyncio never pays
+for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..perturb import NO_PERTURBATION, Perturbation
+from .base import Runner
+
+
+def make_perturbation(*, enabled: bool, roots: Sequence[Path], seed: int) -> Perturbation:
+    if not enabled:
+        return NO_PERTURBATION
+    from .. import perturb
+
+    factory = getattr(perturb, "make_perturbation", None)
+    if factory is None:
+        return NO_PERTURBATION
+    result: Perturbation = factory(enabled=enabled, roots=roots, seed=seed)
+    return result
+
+
+def make_runner(mode: str, workers: int, *, perturbation: Perturbation = NO_PERTURBATION,
+                options: dict[str, object] | None = None) -> Runner:
+    """A runner for ``mode`` with ``workers`` workers (``options``: mode-specific knobs)."""
+    if mode == "threads":
+        from .threads import ThreadRunner
+
+        return ThreadRunner(workers, perturbation)
+    if mode == "processes":
+        from .processes import ProcessRunner  # type: ignore[import-not-found,unused-ignore]
+
+        runner: Runner = ProcessRunner(workers, perturbation=perturbation, **(options or {}))
+        return runner
+    if mode == "asyncio":
+        from .aio import AsyncioRunner  # type: ignore[import-not-found,unused-ignore]
+
+        runner = AsyncioRunner(workers, **(options or {}))
+        return runner
+    raise ValueError(f"unknown mode {mode!r}")

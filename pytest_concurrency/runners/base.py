@@ -1,0 +1,88 @@
+"""The one small interface every mode implements: run a series of runs of N calls at once.
+
+A *call* is a zero-argument callable (the test body with its fixture values bound, or a
+harness callable). A *run* starts every call together, waits for all of them, and yields a
+:class:`~pytest_concurrency.outcomes.RunRecord`. A *series* repeats runs until its plan is
+done or the caller says stop (for instance at the first failing run).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..outcomes import RunRecord
+
+WorkerCall = Callable[[], object]
+RunDone = Callable[[RunRecord], bool]
+"""Called once per finished run; returns True to go on with the next run."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Which runs a series makes: a count, a deadline (``--concurrency-budget``), or both."""
+
+    count: int | None
+    deadline: float | None = None
+    first_index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.count is None and self.deadline is None:
+            raise ValueError("a run plan needs a count or a deadline")
+
+    def has_run(self, index: int) -> bool:
+        if self.count is not None and index >= self.first_index + self.count:
+            return False
+        return not (
+            self.deadline is not None
+            and index > self.first_index
+            and time.monotonic() >= self.deadline
+        )
+
+
+@dataclass(frozen=True)
+class Series:
+    """Everything a runner needs to make a series of runs."""
+
+    calls: Sequence[WorkerCall]
+    plan: RunPlan
+    seed: int
+    timeout: float
+    on_run_done: RunDone
+    keep_results: bool = False
+
+    @property
+    def workers(self) -> int:
+        return len(self.calls)
+
+
+class Runner(Protocol):
+    """A mode: threads, processes or asyncio."""
+
+    mode: str
+
+    def run_series(self, series: Series) -> None:
+        """Make the runs of ``series``, reporting each through ``series.on_run_done``."""
+
+    def close(self) -> None:
+        """Stop every worker; never leave a thread, task or process behind."""
+
+
+class BarrierAborted(RuntimeError):
+    """Raised in a worker waiting at ``concurrency.barrier()`` when another worker failed."""
+
+
+BARRIER_ABORTED = (
+    "concurrency.barrier() was abandoned: another worker of this run failed or timed out "
+    "before reaching it"
+)
+
+
+def drop_collateral(record: RunRecord) -> None:
+    """Keep barrier-abandoned failures only when nothing else failed: they are consequences."""
+    real = [f for f in record.failures if f.origin.exc_type != BarrierAborted.__qualname__
+            and not f.origin.exc_type.endswith(".BarrierAborted")]
+    if real:
+        record.failures = real

@@ -1,0 +1,114 @@
+"""Drive a series of runs and turn its outcome into what pytest shows.
+
+Shared by the ``concurrent`` marker (the test body is the call) and the explicit harness
+(``for run in concurrency.runs(N): run(fn, workers=8)``). Pure module: no pytest import.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from .outcomes import CallKind, RunRecord, SeriesOutcome, classify, group_failures
+from .report import failure_report
+from .runners.base import Runner, RunPlan, Series, WorkerCall
+
+if sys.version_info >= (3, 11):
+    BaseGroup = BaseExceptionGroup  # noqa: F821
+    Group = ExceptionGroup  # noqa: F821
+else:  # pragma: no cover - Python 3.10
+    from exceptiongroup import (  # type: ignore[import-not-found,unused-ignore]
+        BaseExceptionGroup as BaseGroup,
+    )
+    from exceptiongroup import (  # type: ignore[import-not-found,unused-ignore]
+        ExceptionGroup as Group,
+    )
+
+
+class ConcurrencyFailure(AssertionError):
+    """A concurrent run failed without an exception of its own (a hang)."""
+
+
+GROUP_TITLE = "{count} distinct failures in run {run} of a concurrent test"
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+        exc.__notes__ = notes  # type: ignore[attr-defined,unused-ignore]
+    notes.append(note)
+
+
+def account(outcome: SeriesOutcome, record: RunRecord) -> bool:
+    """Count a finished run into the outcome; True while the series should go on."""
+    outcome.runs_done += 1
+    outcome.calls += record.workers
+    outcome.signals.extend(record.signals)
+    if record.failed:
+        outcome.failing_run = record
+        return False
+    return record.interrupt is None
+
+
+def run_series(
+    runner: Runner,
+    calls: Sequence[WorkerCall],
+    *,
+    outcome: SeriesOutcome,
+    plan: RunPlan,
+    timeout: float,
+    keep_results: bool = False,
+    on_record: Callable[[RunRecord], None] | None = None,
+) -> RunRecord | None:
+    """Run ``plan`` on ``runner``; return the last record (with results if kept)."""
+    last: list[RunRecord] = []
+
+    def on_run_done(record: RunRecord) -> bool:
+        last[:] = [record]
+        if on_record is not None:
+            on_record(record)
+        return account(outcome, record)
+
+    runner.run_series(
+        Series(calls=calls, plan=plan, seed=outcome.seed, timeout=timeout,
+               on_run_done=on_run_done, keep_results=keep_results)
+    )
+    return last[0] if last else None
+
+
+def failure_exception(
+    outcome: SeriesOutcome, *, timeout: float, reproduce: str, seed: int
+) -> BaseException:
+    """The exception that fails the test: the user's own, or a group of several, with notes."""
+    record = outcome.failing_run
+    assert record is not None
+    groups = group_failures(record.failures)
+    firsts = [group.first.exception for group in groups]
+    live = [exc for exc in firsts if exc is not None]
+    text = "\n".join(failure_report(outcome, timeout=timeout, reproduce=reproduce, seed=seed))
+    exc: BaseException
+    if not live:
+        exc = ConcurrencyFailure(text)
+        exc.__suppress_context__ = True
+        return exc
+    if len(live) == 1:
+        exc = live[0]
+    elif all(isinstance(item, Exception) for item in live):
+        # The group borrows the first failure's traceback so that it starts in user code.
+        exc = Group(GROUP_TITLE.format(count=len(live), run=record.index),
+                    [item for item in live if isinstance(item, Exception)])
+    else:
+        exc = BaseGroup(GROUP_TITLE.format(count=len(live), run=record.index), live)
+    if exc is not live[0]:
+        exc = exc.with_traceback(live[0].__traceback__)
+    add_note(exc, text)
+    return exc
+
+
+def outcome_signal(outcome: SeriesOutcome) -> BaseException | None:
+    """A skip or xfail raised by a worker, shown only when nothing failed."""
+    for _, signal in outcome.signals:
+        if classify(signal) in (CallKind.SKIPPED, CallKind.XFAILED):
+            return signal
+    return None

@@ -1,0 +1,257 @@
+"""One frozen :class:`Settings`, resolved with a stated precedence.
+
+Precedence: marker > command line > ``PYTEST_CONCURRENCY_*`` environment > ini > default.
+A bad value raises :class:`SettingsError` whose message names where the value came from
+(``--concurrency-workers``, ``PYTEST_CONCURRENCY_WORKERS``, ``concurrency_workers`` in the ini
+file, or the marker) and how to fix it. Pure module: no pytest import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MODES = ("threads", "processes", "asyncio")
+MAX_WORKERS = 4096
+MAX_RUNS = 10_000_000
+DEFAULT_WORKERS = 4
+DEFAULT_RUNS = 100
+DEFAULT_TIMEOUT = 60.0
+ENV_PREFIX = "PYTEST_CONCURRENCY_"
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+DEFAULT_UNSAFE_FIXTURES = (
+    "capsys",
+    "capsysbinary",
+    "capfd",
+    "capfdbinary",
+    "capteesys",
+    "caplog",
+    "monkeypatch",
+    "recwarn",
+    "pytester",
+    "testdir",
+)
+
+
+class SettingsError(ValueError):
+    """A bad setting; the message says where it came from and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a value came from, spelled the way the user wrote it."""
+
+    kind: str  # "marker", "command line", "environment", "ini"
+    name: str  # e.g. "--concurrency-workers", "PYTEST_CONCURRENCY_WORKERS", "workers="
+    where: str = "the concurrent marker"
+
+    def describe(self, raw: object) -> str:
+        if self.kind == "marker":
+            return f"{self.name}{raw!r} in {self.where}"
+        if self.kind == "command line":
+            return f"{self.name}={raw}"
+        if self.kind == "environment":
+            return f"environment variable {self.name}={raw}"
+        return f"ini option {self.name} = {raw}"
+
+
+def _fail(source: Source, raw: object, expected: str) -> SettingsError:
+    return SettingsError(f"pytest-concurrency: invalid {source.describe(raw)}: {expected}")
+
+
+def parse_int(raw: object, source: Source, *, low: int, high: int, example: str) -> int:
+    if isinstance(raw, bool):
+        raise _fail(source, raw, f"expected a whole number from {low} to {high}, e.g. {example}")
+    value: int | None = None
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, str):
+        try:
+            value = int(raw.strip(), 0)
+        except ValueError:
+            value = None
+    if value is None or not low <= value <= high:
+        raise _fail(source, raw, f"expected a whole number from {low} to {high}, e.g. {example}")
+    return value
+
+
+def parse_seconds(raw: object, source: Source, *, example: str) -> float:
+    value: float | None = None
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            value = None
+    if value is None or not value > 0 or value != value or value == float("inf"):
+        raise _fail(source, raw, f"expected a number of seconds greater than 0, e.g. {example}")
+    return value
+
+
+def parse_bool(raw: object, source: Source) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+        return raw.strip().lower() in TRUE_WORDS
+    raise _fail(source, raw, "expected true or false")
+
+
+def parse_mode(raw: object, source: Source) -> str:
+    if isinstance(raw, str) and raw.strip() in MODES:
+        return raw.strip()
+    hint = ""
+    if isinstance(raw, str):
+        close = difflib.get_close_matches(raw.strip(), MODES, n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+    raise _fail(source, raw, f"mode must be one of {', '.join(MODES)}{hint}")
+
+
+def parse_workers(raw: object, source: Source) -> int | None:
+    """A count of workers, or None for "auto" (decided from the mode and the usable cores)."""
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return None
+    return parse_int(raw, source, low=1, high=MAX_WORKERS, example="4 (or auto)")
+
+
+def parse_runs(raw: object, source: Source) -> int:
+    return parse_int(raw, source, low=1, high=MAX_RUNS, example="100")
+
+
+def parse_seed(raw: object, source: Source) -> int:
+    return parse_int(raw, source, low=0, high=2**64 - 1, example="12345")
+
+
+def parse_timeout(raw: object, source: Source) -> float:
+    return parse_seconds(raw, source, example="30")
+
+
+def parse_budget(raw: object, source: Source) -> float:
+    return parse_seconds(raw, source, example="60")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One setting: how to spell it in each source and how to read it."""
+
+    name: str
+    parse: Callable[[object, Source], Any]
+    in_marker: bool = True
+    cli: bool = True
+
+    @property
+    def option(self) -> str:
+        return "--concurrency-" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return "concurrency_" + self.name
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def ini(self) -> str:
+        return "concurrency_" + self.name
+
+
+FIELDS: dict[str, FieldSpec] = {
+    spec.name: spec
+    for spec in (
+        FieldSpec("mode", parse_mode),
+        FieldSpec("workers", parse_workers),
+        FieldSpec("runs", parse_runs),
+        FieldSpec("seed", parse_seed),
+        FieldSpec("timeout", parse_timeout),
+        FieldSpec("perturb", parse_bool),
+        FieldSpec("budget", parse_budget),
+    )
+}
+MARKER_KEYS = tuple(name for name, spec in FIELDS.items() if spec.in_marker)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one concurrent test (or, before a marker is applied, the session) runs."""
+
+    mode: str = "threads"
+    workers: int | None = DEFAULT_WORKERS  # None: auto
+    runs: int = DEFAULT_RUNS
+    seed: int | None = None  # None: derived from the session seed and the test id
+    timeout: float = DEFAULT_TIMEOUT
+    perturb: bool = True
+    budget: float | None = None
+
+    def with_marker(self, kwargs: Mapping[str, object], where: str) -> Settings:
+        """These settings overridden by a marker's keyword arguments."""
+        changes: dict[str, Any] = {}
+        for key, raw in kwargs.items():
+            spec = FIELDS.get(key)
+            if spec is None or not spec.in_marker:
+                raise unknown_marker_key(key, where)
+            changes[key] = spec.parse(raw, Source("marker", f"{key}=", where))
+        return dataclasses.replace(self, **changes)
+
+    def worker_count(self, usable_cores: int) -> int:
+        if self.workers is not None:
+            return self.workers
+        return auto_workers(self.mode, usable_cores)
+
+
+def auto_workers(mode: str, usable_cores: int) -> int:
+    """``workers=auto``: processes get one per core; threads and tasks oversubscribe."""
+    if mode == "processes":
+        return max(2, usable_cores)
+    return max(DEFAULT_WORKERS, 2 * usable_cores)
+
+
+def unknown_marker_key(key: str, where: str) -> SettingsError:
+    close = difflib.get_close_matches(key, MARKER_KEYS, n=1)
+    hint = f' Did you mean "{close[0]}="?' if close else ""
+    return SettingsError(
+        f"pytest-concurrency: unknown argument {key}= in {where}.{hint} "
+        f"Known arguments: {', '.join(k + '=' for k in MARKER_KEYS)}"
+    )
+
+
+def resolve(
+    *,
+    cli: Mapping[str, object | None],
+    env: Mapping[str, str],
+    ini: Mapping[str, str | None],
+) -> Settings:
+    """Session settings: command line > environment > ini > default (markers come later)."""
+    changes: dict[str, Any] = {}
+    for spec in FIELDS.values():
+        value = _first_given(spec, cli=cli, env=env, ini=ini)
+        if value is not _MISSING:
+            changes[spec.name] = value
+    return Settings(**changes)
+
+
+_MISSING = object()
+
+
+def _first_given(
+    spec: FieldSpec,
+    *,
+    cli: Mapping[str, object | None],
+    env: Mapping[str, str],
+    ini: Mapping[str, str | None],
+) -> Any:
+    raw_cli = cli.get(spec.dest)
+    if spec.cli and raw_cli is not None:
+        return spec.parse(raw_cli, Source("command line", spec.option))
+    raw_env = env.get(spec.env)
+    if raw_env not in (None, ""):
+        return spec.parse(raw_env, Source("environment", spec.env))
+    raw_ini = ini.get(spec.ini)
+    if raw_ini not in (None, ""):
+        return spec.parse(raw_ini, Source("ini", spec.ini))
+    return _MISSING
