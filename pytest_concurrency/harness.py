@@ -59,6 +59,12 @@ class Concurrency:
         # A worker process gets the plain settings; the runner stays with the controller.
         return (Concurrency, (self._config,))
 
+    def __repr__(self) -> str:
+        context = current()
+        where = f"worker {context.worker}, run {context.run}" if context else "between runs"
+        return (f"<concurrency {self._config.mode} x{self._config.workers}, {where}, "
+                f"seed {self._config.seed}>")
+
     # -- identity inside a run ------------------------------------------------------------
 
     def _context(self, name: str) -> WorkerContext:

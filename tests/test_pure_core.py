@@ -1,0 +1,229 @@
+"""Unit tests for the pure core: settings, seeds, cores, failure grouping and report text."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_concurrency import cores, report, seeds
+from pytest_concurrency.outcomes import (
+    CallFailure,
+    CallKind,
+    RunRecord,
+    SeriesOutcome,
+    classify,
+    group_failures,
+    origin_of,
+)
+from pytest_concurrency.runners.base import RunPlan
+from pytest_concurrency.series import failure_exception
+from pytest_concurrency.settings import Settings, SettingsError, auto_workers, resolve
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def test_defaults_when_nothing_is_given() -> None:
+    assert resolve(cli={}, env={}, ini={}) == Settings()
+
+
+def test_precedence_cli_env_ini() -> None:
+    ini = {"concurrency_workers": "2", "concurrency_runs": "2", "concurrency_mode": "processes"}
+    env = {"PYTEST_CONCURRENCY_WORKERS": "3", "PYTEST_CONCURRENCY_RUNS": "3"}
+    cli = {"concurrency_workers": "5"}
+    settings = resolve(cli=cli, env=env, ini=ini)
+    assert (settings.workers, settings.runs, settings.mode) == (5, 3, "processes")
+    marked = settings.with_marker({"workers": 7}, "a marker")
+    assert (marked.workers, marked.runs) == (7, 3)
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        Settings().workers = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"workers": True}, "invalid workers=True"),
+        ({"workers": 1.5}, "invalid workers=1.5"),
+        ({"workers": 5000}, "from 1 to 4096"),
+        ({"runs": -1}, "invalid runs=-1"),
+        ({"perturb": "maybe"}, "expected true or false"),
+        ({"timeout": 0}, "greater than 0"),
+        ({"timeout": float("nan")}, "greater than 0"),
+        ({"mode": "proc"}, 'did you mean "processes"'),
+        ({"run": 3}, 'Did you mean "runs="'),
+    ],
+)
+def test_marker_errors_name_argument_and_fix(kwargs: dict[str, object], fragment: str) -> None:
+    with pytest.raises(SettingsError, match="pytest-concurrency") as info:
+        Settings().with_marker(kwargs, "@pytest.mark.concurrent on t.py::test_x")
+    assert fragment in str(info.value)
+
+
+def test_workers_auto_depends_on_mode_and_cores() -> None:
+    settings = resolve(cli={"concurrency_workers": "auto"}, env={}, ini={})
+    assert settings.workers is None
+    assert settings.worker_count(8) == auto_workers("threads", 8) == 16
+    assert auto_workers("processes", 8) == 8
+    assert auto_workers("processes", 1) == 2
+    assert Settings(workers=3).worker_count(64) == 3
+
+
+def test_bool_and_number_spellings() -> None:
+    settings = resolve(cli={}, env={"PYTEST_CONCURRENCY_PERTURB": "off",
+                                    "PYTEST_CONCURRENCY_SEED": "0x10"}, ini={})
+    assert settings.perturb is False
+    assert settings.seed == 16
+
+
+# -- seeds ------------------------------------------------------------------------------------
+
+
+def test_seed_derivation_is_stable_and_distinct() -> None:
+    assert seeds.test_seed(1, "a::b") == seeds.test_seed(1, "a::b")
+    assert seeds.test_seed(1, "a::b") != seeds.test_seed(2, "a::b")
+    assert seeds.test_seed(1, "a::b") != seeds.test_seed(1, "a::c")
+    runs = {seeds.run_seed(5, index) for index in range(1000)}
+    assert len(runs) == 1000
+    # Known value: the derivation must not change between versions, or printed seeds break.
+    assert seeds.derive_seed("run", 1, 0) == seeds.derive_seed("run", 1, 0)
+    assert 0 <= seeds.new_session_seed() < 2**seeds.SEED_BITS
+
+
+# -- cores ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("max 100000", None), ("200000 100000", 2.0), ("150000 100000", 1.5), ("junk", None),
+     ("-1 100000", None)],
+)
+def test_cgroup_v2_quota(text: str, expected: float | None) -> None:
+    assert cores.parse_cgroup_v2_max(text) == expected
+
+
+def test_cgroup_files_are_read(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    assert cores.cgroup_quota(tmp_path) == 0.5
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert cores.cgroup_quota(v1) == 3.0
+    assert cores.cgroup_quota(tmp_path / "missing") is None
+
+
+def test_core_budget_respects_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cores, "affinity_cores", lambda: 8)
+    monkeypatch.setattr(cores, "cgroup_quota", lambda root=cores.CGROUP_ROOT: 2.5)
+    budget = cores.core_budget()
+    assert budget.usable == 3
+    assert "cgroup quota 2.5" in budget.describe()
+
+
+def test_gil_state_on_a_simulated_free_threaded_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    assert cores.gil_enabled() is False
+    assert "GIL disabled" in cores.describe_interpreter()
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: True, raising=False)
+    assert cores.gil_enabled() is True
+
+
+# -- outcomes ---------------------------------------------------------------------------------
+
+
+def raise_here(exc: BaseException) -> BaseException:
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught
+
+
+def test_origin_is_type_and_raising_line() -> None:
+    exc = raise_here(ValueError("x"))
+    origin = origin_of(exc)
+    assert origin.exc_type == "ValueError"
+    assert origin.filename == __file__
+    assert origin.describe().startswith("ValueError at test_pure_core.py:")
+
+
+def test_grouping_keeps_every_failure_most_frequent_first() -> None:
+    a = [CallFailure.from_exception(raise_here(KeyError(i)), worker=i, run=0) for i in range(3)]
+    b = [CallFailure.from_exception(raise_here(ValueError()), worker=9, run=0)]
+    groups = group_failures(b + a)
+    assert [g.origin.exc_type for g in groups] == ["KeyError", "ValueError"]
+    assert groups[0].count == 3 and groups[0].workers == [0, 1, 2]
+    assert sum(g.count for g in groups) == 4
+
+
+def test_classify_outcome_signals() -> None:
+    assert classify(raise_here(pytest.skip.Exception("s"))) is CallKind.SKIPPED
+    assert classify(raise_here(pytest.xfail.Exception("x"))) is CallKind.XFAILED
+    assert classify(raise_here(pytest.fail.Exception("f"))) is CallKind.FAILED
+    assert classify(raise_here(KeyboardInterrupt())) is CallKind.INTERRUPTED
+    assert classify(raise_here(AssertionError())) is CallKind.FAILED
+
+
+def test_run_plan_count_and_deadline() -> None:
+    plan = RunPlan(count=3, first_index=2)
+    assert [plan.has_run(i) for i in range(2, 6)] == [True, True, True, False]
+    expired = RunPlan(count=None, deadline=0.0)
+    assert expired.has_run(0) and not expired.has_run(1)  # a budget always makes one run
+    with pytest.raises(ValueError, match="count or a deadline"):
+        RunPlan(count=None)
+
+
+# -- report text ------------------------------------------------------------------------------
+
+
+def failed_outcome() -> SeriesOutcome:
+    record = RunRecord(index=4, seed=77, workers=3)
+    record.failures = [
+        CallFailure.from_exception(raise_here(AssertionError("lost update")), worker=w, run=4)
+        for w in (0, 2)
+    ]
+    outcome = SeriesOutcome(mode="threads", workers=3, runs_planned=10, seed=5, runs_done=5,
+                            calls=15, failing_run=record)
+    outcome.observations.add(2)
+    outcome.observations.add(2)
+    outcome.observations.add(3)
+    return outcome
+
+
+def test_failure_report_text() -> None:
+    lines = report.failure_report(failed_outcome(), timeout=60, reproduce="pytest t.py::x "
+                                  "--concurrency-seed=5", seed=5)
+    assert lines[0] == "RACE DETECTED in run 4 of 10 (3 threads, seed 5): 2 of 15 calls failed"
+    assert lines[1].startswith("  AssertionError at test_pure_core.py:")
+    assert lines[1].endswith("(2 calls: workers 0, 2)")
+    assert lines[2] == "    lost update"
+    assert "  observed outcomes (value: count):" in lines
+    assert "    2: 2" in lines
+    assert lines[-1] == "  reproduce: pytest t.py::x --concurrency-seed=5"
+
+
+def test_failure_exception_carries_the_report_as_a_note() -> None:
+    exc = failure_exception(failed_outcome(), timeout=60, reproduce="pytest x", seed=5)
+    assert isinstance(exc, AssertionError)
+    assert "reproduce: pytest x" in exc.__notes__[-1]
+
+
+def test_reproduce_command_quotes_parametrized_ids() -> None:
+    assert report.reproduce_command("t.py::test_a[1 2]", 3) == (
+        "pytest 't.py::test_a[1 2]' --concurrency-seed=3"
+    )
+    assert report.reproduce_command("t.py::test_a", 3) == "pytest t.py::test_a --concurrency-seed=3"
+
+
+def test_entries_and_json_document() -> None:
+    entry = report.concurrent_entry(failed_outcome(), nodeid="t.py::x", reproduce="pytest x")
+    assert entry["failing_run"] == 4 and entry["failures"][0]["count"] == 2
+    assert entry["observations"] == {"2": 2, "3": 1}
+    serial = report.serial_entry("t.py::y", "marked not_concurrent")
+    document = report.json_document({"seed": 1}, [entry, serial])
+    assert document["tests"] == [entry] and document["serial"] == [serial]
+    assert document["scaling"] == []
