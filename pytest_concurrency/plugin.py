@@ -31,6 +31,8 @@ OPTION_HELP = {
     "timeout": "seconds one run may take before its workers are reported as hung (default: 60)",
     "perturb": "seeded schedule perturbation: true or false (default: true)",
     "budget": "stress each concurrent test for this many seconds instead of a run count",
+    "leaks": "threads and processes a concurrent test leaves running: warn, fail or off "
+             "(default: warn)",
 }
 INI_HELP = "default for --concurrency-{name} (environment: " + ENV_PREFIX + "{upper})"
 

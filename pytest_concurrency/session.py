@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from . import cores, messages, report
+from . import cores, leaks, messages, report
 from .entries import REPORT_ATTRIBUTE, record_entry, take_entries
 from .harness import Concurrency, HarnessConfig, HarnessLoop
 from .outcomes import SeriesOutcome
@@ -21,9 +21,11 @@ from .runners import make_perturbation, make_runner
 from .runners.base import Runner, RunPlan
 from .seeds import test_seed
 from .series import add_note, failure_exception, outcome_signal, run_series
-from .settings import Settings, SettingsError
+from .settings import DEFAULT_TIMEOUT, Settings, SettingsError
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
+LEAK_SNAPSHOT_KEY = pytest.StashKey[leaks.Snapshot]()
+PYTEST_TIMEOUT_SHARE = 0.8
 SERIAL_KEY = pytest.StashKey[str]()
 WARNING_NAMES = ("warns", "catch_warnings", "deprecated_call")
 SECTION_TITLE = "concurrency"
@@ -53,6 +55,8 @@ class ConcurrencySession:
         self.budget = cores.core_budget()
         self.entries: list[dict[str, Any]] = []
         self.abandoned_threads: list[str] = []
+        self.abandoned_idents: frozenset[int] = frozenset()
+        self.leaked: list[str] = []
 
     # -- header -----------------------------------------------------------------------------
 
@@ -105,6 +109,8 @@ class ConcurrencySession:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if self.settings.leaks != "off" and is_concurrent(item):
+            item.stash[LEAK_SNAPSHOT_KEY] = leaks.take_snapshot()
         marker = item.get_closest_marker("concurrent")
         reason = item.stash.get(SERIAL_KEY, None)
         if reason is not None:
@@ -133,6 +139,20 @@ class ConcurrencySession:
         except SettingsError as error:
             return error
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
+        yield
+        before = item.stash.get(LEAK_SNAPSHOT_KEY, None)
+        if before is None:
+            return
+        found = leaks.find_leaks(before, ignore=self.abandoned_idents)
+        if not found:
+            return
+        self.leaked.append(found.describe(item.nodeid))
+        if self.settings.leaks == "fail":
+            pytest.fail(found.describe(item.nodeid), pytrace=False)
+        item.warn(ConcurrencyLeakWarning(found.describe(item.nodeid)))
+
     # -- the call: run the body concurrently ------------------------------------------------
 
     @pytest.hookimpl(tryfirst=True)
@@ -156,7 +176,7 @@ class ConcurrencySession:
         runner = self.make_runner(pyfuncitem, settings, config.workers, config.seed)
         try:
             run_series(runner, [call] * config.workers, outcome=outcome, plan=plan,
-                       timeout=settings.timeout)
+                       timeout=config.timeout)
         finally:
             self.close_runner(runner)
         self.finish_outcome(pyfuncitem, outcome, config)
@@ -189,7 +209,7 @@ class ConcurrencySession:
             workers=settings.worker_count(self.budget.usable),
             runs=settings.runs,
             seed=seed,
-            timeout=settings.timeout,
+            timeout=settings.timeout or run_timeout(item),
             budget=settings.budget,
             reproduce=report.reproduce_command(item.nodeid, reproduce_seed),
             reproduce_seed=reproduce_seed,
@@ -205,6 +225,7 @@ class ConcurrencySession:
         runner.close()
         abandoned = getattr(runner, "abandoned_threads", [])
         self.abandoned_threads.extend(thread.name for thread in abandoned)
+        self.abandoned_idents |= {t.ident for t in abandoned if t.ident is not None}
 
     # -- the fixture --------------------------------------------------------------------------
 
@@ -267,6 +288,7 @@ class ConcurrencySession:
         lines = report.summary_lines(self.entries)
         if self.abandoned_threads:
             lines.append(f"abandoned hung threads: {', '.join(self.abandoned_threads)}")
+        lines.extend(f"leak: {text}" for text in self.leaked)
         if self.json_path is not None and not is_xdist_worker(self.config):
             lines.append(f"JSON report: {self.json_path}")
         if not lines:
@@ -300,6 +322,46 @@ class ConcurrencySession:
 
 
 CACHE_SEED_KEY = "concurrency/seed"
+
+
+class ConcurrencyLeakWarning(pytest.PytestWarning):
+    """A concurrent test left a thread or a process running."""
+
+
+def is_concurrent(item: pytest.Item) -> bool:
+    return item.get_closest_marker("concurrent") is not None or "concurrency" in getattr(
+        item, "fixturenames", ())
+
+
+def pytest_timeout_seconds(item: pytest.Item) -> float | None:
+    """The timeout pytest-timeout will enforce on this test, if that plugin is active."""
+    if not item.config.pluginmanager.hasplugin("timeout"):
+        return None
+    marker = item.get_closest_marker("timeout")
+    raw: object = None
+    if marker is not None:
+        raw = marker.kwargs.get("timeout", marker.args[0] if marker.args else None)
+    if raw is None:
+        raw = item.config.getoption("timeout", None)
+    if raw is None:
+        try:
+            raw = item.config.getini("timeout")
+        except ValueError:
+            raw = None
+    try:
+        seconds = float(raw) if raw not in (None, "") else 0.0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds > 0 else None
+
+
+def run_timeout(item: pytest.Item) -> float:
+    """The per-run deadline when none is given: ours, or less than pytest-timeout's, so that
+    a hung run is reported with every worker's stack before pytest-timeout ends the test."""
+    outer = pytest_timeout_seconds(item)
+    if outer is None:
+        return DEFAULT_TIMEOUT
+    return min(DEFAULT_TIMEOUT, outer * PYTEST_TIMEOUT_SHARE)
 
 
 def _deadline(budget: float) -> float:

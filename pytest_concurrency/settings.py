@@ -127,6 +127,13 @@ def parse_seed(raw: object, source: Source) -> int:
     return parse_int(raw, source, low=0, high=2**64 - 1, example="12345")
 
 
+def parse_leaks(raw: object, source: Source) -> str:
+    choices = ("warn", "fail", "off")
+    if isinstance(raw, str) and raw.strip().lower() in choices:
+        return raw.strip().lower()
+    raise _fail(source, raw, f"expected one of {', '.join(choices)}")
+
+
 def parse_timeout(raw: object, source: Source) -> float:
     return parse_seconds(raw, source, example="30")
 
@@ -171,6 +178,7 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("timeout", parse_timeout),
         FieldSpec("perturb", parse_bool),
         FieldSpec("budget", parse_budget),
+        FieldSpec("leaks", parse_leaks, in_marker=False),
     )
 }
 MARKER_KEYS = tuple(name for name, spec in FIELDS.items() if spec.in_marker)
@@ -184,9 +192,10 @@ class Settings:
     workers: int | None = DEFAULT_WORKERS  # None: auto
     runs: int = DEFAULT_RUNS
     seed: int | None = None  # None: derived from the session seed and the test id
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float | None = None  # None: DEFAULT_TIMEOUT, or less under pytest-timeout
     perturb: bool = True
     budget: float | None = None
+    leaks: str = "warn"
 
     def with_marker(self, kwargs: Mapping[str, object], where: str) -> Settings:
         """These settings overridden by a marker's keyword arguments."""
