@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import os
 import sys
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from . import cores, leaks, messages, report
 from .entries import REPORT_ATTRIBUTE, record_entry, take_entries
 from .harness import Concurrency, HarnessConfig, HarnessLoop
 from .outcomes import SeriesOutcome
+from .progress import LiveProgress
 from .runners import make_perturbation, make_runner
 from .runners.base import Runner, RunPlan
 from .seeds import test_seed
@@ -174,13 +176,38 @@ class ConcurrencySession:
         outcome = SeriesOutcome(mode=settings.mode, workers=config.workers,
                                 runs_planned=plan.count, seed=config.seed, budget=settings.budget)
         runner = self.make_runner(pyfuncitem, settings, config.workers, config.seed)
+        progress = self.live_progress(pyfuncitem, outcome, plan)
         try:
             run_series(runner, [call] * config.workers, outcome=outcome, plan=plan,
-                       timeout=config.timeout)
+                       timeout=config.timeout,
+                       on_record=progress.update if progress is not None else None)
         finally:
             self.close_runner(runner)
+            if progress is not None:
+                progress.finish()
         self.finish_outcome(pyfuncitem, outcome, config)
         return True
+
+    def live_progress(self, item: pytest.Item, outcome: SeriesOutcome,
+                      plan: RunPlan) -> LiveProgress | None:
+        """Progress on the terminal for long series; None when not on a terminal."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or not reporter.isatty() or is_xdist_worker(self.config):
+            return None
+        if self.config.get_verbosity() < 0:
+            return None
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+
+        def write(line: str, first: bool, last: bool) -> None:
+            with capture.global_and_fixture_disabled() if capture else _nothing():
+                if first:
+                    reporter.write("\n")
+                reporter.rewrite(line, erase=True)
+                if last:
+                    reporter.write("\n")
+                reporter.flush()
+
+        return LiveProgress(write, label=item.name, outcome=outcome, deadline=plan.deadline)
 
     def finish_outcome(self, item: pytest.Function, outcome: SeriesOutcome,
                        config: HarnessConfig) -> None:
@@ -326,6 +353,11 @@ CACHE_SEED_KEY = "concurrency/seed"
 
 class ConcurrencyLeakWarning(pytest.PytestWarning):
     """A concurrent test left a thread or a process running."""
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def is_concurrent(item: pytest.Item) -> bool:
