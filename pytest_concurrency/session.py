@@ -238,7 +238,7 @@ class ConcurrencySession:
             seed=seed,
             timeout=settings.timeout or run_timeout(item),
             budget=settings.budget,
-            reproduce=report.reproduce_command(item.nodeid, reproduce_seed),
+            reproduce=report.reproduce_command(invocation_nodeid(item), reproduce_seed),
             reproduce_seed=reproduce_seed,
         )
 
@@ -410,6 +410,18 @@ def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> li
         *report.observation_lines(outcome),
         "  " + report.REPRODUCE.format(command=config.reproduce),
     ]
+
+
+def invocation_nodeid(item: pytest.Item) -> str:
+    """The test id as the user types it from where pytest was started (nodeids are relative
+    to the rootdir, which may be elsewhere)."""
+    _, sep, rest = item.nodeid.partition("::")
+    here = item.config.invocation_params.dir
+    try:
+        path = os.path.relpath(item.path, here)
+    except ValueError:  # another drive on Windows
+        path = str(item.path)
+    return f"{path}{sep}{rest}" if sep else path
 
 
 def is_xdist_worker(config: pytest.Config) -> bool:

@@ -530,3 +530,17 @@ def test_seed_last_replays_the_previous_session_seed(pytester) -> None:
     again = pytester.runpytest("-p", "no:run_parallel", "-p", "no:asyncio",
                                "--concurrency-seed=last")
     again.stdout.fnmatch_lines(["concurrency: seed 31337 *"])
+
+
+def test_reproduce_line_is_relative_to_where_pytest_was_started(pytester, run) -> None:
+    sub = pytester.mkdir("sub")
+    (sub / "pytest.ini").write_text("[pytest]\n")
+    (sub / "test_inner.py").write_text(
+        "import pytest\n\n@pytest.mark.concurrent(workers=2, runs=2)\n"
+        "def test_x():\n    assert False\n"
+    )
+    result = run("sub")
+    result.stdout.fnmatch_lines(["*rootdir: *sub*", "*reproduce: pytest sub/test_inner.py::test_x "
+                                 "--concurrency-seed=*"])
+    line = next(l for l in result.stdout.lines if "reproduce: pytest" in l).split("pytest ", 1)[1]
+    run(*line.split()).assert_outcomes(failed=1)
