@@ -212,6 +212,8 @@ class HarnessRun:
         self.record_count += 1
         if self.record_count > 1:
             outcome.runs_done -= 1  # several run(...) calls in one iteration are one run
+        if outcome.interrupt is not None and not outcome.failed:
+            raise outcome.interrupt
         if outcome.failed:
             raise failure_exception(outcome, timeout=fixture.config.timeout,
                                     reproduce=fixture.config.reproduce,

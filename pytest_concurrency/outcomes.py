@@ -199,6 +199,7 @@ class SeriesOutcome:
     signals: list[tuple[int, BaseException]] = field(default_factory=list)
     observations: Observations = field(default_factory=Observations)
     budget: float | None = None
+    interrupt: BaseException | None = None
 
     @property
     def failed(self) -> bool:

@@ -45,6 +45,8 @@ def account(outcome: SeriesOutcome, record: RunRecord) -> bool:
     outcome.runs_done += 1
     outcome.calls += record.workers
     outcome.signals.extend(record.signals)
+    if record.interrupt is not None:
+        outcome.interrupt = record.interrupt
     if record.failed:
         outcome.failing_run = record
         return False

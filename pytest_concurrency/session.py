@@ -217,8 +217,8 @@ class ConcurrencySession:
                                                    reproduce=reproduce))
         item.user_properties.extend(junit_properties(outcome))
         record = outcome.failing_run
-        if record is not None and record.interrupt is not None and not record.failed:
-            raise record.interrupt
+        if outcome.interrupt is not None and not outcome.failed:
+            raise outcome.interrupt
         if outcome.failed:
             raise failure_exception(outcome, timeout=config.timeout, reproduce=config.reproduce,
                                     seed=config.reproduce_seed)

@@ -542,5 +542,5 @@ def test_reproduce_line_is_relative_to_where_pytest_was_started(pytester, run) -
     result = run("sub")
     result.stdout.fnmatch_lines(["*rootdir: *sub*", "*reproduce: pytest sub/test_inner.py::test_x "
                                  "--concurrency-seed=*"])
-    line = next(l for l in result.stdout.lines if "reproduce: pytest" in l).split("pytest ", 1)[1]
+    line = next(x for x in result.stdout.lines if "reproduce: pytest" in x).split("pytest ", 1)[1]
     run(*line.split()).assert_outcomes(failed=1)

@@ -21,7 +21,6 @@ from pytest_concurrency.runners.base import RunPlan
 from pytest_concurrency.series import failure_exception
 from pytest_concurrency.settings import Settings, SettingsError, auto_workers, resolve
 
-
 # -- settings ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,155 @@
+"""The plugin restores everything it changes, even after failures, hangs and interrupts;
+Ctrl-C ends the run promptly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+RESTORE_CONFTEST = """
+import sys, threading, _thread, queue
+
+ORIGINAL = {
+    "switch": sys.getswitchinterval(),
+    "trace": sys.gettrace(),
+    "profile": sys.getprofile(),
+    "thread_trace": getattr(threading, "gettrace", lambda: None)(),
+    "Lock": threading.Lock, "RLock": threading.RLock, "Condition": threading.Condition,
+    "Event": threading.Event, "Semaphore": threading.Semaphore, "Barrier": threading.Barrier,
+    "Queue": queue.Queue, "allocate_lock": _thread.allocate_lock,
+}
+
+def state():
+    now = {
+        "switch": sys.getswitchinterval(),
+        "trace": sys.gettrace(),
+        "profile": sys.getprofile(),
+        "thread_trace": getattr(threading, "gettrace", lambda: None)(),
+        "Lock": threading.Lock, "RLock": threading.RLock, "Condition": threading.Condition,
+        "Event": threading.Event, "Semaphore": threading.Semaphore,
+        "Barrier": threading.Barrier, "Queue": queue.Queue,
+        "allocate_lock": _thread.allocate_lock,
+    }
+    if sys.version_info >= (3, 12):
+        for tool in range(6):
+            now[f"tool{tool}"] = sys.monitoring.get_tool(tool)
+    return now
+
+EXPECTED = dict(ORIGINAL)
+if sys.version_info >= (3, 12):
+    for tool in range(6):
+        EXPECTED[f"tool{tool}"] = sys.monitoring.get_tool(tool)
+
+CHANGED = []
+
+def pytest_runtest_logfinish(nodeid):
+    now = state()
+    diff = {k: (EXPECTED[k], now[k]) for k in EXPECTED if now[k] != EXPECTED[k]}
+    if diff:
+        CHANGED.append((nodeid, diff))
+
+def pytest_sessionfinish(session):
+    with open("restore-report.txt", "w") as out:
+        out.write(repr(CHANGED))
+"""
+
+BODIES = """
+import threading
+import pytest
+
+NEVER = threading.Event()
+
+class Counter:
+    n = 0
+
+@pytest.mark.concurrent(workers=4, runs=30)
+def test_passes():
+    c = Counter()
+    for _ in range(50):
+        c.n += 1
+
+@pytest.mark.concurrent(workers=4, runs=30)
+def test_fails(concurrency):
+    assert concurrency.run < 3
+
+@pytest.mark.concurrent(workers=2, runs=3, timeout=0.5)
+def test_hangs(concurrency):
+    if concurrency.worker == 1:
+        NEVER.wait(10)
+
+def test_harness_fails(concurrency):
+    for run in concurrency.runs(10):
+        run(lambda: None, workers=3)
+        assert run.index < 2
+
+@pytest.mark.concurrent(workers=2, runs=3, perturb=False)
+def test_unperturbed():
+    pass
+"""
+
+
+def test_everything_is_restored_after_pass_fail_and_hang(pytester, run_subprocess) -> None:
+    pytester.makeconftest(RESTORE_CONFTEST)
+    pytester.makepyfile(BODIES)
+    result = run_subprocess()
+    result.assert_outcomes(passed=2, failed=3)
+    assert (pytester.path / "restore-report.txt").read_text() == "[]"
+
+
+def test_a_worker_interrupt_ends_the_session_and_restores(pytester, run_subprocess) -> None:
+    pytester.makeconftest(RESTORE_CONFTEST)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.concurrent(workers=3, runs=5)
+        def test_interrupted(concurrency):
+            if concurrency.run == 2 and concurrency.worker == 0:
+                raise KeyboardInterrupt
+
+        def test_never_reached():
+            pass
+        """
+    )
+    result = run_subprocess()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
+    assert (pytester.path / "restore-report.txt").read_text() == "[]"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_during_a_long_run_exits_promptly_leaving_nothing(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    (tmp_path / "test_long.py").write_text(
+        "import pathlib, pytest\n"
+        "@pytest.mark.concurrent(workers=4, budget=120)\n"
+        "def test_long(concurrency):\n"
+        f"    pathlib.Path({str(started)!r}).touch()\n"
+        "    sum(range(1000))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:run_parallel",
+         "-p", "no:asyncio", str(tmp_path / "test_long.py")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), "the test never started"
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert "KeyboardInterrupt" in output
+    assert "INTERNALERROR" not in output
+    assert not Path(f"/proc/{proc.pid}").exists() or os.waitpid(proc.pid, os.WNOHANG)
