@@ -13,16 +13,19 @@ Pure module: no pytest import (the plugin builds the fixture and turns errors in
 
 from __future__ import annotations
 
+import inspect
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from . import messages
 from .context import WorkerContext, current
-from .outcomes import SeriesOutcome
-from .runners.base import Runner, RunPlan, WorkerCall
-from .series import failure_exception, outcome_signal, run_series
+from .outcomes import RunRecord, SeriesOutcome
+from .runners.base import AsyncRunner, Runner, RunPlan, WorkerCall
+from .series import failure_exception, outcome_signal, run_series, run_series_async
+from .settings import MODES
 
 RunnerFactory = Callable[[str, int], Runner]
 
@@ -43,6 +46,7 @@ class HarnessConfig:
     budget: float | None
     reproduce: str
     reproduce_seed: int
+    shard: tuple[int, int] | None = None  # (index, count) under --concurrency-shards
 
 
 class Concurrency:
@@ -53,6 +57,7 @@ class Concurrency:
         self._runner_factory = runner_factory
         self._runner: Runner | None = None
         self._runner_workers = 0
+        self._runner_mode = config.mode
         self.active: HarnessLoop | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -107,23 +112,32 @@ class Concurrency:
     def in_run(self) -> bool:
         return current() is not None
 
-    def barrier(self, timeout: float | None = None) -> None:
-        """Wait until every worker of this run has arrived here."""
+    def barrier(self, timeout: float | None = None) -> Any:
+        """Wait until every worker of this run has arrived here.
+
+        In asyncio mode it returns an awaitable: ``await concurrency.barrier()``.
+        """
         __tracebackhide__ = True
         context = current()
         if context is None:
             raise ConcurrencyUsageError(messages.BARRIER_OUTSIDE_RUN)
-        context.wait_at_barrier(self._config.timeout if timeout is None else timeout)
+        return context.wait_at_barrier(self._config.timeout if timeout is None else timeout)
 
     # -- the explicit harness ---------------------------------------------------------------
 
     def runs(
-        self, count: int | None = None, *, budget: float | None = None
+        self, count: int | None = None, *, budget: float | None = None, mode: str | None = None
     ) -> Iterator[HarnessRun]:
-        """Yield runs; a budget (argument or ``--concurrency-budget``) replaces the count."""
+        """Yield runs; a budget (argument or ``--concurrency-budget``) replaces the count.
+
+        ``mode`` ("threads", "processes" or "asyncio") overrides the test's mode for this loop.
+        """
         if current() is not None:
             raise ConcurrencyUsageError(messages.NESTED_RUN)
-        loop = HarnessLoop(self, self._plan(count, budget))
+        if mode is not None and mode not in MODES:
+            raise ConcurrencyUsageError(messages.RUNS_BAD_MODE.format(mode=mode,
+                                                                      modes=", ".join(MODES)))
+        loop = HarnessLoop(self, self._plan(count, budget), mode or self._config.mode)
         self.active = loop
         return loop.iterate()
 
@@ -131,22 +145,27 @@ class Concurrency:
         budget = budget if budget is not None else self._config.budget
         if budget is not None:
             return RunPlan(count=None, deadline=time.monotonic() + budget)
-        count = self._config.runs if count is None else count
+        if count is None:
+            return RunPlan(count=self._config.runs)  # already this shard's share
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConcurrencyUsageError(
                 f"pytest-concurrency: runs() takes a whole number >= 1, e.g. runs(100); got "
                 f"{count!r}"
             )
+        if self._config.shard is not None:  # this item makes its share of the runs
+            count = max(1, -(-count // self._config.shard[1]))
         return RunPlan(count=count)
 
-    def runner(self, workers: int) -> Runner:
-        if self._runner is not None and self._runner_workers != workers:
+    def runner(self, workers: int, mode: str | None = None) -> Runner:
+        mode = mode or self._config.mode
+        if self._runner is not None and (self._runner_workers, self._runner_mode) != (workers,
+                                                                                     mode):
             self.close()
         if self._runner is None:
             if self._runner_factory is None:
                 raise ConcurrencyUsageError(messages.NESTED_RUN)
-            self._runner = self._runner_factory(self._config.mode, workers)
-            self._runner_workers = workers
+            self._runner = self._runner_factory(mode, workers)
+            self._runner_workers, self._runner_mode = workers, mode
         return self._runner
 
     def close(self) -> None:
@@ -162,23 +181,26 @@ class Concurrency:
 class HarnessLoop:
     """One ``for run in concurrency.runs(N)`` loop and its outcome."""
 
-    def __init__(self, fixture: Concurrency, plan: RunPlan) -> None:
+    def __init__(self, fixture: Concurrency, plan: RunPlan, mode: str | None = None) -> None:
         self.fixture = fixture
         self.plan = plan
         config = fixture.config
+        self.mode = mode or config.mode
         self.outcome = SeriesOutcome(
-            mode=config.mode, workers=config.workers, runs_planned=plan.count,
+            mode=self.mode, workers=config.workers, runs_planned=plan.count,
             seed=config.seed, budget=None if plan.count is not None else config.budget,
         )
         self.current: HarnessRun | None = None
 
     def iterate(self) -> Iterator[HarnessRun]:
+        __tracebackhide__ = True
         index = self.plan.first_index
         while self.plan.has_run(index):
             run = HarnessRun(self, index)
             self.current = run
             yield run
             run.closed = True
+            run.check_awaited()
             if run.record_count == 0:
                 self.outcome.runs_done += 1
             index += 1
@@ -193,22 +215,54 @@ class HarnessRun:
         self.index = index
         self.closed = False
         self.record_count = 0
+        self.started: list[Coroutine[Any, Any, list[Any]]] = []
 
     def observe(self, value: object) -> None:
         """Record an outcome of this run; the histogram is printed on failure and kept in JSON."""
         self.loop.outcome.observations.add(value)
 
-    def __call__(self, *functions: Callable[[], Any], workers: int | None = None) -> list[Any]:
+    def __call__(self, *functions: Callable[[], Any], workers: int | None = None) -> Any:
+        """Start the workers together; their results, in worker order.
+
+        In asyncio mode, called from a coroutine, it returns an awaitable of the results:
+        ``got = await run(make_coro, workers=8)``.
+        """
         __tracebackhide__ = True
         calls = self._calls(functions, workers)
+        if self.loop.mode == "asyncio" and _loop_running():
+            coroutine = self._run_async(calls)
+            self.started.append(coroutine)
+            return coroutine
+        runner = self.loop.fixture.runner(len(calls), self.loop.mode)
+        return self._finish(run_series(runner, calls, **self._series_options(calls)))
+
+    async def _run_async(self, calls: list[WorkerCall]) -> list[Any]:
+        __tracebackhide__ = True
+        runner = cast(AsyncRunner, self.loop.fixture.runner(len(calls), self.loop.mode))
+        return self._finish(await run_series_async(runner, calls,
+                                                   **self._series_options(calls)))
+
+    def check_awaited(self) -> None:
+        """An async test that called run(...) without ``await`` ran nothing: say so."""
+        __tracebackhide__ = True
+        forgotten = [c for c in self.started
+                     if inspect.getcoroutinestate(c) == inspect.CORO_CREATED]
+        for coroutine in forgotten:
+            coroutine.close()
+        if forgotten:
+            raise ConcurrencyUsageError(messages.RUN_NOT_AWAITED)
+
+    def _series_options(self, calls: list[WorkerCall]) -> dict[str, Any]:
+        config = self.loop.fixture.config
+        self.loop.outcome.workers = len(calls)
+        return {"outcome": self.loop.outcome, "plan": RunPlan(count=1, first_index=self.index),
+                "timeout": config.timeout, "keep_results": True}
+
+    def _finish(self, record: RunRecord | None) -> list[Any]:
+        """Count the run; raise what it raised (failures, interrupts, skips); else results."""
+        __tracebackhide__ = True
         fixture = self.loop.fixture
         outcome = self.loop.outcome
-        outcome.workers = len(calls)
-        record = run_series(
-            fixture.runner(len(calls)), calls, outcome=outcome,
-            plan=RunPlan(count=1, first_index=self.index), timeout=fixture.config.timeout,
-            keep_results=True,
-        )
         self.record_count += 1
         if self.record_count > 1:
             outcome.runs_done -= 1  # several run(...) calls in one iteration are one run
@@ -242,3 +296,15 @@ class HarnessRun:
                 f"pytest-concurrency: run(fn, workers=N) takes a whole number >= 1; got {count!r}"
             )
         return [functions[0]] * count
+
+
+def _loop_running() -> bool:
+    """Whether this thread runs an event loop (asyncio not imported: certainly not)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

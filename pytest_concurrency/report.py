@@ -123,11 +123,17 @@ def failure_report(
 
 
 def concurrent_entry(
-    outcome: SeriesOutcome, *, nodeid: str, reproduce: str | None
+    outcome: SeriesOutcome, *, nodeid: str, reproduce: str | None,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     record = outcome.failing_run
     groups = group_failures(record.failures) if record else []
+    sharding: dict[str, Any] = {}
+    if shard is not None:
+        sharding = {"shard": shard[0], "shards": shard[1],
+                    "base_nodeid": nodeid.rsplit("[", 1)[0] if "[" in nodeid else nodeid}
     return {
+        **sharding,
         "kind": KIND_CONCURRENT,
         "nodeid": nodeid,
         "mode": outcome.mode,
@@ -192,6 +198,7 @@ def summary_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
                 lines.append("    the check after the run failed")
             if entry.get("reproduce"):
                 lines.append(f"    reproduce: {entry['reproduce']}")
+    lines.extend(shard_lines(concurrent))
     if serial:
         lines.append(f"{len(serial)} tests ran once, not concurrently:")
         by_reason: dict[str, list[str]] = {}
@@ -200,6 +207,23 @@ def summary_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
         for reason, nodeids in sorted(by_reason.items(), key=lambda item: -len(item[1])):
             lines.append(f"  {len(nodeids)} {reason}: {', '.join(nodeids[:5])}"
                          + (" ..." if len(nodeids) > 5 else ""))
+    return lines
+
+
+def shard_lines(concurrent: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per sharded test: how its shards did together."""
+    by_test: dict[str, list[Mapping[str, Any]]] = {}
+    for entry in concurrent:
+        if "shards" in entry:
+            by_test.setdefault(str(entry["base_nodeid"]), []).append(entry)
+    lines = []
+    for base, shards in sorted(by_test.items()):
+        runs = sum(int(e.get("runs_done") or 0) for e in shards)
+        failed = [e for e in shards if e.get("failing_run") is not None]
+        verdict = ("no failure" if not failed else "failed in " + ", ".join(
+            f"shard {e['shard']} (run {e['failing_run']}, seed {e['seed']})" for e in failed))
+        lines.append(f"sharded {base}: {len(shards)} of {shards[0]['shards']} shards, "
+                     f"{runs} runs; {verdict}")
     return lines
 
 

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import math
 import os
 import sys
 from collections.abc import Generator, Iterable, Iterator, Mapping
@@ -21,11 +22,12 @@ from .outcomes import SeriesOutcome
 from .progress import LiveProgress
 from .runners import make_perturbation, make_runner
 from .runners.base import Runner, RunPlan
-from .seeds import test_seed
+from .seeds import derive_seed, test_seed
 from .series import add_note, failure_exception, outcome_signal, run_series
 from .settings import DEFAULT_TIMEOUT, Settings, SettingsError
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
+SHARD_ARG = "concurrency_shard"
 LEAK_SNAPSHOT_KEY = pytest.StashKey[leaks.Snapshot]()
 PYTEST_TIMEOUT_SHARE = 0.8
 SERIAL_KEY = pytest.StashKey[str]()
@@ -59,6 +61,7 @@ class ConcurrencySession:
         self.abandoned_threads: list[str] = []
         self.abandoned_idents: frozenset[int] = frozenset()
         self.leaked: list[str] = []
+        self.plot_lines: list[str] = []
 
     # -- header -----------------------------------------------------------------------------
 
@@ -72,9 +75,47 @@ class ConcurrencySession:
             f"perturbation {'on' if s.perturb else 'off'}"
             + ("; --concurrency-all" if self.run_all else ""),
             f"concurrency: cores {self.budget.describe()}; {cores.describe_interpreter()}",
+            f"concurrency: {describe_start_method(s.start_method)}",
+            *self.oversubscription_lines(),
         ]
 
+    def oversubscription(self) -> dict[str, Any] | None:
+        """xdist workers times our workers against the usable cores, under pytest-xdist."""
+        processes = xdist_worker_count(self.config)
+        if not processes:
+            return None
+        workers = self.settings.worker_count(self.budget.usable)
+        busy = processes * workers
+        return {"xdist_workers": processes, "workers_per_test": workers,
+                "usable_cores": self.budget.usable, "ratio": round(busy / self.budget.usable, 2)}
+
+    def oversubscription_lines(self) -> list[str]:
+        over = self.oversubscription()
+        if over is None:
+            return []
+        return [messages.OVERSUBSCRIBED.format(**over, busy=over["xdist_workers"]
+                                               * over["workers_per_test"])]
+
     # -- collection -------------------------------------------------------------------------
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """``--concurrency-shards=K``: each concurrent test becomes K items, one per shard."""
+        shards = self.settings.shards
+        if shards < 2 or not self.shardable(metafunc):
+            return
+        metafunc.fixturenames.append(SHARD_ARG)
+        metafunc.parametrize(SHARD_ARG, range(shards),
+                             ids=[f"shard{index}of{shards}" for index in range(shards)])
+
+    def shardable(self, metafunc: pytest.Metafunc) -> bool:
+        definition = metafunc.definition
+        if definition.get_closest_marker("not_concurrent") is not None:
+            return False
+        if definition.get_closest_marker("concurrent") is not None:
+            return True
+        if "concurrency" in metafunc.fixturenames:
+            return True
+        return self.run_all and not self.unsafe_fixtures.intersection(metafunc.fixturenames)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -130,8 +171,12 @@ class ConcurrencySession:
         if isinstance(settings_or_error, SettingsError):
             pytest.fail(str(settings_or_error), pytrace=False)
         settings = settings_or_error
-        if inspect.iscoroutinefunction(item.obj) and "mode" not in marker.kwargs:
+        if is_async_test(item) and "mode" not in marker.kwargs:
             settings = dataclasses.replace(settings, mode="asyncio")
+        if is_async_test(item) != (settings.mode == "asyncio"):
+            template = (messages.SYNC_BODY_IN_ASYNCIO if settings.mode == "asyncio"
+                        else messages.ASYNC_BODY_IN_OTHER_MODE)
+            pytest.fail(template.format(nodeid=item.nodeid, mode=settings.mode), pytrace=False)
         item.stash[SETTINGS_KEY] = settings
 
     def marker_settings(self, item: pytest.Item,
@@ -162,15 +207,20 @@ class ConcurrencySession:
         __tracebackhide__ = True
         settings = pyfuncitem.stash.get(SETTINGS_KEY, None)
         if settings is None:
-            return None
+            if is_async_test(pyfuncitem) and "concurrency" in pyfuncitem.funcargs:
+                return self.run_async_harness(pyfuncitem)
+            if pyfuncitem.get_closest_marker("scaling") is None:
+                return None
+            return run_scaling(pyfuncitem)
         fixture = pyfuncitem.funcargs.get("concurrency")
         config = self.harness_config(pyfuncitem, settings)
         if isinstance(fixture, Concurrency):
             fixture._config = config
         argnames = pyfuncitem._fixtureinfo.argnames
-        call = functools.partial(pyfuncitem.obj, **{n: pyfuncitem.funcargs[n] for n in argnames})
+        call = functools.partial(test_function(pyfuncitem),
+                                 **{n: pyfuncitem.funcargs[n] for n in argnames})
         plan = RunPlan(
-            count=None if settings.budget is not None else settings.runs,
+            count=None if settings.budget is not None else config.runs,
             deadline=None if settings.budget is None else _deadline(settings.budget),
         )
         outcome = SeriesOutcome(mode=settings.mode, workers=config.workers,
@@ -214,7 +264,7 @@ class ConcurrencySession:
         __tracebackhide__ = True
         reproduce = config.reproduce if outcome.failed else None
         record_entry(item, report.concurrent_entry(outcome, nodeid=item.nodeid,
-                                                   reproduce=reproduce))
+                                                   reproduce=reproduce, shard=config.shard))
         item.user_properties.extend(junit_properties(outcome))
         record = outcome.failing_run
         if outcome.interrupt is not None and not outcome.failed:
@@ -231,22 +281,54 @@ class ConcurrencySession:
         seed = settings.seed if settings.seed is not None else test_seed(self.session_seed,
                                                                           item.nodeid)
         reproduce_seed = settings.seed if settings.seed is not None else self.session_seed
+        shard = shard_of(item)
+        runs = settings.runs
+        extra: tuple[str, ...] = ()
+        if shard is not None:
+            index, count = shard
+            seed = derive_seed("shard", seed, index)
+            runs = max(1, math.ceil(settings.runs / count))
+            extra = (f"--concurrency-shards={count}",)
         return HarnessConfig(
             mode=settings.mode,
             workers=settings.worker_count(self.budget.usable),
-            runs=settings.runs,
+            runs=runs,
             seed=seed,
             timeout=settings.timeout or run_timeout(item),
             budget=settings.budget,
-            reproduce=report.reproduce_command(invocation_nodeid(item), reproduce_seed),
+            reproduce=report.reproduce_command(invocation_nodeid(item), reproduce_seed, extra),
             reproduce_seed=reproduce_seed,
+            shard=shard,
         )
 
     def make_runner(self, item: pytest.Item, settings: Settings, workers: int,
                     seed: int) -> Runner:
         roots = [self.config.rootpath, item.path.parent]
         perturbation = make_perturbation(enabled=settings.perturb, roots=roots, seed=seed)
-        return make_runner(settings.mode, workers, perturbation=perturbation)
+        return make_runner(settings.mode, workers, perturbation=perturbation,
+                           options=runner_options(settings))
+
+    def run_async_harness(self, item: pytest.Function) -> bool:
+        """An unmarked ``async def`` test that requests ``concurrency``: run its body once on
+        the plugin's event loop (the harness runs its tasks there). pytest-asyncio, if it
+        wrapped the function, never gets to call it: no double run, no unawaited coroutine."""
+        __tracebackhide__ = True
+        from .runners import aio
+
+        fixture = item.funcargs["concurrency"]
+        body = functools.partial(test_function(item),
+                                 **{n: item.funcargs[n] for n in item._fixtureinfo.argnames})
+        try:
+            aio.run_test_coroutine(body)
+        except aio.LoopBlocked:
+            loop = fixture.active if isinstance(fixture, Concurrency) else None
+            if loop is None or not loop.outcome.failed:
+                raise
+            config = loop.fixture.config
+            raise failure_exception(loop.outcome, timeout=config.timeout,
+                                    reproduce=config.reproduce,
+                                    seed=config.reproduce_seed) from None
+        return True
 
     def close_runner(self, runner: Runner) -> None:
         runner.close()
@@ -259,10 +341,13 @@ class ConcurrencySession:
     def concurrency_fixture(self, request: pytest.FixtureRequest) -> Concurrency:
         item = request.node
         settings = item.stash.get(SETTINGS_KEY, None) or self.settings
+        if is_async_test(item):
+            settings = dataclasses.replace(settings, mode="asyncio")
         config = self.harness_config(item, settings)
 
         def factory(mode: str, workers: int) -> Runner:
-            return self.make_runner(item, settings, workers, config.seed)
+            return self.make_runner(item, dataclasses.replace(settings, mode=mode), workers,
+                                    config.seed)
 
         return Concurrency(config, factory)
 
@@ -293,7 +378,8 @@ class ConcurrencySession:
         outcome = loop.outcome
         entry = report.concurrent_entry(outcome, nodeid=item.nodeid,
                                         reproduce=fixture.config.reproduce
-                                        if outcome.failed else None)
+                                        if outcome.failed else None,
+                                        shard=fixture.config.shard)
         run = loop.current
         if call.excinfo is not None and run is not None and not outcome.failed:
             add_note(call.excinfo.value, "\n".join(check_failed_lines(loop, run.index,
@@ -313,9 +399,18 @@ class ConcurrencySession:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         lines = report.summary_lines(self.entries)
+        scaling_entries = self.scaling_entries()
+        if scaling_entries:
+            from .scaling import format_scaling_table
+
+            lines.extend(format_scaling_table(scaling_entries))
+        lines.extend(self.plot_lines)
         if self.abandoned_threads:
             lines.append(f"abandoned hung threads: {', '.join(self.abandoned_threads)}")
         lines.extend(f"leak: {text}" for text in self.leaked)
+        if lines and not is_xdist_worker(self.config):
+            lines.extend(line.removeprefix("concurrency: ")
+                         for line in self.oversubscription_lines())
         if self.json_path is not None and not is_xdist_worker(self.config):
             lines.append(f"JSON report: {self.json_path}")
         if not lines:
@@ -334,6 +429,24 @@ class ConcurrencySession:
         if self.json_path is not None:
             report.write_json(self.json_path, report.json_document(self.json_header(),
                                                                    self.entries))
+        if self.plot_dir is not None:
+            self.plot_lines = self.write_plots(self.plot_dir)
+
+    def scaling_entries(self) -> list[dict[str, Any]]:
+        return [entry for entry in self.entries if entry.get("kind") == report.KIND_SCALING]
+
+    def write_plots(self, directory: Path) -> list[str]:
+        entries = self.scaling_entries()
+        if not entries:
+            return []
+        from .plot import PlotUnavailableError, write_charts
+
+        try:
+            written = write_charts(entries, directory)
+        except (PlotUnavailableError, OSError) as error:
+            return [messages.PLOT_FAILED.format(error=error)]
+        return [messages.PLOT_WRITTEN.format(count=len(written), directory=directory,
+                                             index=directory / "index.html")]
 
     def json_header(self) -> dict[str, Any]:
         return {
@@ -345,6 +458,7 @@ class ConcurrencySession:
             "usable_cores": self.budget.usable,
             "cpu_count": self.budget.cpu_count,
             "pid": os.getpid(),
+            "oversubscription": self.oversubscription(),
         }
 
 
@@ -412,6 +526,52 @@ def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> li
     ]
 
 
+def shard_of(item: pytest.Item) -> tuple[int, int] | None:
+    """(shard index, shard count) of an item made by ``--concurrency-shards``, else None."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or SHARD_ARG not in callspec.params:
+        return None
+    session = item.config.pluginmanager.get_plugin("concurrency-session")
+    count = session.settings.shards if isinstance(session, ConcurrencySession) else 1
+    return int(callspec.params[SHARD_ARG]), count
+
+
+def test_function(item: pytest.Function) -> Any:
+    """The test function itself: pytest-asyncio swaps ``item.obj`` for a synchronous wrapper
+    while the test runs; the plugin runs the coroutine function on its own loop instead."""
+    function = item.obj
+    wrapped = getattr(function, "__wrapped__", None)
+    if not inspect.iscoroutinefunction(function) and inspect.iscoroutinefunction(wrapped):
+        return wrapped
+    return function
+
+
+def is_async_test(item: pytest.Item) -> bool:
+    return isinstance(item, pytest.Function) and inspect.iscoroutinefunction(test_function(item))
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """Mode-specific knobs for :func:`~pytest_concurrency.runners.make_runner`."""
+    if settings.mode == "processes":
+        return {"start_method": settings.start_method}
+    return {}
+
+
+def describe_start_method(start_method: str | None) -> str:
+    from .runners.processes import describe_start_method as describe
+
+    return describe(start_method)
+
+
+def run_scaling(item: pytest.Function) -> bool:
+    """A test marked ``scaling``: its body is the unit of work. (This frame stays visible:
+    when every frame is hidden, pytest adds a line about hidden entries to the report.)"""
+    from .scaling_hooks import run_scaling_marker
+
+    run_scaling_marker(item)
+    return True
+
+
 def invocation_nodeid(item: pytest.Item) -> str:
     """The test id as the user types it from where pytest was started (nodeids are relative
     to the rootdir, which may be elsewhere)."""
@@ -422,6 +582,17 @@ def invocation_nodeid(item: pytest.Item) -> str:
     except ValueError:  # another drive on Windows
         path = str(item.path)
     return f"{path}{sep}{rest}" if sep else path
+
+
+def xdist_worker_count(config: pytest.Config) -> int:
+    """How many pytest-xdist workers share this machine's cores (0: no xdist)."""
+    workerinput = getattr(config, "workerinput", None)
+    if isinstance(workerinput, dict):
+        return int(workerinput.get("workercount", 0) or 0)
+    if not config.pluginmanager.hasplugin("dsession"):
+        return 0
+    count = config.getoption("numprocesses", None)
+    return count if isinstance(count, int) else 0
 
 
 def is_xdist_worker(config: pytest.Config) -> bool:
