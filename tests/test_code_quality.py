@@ -1,0 +1,29 @@
+"""The package is ruff and mypy clean: checked in the suite, so CI gates on it."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_tool(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed: pip install '.[lint]'")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=300, check=False)
+
+
+def test_ruff_is_clean() -> None:
+    result = run_tool("ruff", "check", "pytest_concurrency", "tests", "benchmarks", "examples")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_is_clean() -> None:
+    result = run_tool("mypy")
+    assert result.returncode == 0, result.stdout + result.stderr
