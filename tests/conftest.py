@@ -8,7 +8,7 @@ pytest_plugins = ["pytester"]
 
 # pytest-run-parallel may be installed for benchmarks; it must not wrap the inner runs.
 # pytest-asyncio is installed by the test extra; tests of our coexistence with it enable it.
-ISOLATION_ARGS = ("-p", "no:run_parallel", "-p", "no:cacheprovider", "-p", "no:asyncio")
+ISOLATION_ARGS = ("-p", "no:run-parallel", "-p", "no:cacheprovider", "-p", "no:asyncio")
 
 
 @pytest.fixture

@@ -524,10 +524,10 @@ def test_unsafe_fixture_list_is_configurable(pytester, run) -> None:
 
 def test_seed_last_replays_the_previous_session_seed(pytester) -> None:
     pytester.makepyfile("def test_nothing(): pass")
-    first = pytester.runpytest("-p", "no:run_parallel", "-p", "no:asyncio",
+    first = pytester.runpytest("-p", "no:run-parallel", "-p", "no:asyncio",
                                "--concurrency-seed=31337")
     first.assert_outcomes(passed=1)
-    again = pytester.runpytest("-p", "no:run_parallel", "-p", "no:asyncio",
+    again = pytester.runpytest("-p", "no:run-parallel", "-p", "no:asyncio",
                                "--concurrency-seed=last")
     again.stdout.fnmatch_lines(["concurrency: seed 31337 *"])
 

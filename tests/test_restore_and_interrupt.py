@@ -134,7 +134,7 @@ def test_ctrl_c_during_a_long_run_exits_promptly_leaving_nothing(tmp_path: Path)
         "    sum(range(1000))\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:run_parallel",
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:run-parallel",
          "-p", "no:asyncio", str(tmp_path / "test_long.py")],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
