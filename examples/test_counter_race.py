@@ -7,6 +7,7 @@ switches threads inside it on its own: the plugin's seeded perturbation makes it
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import pytest
@@ -43,7 +44,7 @@ def serve_requests(counter: HitCounter) -> int:
 def test_counter_without_lock_loses_hits(concurrency):
     for run in concurrency.runs(50):
         counter = HitCounter()
-        run(lambda: serve_requests(counter), workers=4)
+        run(functools.partial(serve_requests, counter), workers=4)
         run.observe(counter.hits)
         assert counter.hits == 4 * REQUESTS_PER_WORKER
 
@@ -51,5 +52,5 @@ def test_counter_without_lock_loses_hits(concurrency):
 def test_counter_with_lock_counts_every_hit(concurrency):
     for run in concurrency.runs(50):
         counter = LockedHitCounter()
-        run(lambda: serve_requests(counter), workers=4)
+        run(functools.partial(serve_requests, counter), workers=4)
         assert counter.hits == 4 * REQUESTS_PER_WORKER

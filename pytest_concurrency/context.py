@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -25,7 +26,7 @@ class WorkerContext:
     workers: int
     mode: str
     seed: int
-    wait_at_barrier: Callable[[float | None], None]
+    wait_at_barrier: Callable[[float | None], Any]  # asyncio: returns an awaitable
 
 
 CURRENT: ContextVar[WorkerContext | None] = ContextVar("pytest_concurrency_worker", default=None)

@@ -27,7 +27,8 @@ from .runners.base import AsyncRunner, Runner, RunPlan, WorkerCall
 from .series import failure_exception, outcome_signal, run_series, run_series_async
 from .settings import MODES
 
-RunnerFactory = Callable[[str, int], Runner]
+RunnerFactory = Callable[[str, int, "str | None"], Runner]
+"""(mode, workers, schedule) -> runner; schedule None: the test's own setting."""
 
 
 class ConcurrencyUsageError(RuntimeError):
@@ -56,8 +57,8 @@ class Concurrency:
         self._config = config
         self._runner_factory = runner_factory
         self._runner: Runner | None = None
-        self._runner_workers = 0
-        self._runner_mode = config.mode
+        self._runner_key: tuple[int, str, str | None] = (0, config.mode, None)
+        self._schedule: str | None = None  # runs(schedule=...); None: the test's setting
         self.active: HarnessLoop | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -126,17 +127,20 @@ class Concurrency:
     # -- the explicit harness ---------------------------------------------------------------
 
     def runs(
-        self, count: int | None = None, *, budget: float | None = None, mode: str | None = None
+        self, count: int | None = None, *, budget: float | None = None, mode: str | None = None,
+        schedule: str | None = None,
     ) -> Iterator[HarnessRun]:
         """Yield runs; a budget (argument or ``--concurrency-budget``) replaces the count.
 
-        ``mode`` ("threads", "processes" or "asyncio") overrides the test's mode for this loop.
+        ``mode`` ("threads", "processes" or "asyncio") overrides the test's mode for this loop;
+        ``schedule`` ("random", "pct", "on" or "off") its controlled scheduler (threads only).
         """
         if current() is not None:
             raise ConcurrencyUsageError(messages.NESTED_RUN)
         if mode is not None and mode not in MODES:
             raise ConcurrencyUsageError(messages.RUNS_BAD_MODE.format(mode=mode,
                                                                       modes=", ".join(MODES)))
+        self._schedule = _schedule_choice(schedule)
         loop = HarnessLoop(self, self._plan(count, budget), mode or self._config.mode)
         self.active = loop
         return loop.iterate()
@@ -158,14 +162,14 @@ class Concurrency:
 
     def runner(self, workers: int, mode: str | None = None) -> Runner:
         mode = mode or self._config.mode
-        if self._runner is not None and (self._runner_workers, self._runner_mode) != (workers,
-                                                                                     mode):
+        key = (workers, mode, self._schedule)
+        if self._runner is not None and self._runner_key != key:
             self.close()
         if self._runner is None:
             if self._runner_factory is None:
                 raise ConcurrencyUsageError(messages.NESTED_RUN)
-            self._runner = self._runner_factory(mode, workers)
-            self._runner_workers, self._runner_mode = workers, mode
+            self._runner = self._runner_factory(mode, workers, self._schedule)
+            self._runner_key = key
         return self._runner
 
     def close(self) -> None:
@@ -296,6 +300,18 @@ class HarnessRun:
                 f"pytest-concurrency: run(fn, workers=N) takes a whole number >= 1; got {count!r}"
             )
         return [functions[0]] * count
+
+
+def _schedule_choice(schedule: str | None) -> str | None:
+    """``runs(schedule=...)`` checked like the marker's ``schedule=``; None keeps the test's."""
+    if schedule is None:
+        return None
+    from .settings import Source, parse_schedule
+
+    try:
+        return parse_schedule(schedule, Source("marker", "schedule=", "concurrency.runs()"))
+    except ValueError as error:
+        raise ConcurrencyUsageError(str(error)) from None
 
 
 def _loop_running() -> bool:

@@ -59,8 +59,23 @@ def child_pids() -> frozenset[int]:
                 continue
             pids.update(int(pid) for pid in text.split())
         multiprocessing.active_children()  # reap finished multiprocessing children
-        return frozenset(pid for pid in pids if _alive(pid))
+        return frozenset(pid for pid in pids if _alive(pid)) - multiprocessing_helpers()
     return frozenset(p.pid for p in multiprocessing.active_children() if p.pid is not None)
+
+
+def multiprocessing_helpers() -> frozenset[int]:
+    """The fork server and the resource tracker: started once, they live as long as pytest
+    (and end with it), so they are not a test's leak."""
+    import sys
+
+    pids: set[int | None] = set()
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    if forkserver is not None:
+        pids.add(getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None))
+    if tracker is not None:
+        pids.add(getattr(getattr(tracker, "_resource_tracker", None), "_pid", None))
+    return frozenset(pid for pid in pids if isinstance(pid, int))
 
 
 def _alive(pid: int) -> bool:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 MARKER_CONCURRENT = (
     "concurrent(workers=4, runs=100, mode='threads', seed=None, timeout=60, perturb=True, "
-    "budget=None): run the test body in `workers` workers at once, `runs` times; fixtures are "
-    "set up once and shared. mode is threads, processes or asyncio (implied by async def)."
+    "budget=None, start_method='auto'): run the test body in `workers` workers at once, `runs` "
+    "times; fixtures are set up once and shared. mode is threads, processes or asyncio "
+    "(implied by async def)."
 )
 MARKER_NOT_CONCURRENT = (
     "not_concurrent(reason=...): never run this test concurrently, even under "
@@ -19,6 +20,19 @@ BAD_MARKER = "pytest-concurrency: {nodeid}: {error}"
 NOT_A_FUNCTION = (
     "pytest-concurrency: {nodeid} is not a plain test function, so it cannot run concurrently"
 )
+MARKER_SCALING = (
+    "scaling(workers=None, modes=('threads', 'processes'), expect=None, min_efficiency=None, "
+    "rounds=None, budget=None, force=False): measure the test body as a unit of work at 1..N "
+    "workers and give a verdict (scales, gil-bound, io-bound, contended, serial, "
+    "environment-limited, inconclusive); expect= and min_efficiency= fail the test when not met."
+)
+OVERSUBSCRIBED = (
+    "concurrency: pytest-xdist -n {xdist_workers}: up to {xdist_workers} x {workers_per_test} = "
+    "{busy} busy workers on {usable_cores} usable cores ({ratio}x oversubscribed; timings "
+    "and scaling are unreliable, race hunting is not)"
+)
+PLOT_FAILED = "scaling charts were not written: {error}"
+PLOT_WRITTEN = "scaling charts: {count} written to {directory} (open {index})"
 SEED_LAST_MISSING = (
     "pytest-concurrency: --concurrency-seed=last found no seed from an earlier run "
     "(the pytest cache is empty or disabled); pass a number, e.g. --concurrency-seed=12345"
@@ -52,3 +66,163 @@ SERIAL_NOT_CONCURRENT = "marked not_concurrent"
 SERIAL_UNSAFE_FIXTURE = "uses thread-unsafe fixture {names}"
 SERIAL_WARNINGS = "uses {name} (warning filters are process-global)"
 SERIAL_NOT_FUNCTION = "not a plain test function"
+
+# -- process mode (runners/processes.py) ----------------------------------------------------
+START_METHOD_DEFAULT = (
+    "processes start with {method} (the default; --concurrency-start-method or "
+    "start_method= to change)"
+)
+START_METHOD_CHOSEN = "processes start with {method} (chosen)"
+UNPICKLABLE = (
+    "pytest-concurrency: {what} ({type}) cannot be sent to a worker process: {error}.\n"
+    "In mode='processes' (start method {method}) the body, its fixture values and its "
+    "arguments are pickled into every worker process.\n"
+    "Fix: {fix}"
+)
+UNPICKLABLE_FUNCTION_FIX = (
+    "define the function at module level of an importable module (not inside the test, not a "
+    "lambda), or use start_method='fork' (POSIX only), whose workers inherit it"
+)
+UNPICKLABLE_VALUE_FIX = (
+    "make the fixture or argument return something that pickles: a path or plain settings "
+    "instead of an open handle (file, connection, socket, lock), and open the handle inside "
+    "the body, one per process; or use start_method='fork' (POSIX only), whose workers "
+    "inherit it"
+)
+UNPICKLABLE_RESULT = (
+    "pytest-concurrency: worker {worker} returned a {type} that cannot be sent back from its "
+    "process: {error}. Fix: return plain data (numbers, strings, tuples, dicts) from a "
+    "callable run in mode='processes'"
+)
+CHILD_TRACEBACK = "Traceback in worker process {worker}:"
+WORKER_CRASHED = (
+    "worker {worker} (pid {pid}) {how} during run {run}; the worker pool was restarted"
+)
+CRASH_SIGNAL = "was killed by signal {signal} ({number})"
+CRASH_EXIT = "exited with code {code} (os._exit() in the body or in code it calls?)"
+CRASH_NO_ANSWER = "stopped answering"
+WORKER_DIED_AT_START = (
+    "pytest-concurrency: worker process {worker} {how} before it was ready to run the test.\n"
+    "{stack}"
+)
+WORKER_LOAD_FAILED = (
+    "pytest-concurrency: worker process {worker} could not load the test body (its module "
+    "must be importable in a fresh process):\n{text}"
+)
+WORKER_START_TIMEOUT = (
+    "pytest-concurrency: worker processes {workers} did not get ready within {seconds:g}s"
+)
+
+# -- asyncio mode (runners/aio.py) ----------------------------------------------------------
+SYNC_BODY_IN_ASYNCIO = (
+    "pytest-concurrency: {nodeid} runs in mode='asyncio' but its body is a plain def. "
+    "Fix: make it `async def`, or choose mode='threads' for synchronous code"
+)
+ASYNC_BODY_IN_OTHER_MODE = (
+    "pytest-concurrency: {nodeid} is `async def` but runs in mode={mode!r}, where nothing "
+    "would await it. Fix: leave mode= out (async def implies mode='asyncio')"
+)
+SYNC_CALL_IN_ASYNCIO = (
+    "pytest-concurrency: in mode='asyncio' every callable given to run(...) must return an "
+    "awaitable; {name} returned {type}. Fix: pass an `async def` function (or a lambda that "
+    "returns a coroutine), or use the threads mode for synchronous code"
+)
+RUN_NOT_AWAITED = (
+    "pytest-concurrency: run(...) in an async test returns an awaitable: write "
+    "`await run(fn, workers=8)`"
+)
+FOREIGN_EVENT_LOOP = (
+    "pytest-concurrency: asyncio runs need the plugin's own event loop (it orders ready tasks "
+    "from the seed), but this code runs on another loop ({loop}). Let the plugin run the test: "
+    "mark it @pytest.mark.concurrent or request the `concurrency` fixture, and do not wrap it "
+    "in asyncio.run() or another plugin's loop"
+)
+LOOP_BLOCKED = (
+    "the event loop was blocked for {seconds:g}s by a synchronous call (time.sleep, a blocking "
+    "socket or lock, a busy loop) in worker {worker}: it is abandoned with its thread"
+)
+RUNS_BAD_MODE = (
+    "pytest-concurrency: concurrency.runs(mode={mode!r}): mode must be one of {modes}"
+)
+
+# -- the controlled scheduler, deadlocks and lock order (issue 5) ------------------------------
+
+HEADER_SCHEDULE = (
+    "concurrency: controlled schedule {schedule} for thread tests; lock-order inversions: "
+    "{lock_order}"
+)
+SCHEDULE_NEEDS_THREADS = (
+    "pytest-concurrency: schedule={schedule!r} controls threads only, but {nodeid} runs in "
+    "mode={mode!r}; drop schedule= or use mode='threads' (asyncio already replays by seed)"
+)
+SCHEDULE_NOTE = (
+    "  controlled schedule ({strategy}): {points} scheduling points, {decisions} decisions; "
+    "interleaving {fingerprint}"
+)
+SCHEDULE_EXACT = "  the reproduce line below replays this interleaving step for step"
+SCHEDULE_DETACHED = (
+    "  replay may differ: {count} step(s) left Python (asleep in C code, I/O or an untracked "
+    "lock for {blocked:g}s, or busy for {seconds:g}s without a scheduling point) and ran "
+    "uncontrolled"
+)
+SCHEDULE_STEPS_TITLE = "  interleaving, the last {shown} of {total} steps {what}:"
+SCHEDULE_BEFORE_FAILURE = "up to worker {worker} raising {error}"
+SCHEDULE_BEFORE_HANG = "before the run hung"
+SCHEDULE_BEFORE_CHECK = "of the run whose check failed"
+SCHEDULE_STATE_DETACHED = "left the scheduler's control (C code, I/O or an untracked lock)"
+SCHEDULE_STATE_RUNNING = "holds the token and reached no scheduling point for {seconds:.1f}s"
+SCHEDULE_SUMMARY_PCT = (
+    "controlled schedule (pct): {nodeid}: n={workers} workers, k={steps} decisions per run "
+    "(measured), d={depth}, m={clean_runs} clean runs: a depth-{depth} bug was missed with "
+    "probability <= {miss_bound:.4g} (each run finds it with probability >= 1/{inverse:.0f}; "
+    "{runs_for_95} clean runs for 95%)"
+)
+SCHEDULE_SUMMARY_NO_BOUND = (
+    "controlled schedule ({strategy}): {nodeid}: {runs} runs, up to {points} scheduling points "
+    "and {decisions} decisions per run; {why}"
+)
+SCHEDULE_FOUND = (
+    "controlled schedule ({strategy}): {nodeid}: found a failure in run {run} (its "
+    "interleaving and the line that replays it are in the report)"
+)
+SCHEDULE_NO_BOUND_RANDOM = "random choices state no bound (use schedule='pct' for one)"
+SCHEDULE_NO_BOUND_PCT = (
+    "no run counts towards the bound yet (the first run measures k; failed runs and runs "
+    "with detached steps do not count)"
+)
+DEADLOCK_CONTROLLED_HEADLINE = (
+    "DEADLOCK in run {run} (controlled schedule, step {step}): every worker is blocked and "
+    "none can go on"
+)
+DEADLOCK_PLAIN_HEADLINE = (
+    "DEADLOCK: these threads wait for each other for ever (seen by the lock watchdog for "
+    "{seconds:g}s)"
+)
+DEADLOCK_WAIT_LINE = (
+    "  {who} waits for {what} at {site}; it is held by {holder}, who took it at {taken_at}"
+)
+DEADLOCK_NO_HOLDER_LINE = (
+    "  {who} waits for {what} at {site}; nobody holds it, and no worker is left running that "
+    "could set, release or notify it"
+)
+DEADLOCK_CYCLE_LINE = "  cycle: {cycle}"
+DEADLOCK_PLAIN_VICTIM = (
+    "  {who} was stopped with this error to break the cycle; fix: take the locks in one "
+    "global order"
+)
+INVERSION_HEADLINE = (
+    "LOCK-ORDER INVERSION (potential deadlock): {locks} are taken in opposite orders; two "
+    "workers running these paths at once can each take one lock and wait for ever on the other"
+)
+INVERSION_EDGE = (
+    "  {who} took {second} at {second_site} while holding {first} (taken at {first_site})"
+)
+INVERSION_REPEATED = (
+    "  (seen {count} times: with new locks made at the same lines, e.g. once per run)"
+)
+INVERSION_FIX = "  fix: take these locks in one global order everywhere (or under one outer lock)"
+INVERSION_WARN_HINT = "(a warning: --concurrency-lock-order=warn; fail makes it a failure)"
+INVERSION_FAIL_HINT = (
+    "(--concurrency-lock-order=warn makes this a warning, off stops lock tracking)"
+)
+INVERSION_SUMMARY = "lock-order inversions: {nodeid}: {count} ({outcome})"

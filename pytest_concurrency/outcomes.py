@@ -128,6 +128,7 @@ class RunRecord:
     interrupt: BaseException | None = None
     hung_workers: list[int] = field(default_factory=list)
     stacks: dict[int, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # lines a schedule adds to the report
 
     @property
     def failed(self) -> bool:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,8 +32,18 @@ OPTION_HELP = {
     "timeout": "seconds one run may take before its workers are reported as hung (default: 60)",
     "perturb": "seeded schedule perturbation: true or false (default: true)",
     "budget": "stress each concurrent test for this many seconds instead of a run count",
+    "start_method": "how mode=processes starts workers: forkserver, spawn, fork or auto "
+                    "(default: auto, forkserver where available, else spawn)",
     "leaks": "threads and processes a concurrent test leaves running: warn, fail or off "
              "(default: warn)",
+    "shards": "split each concurrent test into this many items with disjoint seeds, so that "
+              "pytest-xdist spreads one test's hunt over all its workers (default: 1)",
+    "schedule": "controlled scheduler for thread mode, one worker at a time in an order drawn "
+                "from the seed (exact replay): off, random, pct (with a stated bound), or on "
+                "(= random, the faster finder) (default: off)",
+    "schedule_depth": "PCT's bug depth d for --concurrency-schedule=pct (default: 3)",
+    "lock_order": "lock-order inversions (potential deadlocks) in thread tests: fail, warn, or "
+                  "off (no lock tracking, no deadlock watchdog) (default: fail)",
 }
 INI_HELP = "default for --concurrency-{name} (environment: " + ENV_PREFIX + "{upper})"
 
@@ -63,11 +74,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", messages.MARKER_CONCURRENT)
     config.addinivalue_line("markers", messages.MARKER_NOT_CONCURRENT)
+    config.addinivalue_line("markers", messages.MARKER_SCALING)
     try:
         session = build_session(config)
     except SettingsError as error:
         raise pytest.UsageError(str(error)) from None
     config.pluginmanager.register(session, SESSION_NAME)
+    from .lockwatch import LOCKWATCH_NAME, LockWatch  # lock tracking, deadlocks (issue 5)
+
+    config.pluginmanager.register(LockWatch(session), LOCKWATCH_NAME)
 
 
 def build_session(config: pytest.Config) -> ConcurrencySession:
@@ -140,3 +155,13 @@ def concurrency(request: pytest.FixtureRequest) -> Generator[Concurrency, None, 
         yield fixture
     finally:
         fixture.close()
+
+
+@pytest.fixture
+def scaling(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """``report = scaling(fn, *args, workers=, modes=, rounds=, budget=)`` measures ``fn`` at
+    1..N workers in threads and processes; ``report.verdict``, ``.speedup(mode, n)``,
+    ``.efficiency(mode, n)``, ``.summary()``."""
+    from .scaling_hooks import scaling_fixture_value
+
+    return scaling_fixture_value(request)

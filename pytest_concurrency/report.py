@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import messages
 from .outcomes import FailureGroup, RunRecord, SeriesOutcome, group_failures
 
 JSON_VERSION = 1
@@ -114,6 +115,7 @@ def failure_report(
     lines = [headline(outcome, record, timeout, seed)]
     lines.extend(group_lines(group_failures(record.failures)))
     lines.extend(hang_lines(record))
+    lines.extend(record.notes)
     lines.extend(observation_lines(outcome))
     lines.append("  " + REPRODUCE.format(command=reproduce))
     return lines
@@ -199,6 +201,7 @@ def summary_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
             if entry.get("reproduce"):
                 lines.append(f"    reproduce: {entry['reproduce']}")
     lines.extend(shard_lines(concurrent))
+    lines.extend(schedule_lines(concurrent))
     if serial:
         lines.append(f"{len(serial)} tests ran once, not concurrently:")
         by_reason: dict[str, list[str]] = {}
@@ -208,6 +211,43 @@ def summary_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
             lines.append(f"  {len(nodeids)} {reason}: {', '.join(nodeids[:5])}"
                          + (" ..." if len(nodeids) > 5 else ""))
     return lines
+
+
+MAX_SCHEDULE_LINES = 20
+
+
+def schedule_lines(concurrent: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What each controlled-schedule test states (PCT: n, k, d, m and the bound on a miss),
+    and each test's lock-order inversions."""
+    lines = []
+    for entry in concurrent:
+        schedule = entry.get("schedule")
+        if schedule:
+            lines.append(schedule_line(str(entry["nodeid"]), schedule, entry.get("failing_run")))
+        inversions = (entry.get("lock_order") or {}).get("inversions") or []
+        if inversions:
+            lines.append(messages.INVERSION_SUMMARY.format(
+                nodeid=entry["nodeid"], count=len(inversions),
+                outcome=entry["lock_order"].get("verdict")))
+    if len(lines) > MAX_SCHEDULE_LINES:
+        hidden = len(lines) - MAX_SCHEDULE_LINES
+        lines = [*lines[:MAX_SCHEDULE_LINES], f"... and {hidden} more (see --concurrency-json)"]
+    return lines
+
+
+def schedule_line(nodeid: str, schedule: Mapping[str, Any], failing_run: Any = None) -> str:
+    if failing_run is not None:
+        return messages.SCHEDULE_FOUND.format(strategy=schedule.get("strategy"), nodeid=nodeid,
+                                              run=failing_run)
+    guarantee = schedule.get("guarantee")
+    if guarantee:
+        return messages.SCHEDULE_SUMMARY_PCT.format(
+            nodeid=nodeid, inverse=1 / guarantee["run_probability"], **guarantee)
+    why = (messages.SCHEDULE_NO_BOUND_PCT if schedule.get("strategy") == "pct"
+           else messages.SCHEDULE_NO_BOUND_RANDOM)
+    return messages.SCHEDULE_SUMMARY_NO_BOUND.format(
+        strategy=schedule.get("strategy"), nodeid=nodeid, runs=schedule.get("runs"),
+        points=schedule.get("max_points"), decisions=schedule.get("max_decisions"), why=why)
 
 
 def shard_lines(concurrent: Sequence[Mapping[str, Any]]) -> list[str]:

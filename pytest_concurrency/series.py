@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from .outcomes import CallKind, RunRecord, SeriesOutcome, classify, group_failures
 from .report import failure_report
-from .runners.base import Runner, RunPlan, Series, WorkerCall
+from .runners.base import AsyncRunner, Runner, RunPlan, Series, WorkerCall
 
 if sys.version_info >= (3, 11):
     BaseGroup = BaseExceptionGroup  # noqa: F821
@@ -64,6 +64,40 @@ def run_series(
     on_record: Callable[[RunRecord], None] | None = None,
 ) -> RunRecord | None:
     """Run ``plan`` on ``runner``; return the last record (with results if kept)."""
+    __tracebackhide__ = True
+    series, last = accounted_series(calls, outcome=outcome, plan=plan, timeout=timeout,
+                                    keep_results=keep_results, on_record=on_record)
+    runner.run_series(series)
+    return last[0] if last else None
+
+
+async def run_series_async(
+    runner: AsyncRunner,
+    calls: Sequence[WorkerCall],
+    *,
+    outcome: SeriesOutcome,
+    plan: RunPlan,
+    timeout: float,
+    keep_results: bool = False,
+) -> RunRecord | None:
+    """:func:`run_series` on the caller's event loop (asyncio mode, from an async test)."""
+    __tracebackhide__ = True
+    series, last = accounted_series(calls, outcome=outcome, plan=plan, timeout=timeout,
+                                    keep_results=keep_results)
+    await runner.run_series_async(series)
+    return last[0] if last else None
+
+
+def accounted_series(
+    calls: Sequence[WorkerCall],
+    *,
+    outcome: SeriesOutcome,
+    plan: RunPlan,
+    timeout: float,
+    keep_results: bool = False,
+    on_record: Callable[[RunRecord], None] | None = None,
+) -> tuple[Series, list[RunRecord]]:
+    """A series whose finished runs are counted into ``outcome``; the list gets the last."""
     last: list[RunRecord] = []
 
     def on_run_done(record: RunRecord) -> bool:
@@ -72,11 +106,9 @@ def run_series(
             on_record(record)
         return account(outcome, record)
 
-    runner.run_series(
-        Series(calls=calls, plan=plan, seed=outcome.seed, timeout=timeout,
-               on_run_done=on_run_done, keep_results=keep_results)
-    )
-    return last[0] if last else None
+    series = Series(calls=calls, plan=plan, seed=outcome.seed, timeout=timeout,
+                    on_run_done=on_run_done, keep_results=keep_results)
+    return series, last
 
 
 def failure_exception(

@@ -24,7 +24,7 @@ from .runners import make_perturbation, make_runner
 from .runners.base import Runner, RunPlan
 from .seeds import derive_seed, test_seed
 from .series import add_note, failure_exception, outcome_signal, run_series
-from .settings import DEFAULT_TIMEOUT, Settings, SettingsError
+from .settings import DEFAULT_SCHEDULE_DEPTH, DEFAULT_TIMEOUT, Settings, SettingsError
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SHARD_ARG = "concurrency_shard"
@@ -289,6 +289,7 @@ class ConcurrencySession:
             seed = derive_seed("shard", seed, index)
             runs = max(1, math.ceil(settings.runs / count))
             extra = (f"--concurrency-shards={count}",)
+        extra += schedule_options(settings)
         return HarnessConfig(
             mode=settings.mode,
             workers=settings.worker_count(self.budget.usable),
@@ -304,7 +305,13 @@ class ConcurrencySession:
     def make_runner(self, item: pytest.Item, settings: Settings, workers: int,
                     seed: int) -> Runner:
         roots = [self.config.rootpath, item.path.parent]
-        perturbation = make_perturbation(enabled=settings.perturb, roots=roots, seed=seed)
+        if settings.mode == "threads" and settings.schedule != "off":
+            from .scheduler import make_scheduler  # the controlled scheduler (issue 5)
+
+            perturbation: Any = make_scheduler(settings.schedule, roots=roots, seed=seed,
+                                               workers=workers, depth=settings.schedule_depth)
+        else:
+            perturbation = make_perturbation(enabled=settings.perturb, roots=roots, seed=seed)
         return make_runner(settings.mode, workers, perturbation=perturbation,
                            options=runner_options(settings))
 
@@ -320,7 +327,9 @@ class ConcurrencySession:
                                  **{n: item.funcargs[n] for n in item._fixtureinfo.argnames})
         try:
             aio.run_test_coroutine(body)
-        except aio.LoopBlocked:
+        except aio.LoopBlocked as blocked:
+            self.abandoned_threads.append(blocked.thread.name)
+            self.abandoned_idents |= {blocked.thread.ident or 0}
             loop = fixture.active if isinstance(fixture, Concurrency) else None
             if loop is None or not loop.outcome.failed:
                 raise
@@ -345,9 +354,10 @@ class ConcurrencySession:
             settings = dataclasses.replace(settings, mode="asyncio")
         config = self.harness_config(item, settings)
 
-        def factory(mode: str, workers: int) -> Runner:
-            return self.make_runner(item, dataclasses.replace(settings, mode=mode), workers,
-                                    config.seed)
+        def factory(mode: str, workers: int, schedule: str | None = None) -> Runner:
+            chosen = dataclasses.replace(settings, mode=mode,
+                                         schedule=schedule or settings.schedule)
+            return self.make_runner(item, chosen, workers, config.seed)
 
         return Concurrency(config, factory)
 
@@ -548,6 +558,17 @@ def test_function(item: pytest.Function) -> Any:
 
 def is_async_test(item: pytest.Item) -> bool:
     return isinstance(item, pytest.Function) and inspect.iscoroutinefunction(test_function(item))
+
+
+def schedule_options(settings: Settings) -> tuple[str, ...]:
+    """What the reproduce line needs to replay a controlled schedule chosen on the command line
+    (harmless when the marker chose it: the marker wins)."""
+    if settings.schedule == "off" or settings.mode != "threads":
+        return ()
+    options: tuple[str, ...] = (f"--concurrency-schedule={settings.schedule}",)
+    if settings.schedule == "pct" and settings.schedule_depth != DEFAULT_SCHEDULE_DEPTH:
+        options += (f"--concurrency-schedule-depth={settings.schedule_depth}",)
+    return options
 
 
 def runner_options(settings: Settings) -> dict[str, Any]:

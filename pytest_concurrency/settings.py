@@ -134,12 +134,65 @@ def parse_leaks(raw: object, source: Source) -> str:
     raise _fail(source, raw, f"expected one of {', '.join(choices)}")
 
 
+SCHEDULES = ("off", "random", "pct")
+SCHEDULE_ON = "on"
+DEFAULT_STRATEGY = "random"
+"""What ``schedule="on"`` (or ``schedule=True``) picks: the better finder on the race corpus,
+median 1 run to first detection against 6 for PCT d=3 (benchmarks/README.md, "Controlled
+scheduler"); choose "pct" for a stated bound."""
+DEFAULT_SCHEDULE_DEPTH = 3
+MAX_SCHEDULE_DEPTH = 8
+LOCK_ORDER_CHOICES = ("fail", "warn", "off")
+
+
+def parse_choice(raw: object, source: Source, choices: tuple[str, ...]) -> str:
+    if isinstance(raw, str) and raw.strip().lower() in choices:
+        return raw.strip().lower()
+    hint = ""
+    if isinstance(raw, str):
+        close = difflib.get_close_matches(raw.strip().lower(), choices, n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+    raise _fail(source, raw, f"expected one of {', '.join(choices)}{hint}")
+
+
+def parse_schedule(raw: object, source: Source) -> str:
+    """The controlled scheduler of thread mode: off, random or pct."""
+    if raw is False or raw is None:
+        return "off"
+    if raw is True or (isinstance(raw, str) and raw.strip().lower() == SCHEDULE_ON):
+        return DEFAULT_STRATEGY
+    return parse_choice(raw, source, (*SCHEDULES, SCHEDULE_ON))
+
+
+def parse_schedule_depth(raw: object, source: Source) -> int:
+    return parse_int(raw, source, low=1, high=MAX_SCHEDULE_DEPTH, example="3")
+
+
+def parse_lock_order(raw: object, source: Source) -> str:
+    return parse_choice(raw, source, LOCK_ORDER_CHOICES)
+
+
+def parse_shards(raw: object, source: Source) -> int:
+    return parse_int(raw, source, low=1, high=MAX_WORKERS, example="4")
+
+
 def parse_timeout(raw: object, source: Source) -> float:
     return parse_seconds(raw, source, example="30")
 
 
 def parse_budget(raw: object, source: Source) -> float:
     return parse_seconds(raw, source, example="60")
+
+
+def parse_start_method(raw: object, source: Source) -> str | None:
+    """How process mode starts its workers; "auto" (None) lets the runner choose."""
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    if isinstance(raw, str) and raw.strip() in (*methods, "auto"):
+        return None if raw.strip() == "auto" else raw.strip()
+    raise _fail(source, raw, f"start method must be auto or one of {', '.join(methods)} "
+                             "on this platform")
 
 
 @dataclass(frozen=True)
@@ -178,7 +231,12 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("timeout", parse_timeout),
         FieldSpec("perturb", parse_bool),
         FieldSpec("budget", parse_budget),
+        FieldSpec("start_method", parse_start_method),
         FieldSpec("leaks", parse_leaks, in_marker=False),
+        FieldSpec("shards", parse_shards, in_marker=False),
+        FieldSpec("schedule", parse_schedule),
+        FieldSpec("schedule_depth", parse_schedule_depth),
+        FieldSpec("lock_order", parse_lock_order),
     )
 }
 MARKER_KEYS = tuple(name for name, spec in FIELDS.items() if spec.in_marker)
@@ -195,7 +253,12 @@ class Settings:
     timeout: float | None = None  # None: DEFAULT_TIMEOUT, or less under pytest-timeout
     perturb: bool = True
     budget: float | None = None
+    start_method: str | None = None  # process mode; None: the runner's default
     leaks: str = "warn"
+    shards: int = 1
+    schedule: str = "off"  # the controlled scheduler: off, random or pct (threads only)
+    schedule_depth: int = DEFAULT_SCHEDULE_DEPTH  # PCT's bug depth d
+    lock_order: str = "fail"  # lock-order inversions: fail, warn, or off (no lock tracking)
 
     def with_marker(self, kwargs: Mapping[str, object], where: str) -> Settings:
         """These settings overridden by a marker's keyword arguments."""

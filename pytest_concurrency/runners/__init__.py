@@ -6,8 +6,9 @@ for them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..perturb import NO_PERTURBATION, Perturbation
 from .base import Runner
@@ -26,7 +27,7 @@ def make_perturbation(*, enabled: bool, roots: Sequence[Path], seed: int) -> Per
 
 
 def make_runner(mode: str, workers: int, *, perturbation: Perturbation = NO_PERTURBATION,
-                options: dict[str, object] | None = None) -> Runner:
+                options: Mapping[str, Any] | None = None) -> Runner:
     """A runner for ``mode`` with ``workers`` workers (``options``: mode-specific knobs)."""
     if mode == "threads":
         from .threads import ThreadRunner

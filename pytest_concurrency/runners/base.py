@@ -70,6 +70,13 @@ class Runner(Protocol):
         """Stop every worker; never leave a thread, task or process behind."""
 
 
+class AsyncRunner(Runner, Protocol):
+    """A mode that can also run a series on the caller's event loop (asyncio)."""
+
+    async def run_series_async(self, series: Series) -> None:
+        """Like ``run_series``, awaited from a coroutine running on the mode's own loop."""
+
+
 class BarrierAborted(RuntimeError):
     """Raised in a worker waiting at ``concurrency.barrier()`` when another worker failed."""
 

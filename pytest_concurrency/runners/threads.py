@@ -29,6 +29,7 @@ MODE = "threads"
 SWITCH_INTERVAL = 1e-6
 POLL_SECONDS = 0.05
 CLOSE_SECONDS = 5.0
+RELEASE_GRACE = 0.3
 WORKER_NAME = "concurrency-worker-{}"
 
 
@@ -117,6 +118,14 @@ class ThreadRunner:
         self._threads = [t for t in self._threads if t.is_alive()]
         self._abandoned.extend(self._threads)
         self._threads = []
+        self._let_released_threads_exit()
+
+    def _let_released_threads_exit(self) -> None:
+        """After a hang the workers that were not stuck leave through the aborted barriers (and
+        the controlled scheduler's gates): give them a moment before calling any abandoned."""
+        deadline = time.monotonic() + RELEASE_GRACE
+        for thread in self._abandoned:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def abandoned_threads(self) -> list[threading.Thread]:
@@ -156,9 +165,17 @@ class ThreadRunner:
             frame = frames.get(ident) if ident is not None else None
             if frame is not None:
                 record.stacks[index] = "".join(traceback.format_stack(frame))
+        self._describe_run(record)
         self._abort()
         series.on_run_done(record)
         return True
+
+    def _describe_run(self, record: RunRecord) -> None:
+        """A perturbation that can say more about a run (the controlled scheduler's
+        interleaving) adds its lines to the record's report."""
+        describe = getattr(self.perturbation, "describe_run", None)
+        if describe is not None:
+            record.notes.extend(describe(record))
 
     def _abort(self) -> None:
         self._broken = True
@@ -246,6 +263,7 @@ class ThreadRunner:
     def _close_run(self, run: _Run, series: Series) -> bool:
         """Hand the finished run to the caller; open the next one and return True if wanted."""
         drop_collateral(run.record)
+        self._describe_run(run.record)
         go_on = series.on_run_done(run.record)
         next_index = run.record.index + 1
         if go_on and run.record.interrupt is None and series.plan.has_run(next_index):

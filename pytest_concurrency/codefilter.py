@@ -1,0 +1,125 @@
+"""Which code is *under test*, and where in it shared state is touched.
+
+The perturbation engine only makes a worker give way inside the user's own code: files under
+the given roots (the pytest rootdir and the test file's directory), never the standard library,
+installed packages (site-packages, dist-packages, virtual environments), pytest, pluggy or this
+plugin. Inside that code it stops only at *shared-state operations*: attribute, global, closure
+and subscript loads and stores, method loads, calls, membership tests and iteration steps.
+
+Answers are cached per file name (:class:`CodeFilter`) and per code object (the callers keep
+the offsets). Pure module: no pytest import.
+"""
+
+from __future__ import annotations
+
+import dis
+import os
+import site
+import sysconfig
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import CodeType, ModuleType
+
+ATTRIBUTE_OPS = ("LOAD_ATTR", "STORE_ATTR", "DELETE_ATTR", "LOAD_METHOD", "LOAD_SUPER_ATTR")
+GLOBAL_OPS = ("LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_FROM_DICT_OR_GLOBALS")
+NAME_OPS = ("LOAD_NAME", "STORE_NAME", "DELETE_NAME")
+CELL_OPS = ("LOAD_DEREF", "STORE_DEREF", "LOAD_CLASSDEREF", "LOAD_FROM_DICT_OR_DEREF")
+SUBSCRIPT_OPS = ("BINARY_SUBSCR", "STORE_SUBSCR", "DELETE_SUBSCR", "BINARY_SLICE", "STORE_SLICE")
+CALL_OPS = (
+    "CALL_FUNCTION",
+    "CALL_FUNCTION_KW",
+    "CALL_METHOD",
+    "CALL_FUNCTION_EX",
+    "CALL",
+    "CALL_KW",
+)
+CONTAINER_OPS = ("CONTAINS_OP", "FOR_ITER")
+SHARED_STATE_OPNAMES = frozenset(
+    ATTRIBUTE_OPS + GLOBAL_OPS + NAME_OPS + CELL_OPS + SUBSCRIPT_OPS + CALL_OPS + CONTAINER_OPS
+)
+"""Instructions before which a worker may be made to give way."""
+
+PACKAGE_DIR_NAMES = frozenset({"site-packages", "dist-packages"})
+"""Any file below a directory with one of these names is installed code, wherever it lives."""
+
+
+def _module_dir(module: ModuleType) -> Path | None:
+    filename = getattr(module, "__file__", None)
+    return Path(filename).resolve().parent if filename else None
+
+
+def excluded_dirs() -> list[Path]:
+    """Directories whose code is never under test: stdlib, installed packages, the tooling."""
+    import _pytest
+    import pluggy
+    import pytest
+
+    import pytest_concurrency
+
+    paths: list[str] = []
+    sysconfig_paths = sysconfig.get_paths()
+    paths.extend(
+        sysconfig_paths[key]
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+        if key in sysconfig_paths
+    )
+    paths.extend(getattr(site, "getsitepackages", list)())
+    user_site = site.getusersitepackages() if hasattr(site, "getusersitepackages") else None
+    if isinstance(user_site, str):
+        paths.append(user_site)
+    dirs = [Path(path).resolve() for path in paths if path]
+    for module in (pytest_concurrency, pytest, _pytest, pluggy):
+        module_dir = _module_dir(module)
+        if module_dir is not None:
+            # pytest.py is a single module next to _pytest/: exclude only the file's package
+            dirs.append(module_dir if module is not pytest else Path(pytest.__file__).resolve())
+    return _unique(dirs)
+
+
+def _unique(paths: Iterable[Path]) -> list[Path]:
+    seen: dict[Path, None] = {}
+    for path in paths:
+        seen.setdefault(path, None)
+    return list(seen)
+
+
+def _is_below(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+class CodeFilter:
+    """Answers "is this file the user's code?", cached per file name."""
+
+    def __init__(self, roots: Sequence[Path], excluded: Sequence[Path] | None = None) -> None:
+        self.roots = tuple(os.path.normcase(str(Path(root).resolve())) for root in roots)
+        chosen = excluded_dirs() if excluded is None else excluded
+        self.excluded = tuple(os.path.normcase(str(Path(path).resolve())) for path in chosen)
+        self._cache: dict[str, bool] = {}
+
+    def is_user_file(self, filename: str) -> bool:
+        answer = self._cache.get(filename)
+        if answer is None:
+            answer = self._cache[filename] = self._judge(filename)
+        return answer
+
+    def is_user_code(self, code: CodeType) -> bool:
+        return self.is_user_file(code.co_filename)
+
+    def _judge(self, filename: str) -> bool:
+        if not filename or filename.startswith("<"):
+            return False  # <string>, <frozen ...>, <stdin>: no file we could own
+        path = os.path.normcase(os.path.realpath(filename))
+        if PACKAGE_DIR_NAMES.intersection(Path(path).parts):
+            return False
+        if any(_is_below(path, excluded) for excluded in self.excluded):
+            return False
+        return any(_is_below(path, root) for root in self.roots)
+
+
+def shared_state_offsets(code: CodeType) -> frozenset[int]:
+    """Byte offsets of the shared-state instructions of ``code`` (not of nested code)."""
+    return frozenset(
+        instruction.offset
+        for instruction in dis.get_instructions(code)
+        if instruction.opname in SHARED_STATE_OPNAMES
+    )

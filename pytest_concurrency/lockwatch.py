@@ -1,0 +1,253 @@
+"""Per test: the window of tracked primitives, the lock-order verdict, the schedule's summary.
+
+For every concurrent test in thread mode (marked ``concurrent``, or using the ``concurrency``
+harness) with ``lock_order`` not ``off`` or a controlled ``schedule``, the window of
+:mod:`pytest_concurrency.primitives` opens before the test's setup and closes after its
+teardown, so that the locks its fixtures and its per-run setup make are tracked (and, under the
+controlled scheduler, cooperative). At the end of the call:
+
+* a lock-order inversion found in the test fails it (``lock_order="fail"``, the default) or
+  warns (``"warn"``), with both acquisition sites; when the test failed anyway, the inversion
+  is added to its failure as a note;
+* the schedule's summary (PCT's n, k, d, m and the bound on a miss) and the inversions are
+  added to the test's entry for the terminal summary and the JSON report.
+
+Nothing is imported, patched or tracked for a test that needs none of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from . import messages
+from .entries import ENTRIES_KEY
+from .report import KIND_CONCURRENT
+from .series import add_note
+from .session import (
+    SERIAL_KEY,
+    SETTINGS_KEY,
+    ConcurrencySession,
+    is_async_test,
+    is_concurrent,
+)
+from .settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from .primitives import LockTracker
+    from .scheduler import ControlledScheduler
+
+LOCKWATCH_NAME = "concurrency-lockwatch"
+MODE_THREADS = "threads"
+
+
+class LockOrderWarning(pytest.PytestWarning):
+    """A lock-order inversion (a potential deadlock) under ``lock_order="warn"``."""
+
+
+@dataclass
+class _Watch:
+    """The open window of one test."""
+
+    settings: Settings
+    tracker: LockTracker
+    stack: contextlib.ExitStack
+    inversions: list[list[str]] = field(default_factory=list)
+
+
+WATCH_KEY = pytest.StashKey[_Watch]()
+
+
+class LockWatch:
+    """The hooks; registered next to the session by :mod:`pytest_concurrency.plugin`."""
+
+    def __init__(self, session: ConcurrencySession) -> None:
+        self.session = session
+        self._filters: dict[tuple[Path, ...], Any] = {}
+
+    # -- the window: from setup to teardown ---------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        settings = self.watched_settings(item)
+        if settings is not None:
+            self.open(item, settings)
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
+        try:
+            return (yield)
+        finally:
+            self.close(item)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        try:
+            return (yield)
+        finally:
+            self.close(item)  # after an interrupt skipped the teardown
+
+    def pytest_report_header(self) -> list[str]:
+        settings = self.session.settings
+        if settings.schedule == "off" and settings.lock_order == "fail":
+            return []  # the defaults: nothing to say
+        schedule = settings.schedule
+        if schedule == "pct":
+            schedule += f" (depth {settings.schedule_depth})"
+        return [messages.HEADER_SCHEDULE.format(schedule=schedule,
+                                                lock_order=settings.lock_order)]
+
+    def pytest_unconfigure(self) -> None:
+        from .primitives import TRACKER, close_every_window
+
+        if TRACKER.active:
+            close_every_window()
+
+    def watched_settings(self, item: pytest.Item) -> Settings | None:
+        """The test's settings if it needs the window, else None (the session reports bad
+        settings itself)."""
+        if (
+            not isinstance(item, pytest.Function)
+            or not is_concurrent(item)
+            or item.stash.get(SERIAL_KEY, None) is not None
+            or is_async_test(item)
+        ):
+            return None
+        settings = self.session.settings
+        marker = item.get_closest_marker("concurrent")
+        if marker is not None:
+            resolved = self.session.marker_settings(item, marker.kwargs)
+            if isinstance(resolved, SettingsError):
+                return None
+            settings = resolved
+        if settings.mode != MODE_THREADS:
+            return None
+        if settings.schedule == "off" and settings.lock_order == "off":
+            return None
+        return settings
+
+    def open(self, item: pytest.Item, settings: Settings) -> None:
+        from . import scheduler
+        from .primitives import tracked_primitives
+
+        scheduler.take_created()
+        stack = contextlib.ExitStack()
+        tracker = stack.enter_context(tracked_primitives(self.user_file_filter(item)))
+        item.stash[WATCH_KEY] = _Watch(settings, tracker, stack)
+
+    def close(self, item: pytest.Item) -> None:
+        watch = item.stash.get(WATCH_KEY, None)
+        if watch is not None:
+            watch.stack.close()
+
+    def user_file_filter(self, item: pytest.Item) -> Any:
+        roots = (self.session.config.rootpath, item.path.parent)
+        code_filter = self._filters.get(roots)
+        if code_filter is None:
+            from .codefilter import CodeFilter
+
+            code_filter = self._filters[roots] = CodeFilter(roots)
+        return code_filter.is_user_file
+
+    # -- the verdict, at the end of the call ----------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        watch = item.stash.get(WATCH_KEY, None)
+        resolved = item.stash.get(SETTINGS_KEY, None)
+        marker = item.get_closest_marker("concurrent")
+        if (
+            resolved is not None
+            and marker is not None
+            and "schedule" in marker.kwargs
+            and resolved.schedule != "off"
+            and resolved.mode != MODE_THREADS
+        ):
+            pytest.fail(
+                messages.SCHEDULE_NEEDS_THREADS.format(
+                    schedule=resolved.schedule, nodeid=item.nodeid, mode=resolved.mode
+                ),
+                pytrace=False,
+            )
+        if watch is None:
+            return (yield)
+        try:
+            result = yield
+        except BaseException as exc:
+            for text in (self.schedule_text(item), self.inversion_text(watch)):
+                if text:
+                    add_note(exc, text)
+            raise
+        self.verdict(item, watch)
+        return result
+
+    def schedule_text(self, item: pytest.Item) -> str:
+        """The interleaving of the last controlled run, when the check after it failed (the
+        harness loop was inside a run); empty when that run's own failure already shows it."""
+        from . import scheduler
+
+        fixture = getattr(item, "funcargs", {}).get("concurrency")
+        loop = getattr(fixture, "active", None)
+        made = scheduler.CREATED
+        if not made or getattr(loop, "current", None) is None:
+            return ""
+        return "\n".join(made[-1].check_failed())
+
+    def inversion_text(self, watch: _Watch) -> str:
+        """The test's lock-order inversions, unless they are off or a deadlock showed them."""
+        watch.inversions = watch.tracker.inversions()
+        if not watch.inversions or watch.settings.lock_order == "off" or watch.tracker.deadlocks:
+            return ""
+        return "\n".join("\n".join(lines) for lines in watch.inversions)
+
+    def verdict(self, item: pytest.Item, watch: _Watch) -> None:
+        text = self.inversion_text(watch)
+        if not text:
+            return
+        if watch.settings.lock_order == "warn":
+            item.warn(LockOrderWarning(f"{text}\n{messages.INVERSION_WARN_HINT}"))
+            return
+        pytest.fail(f"{text}\n{messages.INVERSION_FAIL_HINT}", pytrace=False)
+
+    # -- the entry: schedule summary and inversions -----------------------------------------
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if call.when == "call":
+            self.annotate_entries(item)
+        return report
+
+    def annotate_entries(self, item: pytest.Item) -> None:
+        from . import scheduler
+
+        made = scheduler.take_created()
+        watch = item.stash.get(WATCH_KEY, None)
+        entries = [
+            entry
+            for entry in item.stash.get(ENTRIES_KEY, [])
+            if entry.get("kind") == KIND_CONCURRENT
+        ]
+        for entry in entries:
+            if made:
+                entry["schedule"] = summarize(made)
+            if watch is not None and watch.inversions and watch.settings.lock_order != "off":
+                entry["lock_order"] = {
+                    "verdict": watch.settings.lock_order,
+                    "inversions": watch.inversions,
+                }
+
+
+def summarize(schedulers: Sequence[ControlledScheduler]) -> dict[str, Any]:
+    """One summary for the schedulers of a test (the harness makes one per worker count)."""
+    from .scheduler import summary_of
+
+    return summary_of(schedulers)

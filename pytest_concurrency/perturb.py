@@ -1,0 +1,518 @@
+"""Seeded schedule perturbation: make the running worker give way inside the code under test.
+
+On a GIL build CPython switches threads only at eval-breaker checks (calls, backward jumps), so
+a read-modify-write such as ``self.n += 1`` never interleaves however short the switch
+interval. A Python-level callback run *between two instructions* of the user's code changes
+that: entering the callback is an eval-breaker check, so with the short switch interval the
+thread runner sets, the worker can be switched out inside the window; and the callback can,
+from a seeded random generator, make the worker give way on purpose (yield the CPU, or sleep
+briefly) so that the other workers run through the window meanwhile.
+
+The callbacks come from ``sys.settrace`` opcode events on 3.10 and 3.11 (installed per worker
+thread, around each call) and from ``sys.monitoring`` on 3.12+ (one tool for the series,
+instruction events enabled only for the user's code objects, gated per thread). They stop only
+at shared-state instructions of the code under test (see :mod:`pytest_concurrency.codefilter`).
+
+How hard a run pushes varies from run to run: a :class:`RunProfile` drawn from the run's seed
+gives the chance of giving way at each decision point, the share of give-ways that sleep rather
+than yield, and the longest sleep; one run in eight (:data:`BARE_RUN_SHARE`) only opens switch
+opportunities. Each worker draws its choices from its own generator seeded by (series seed,
+run seed, worker), so a seed replays the same choices. The cost is bounded per call
+(:data:`MAX_POINTS_PER_CALL`, :data:`MAX_SLEEP_PER_CALL`).
+
+The thread runner drives a :class:`Perturbation` through one series of runs:
+
+* ``series_started()`` / ``series_finished()`` are called in the controlling thread around the
+  whole series; ``series_finished`` restores everything that was changed (trace and
+  monitoring hooks), even after failures. The switch interval belongs to the runner.
+* ``call_started(worker, run, run_seed)`` / ``call_finished()`` are called inside each worker
+  thread around every call of the test body.
+
+Pure module: no pytest import.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from types import CodeType, FrameType
+from typing import Any, NamedTuple, Protocol
+
+from .codefilter import CodeFilter, shared_state_offsets
+from .seeds import derive_seed
+
+BARE_RUN_SHARE = 0.125
+"""Share of runs that only open switch opportunities and never force a give-way."""
+MIN_GIVE_WAY_RATE = 1 / 64
+MAX_GIVE_WAY_RATE = 1 / 2
+"""Bounds of the per-run chance that a decision point gives way (drawn log-uniformly)."""
+MIN_SLEEP_SECONDS = 2e-6
+MAX_SLEEP_SECONDS = 2e-4
+"""Bounds of the per-run longest sleep (drawn log-uniformly); each sleep is up to that long."""
+
+MAX_POINTS_PER_CALL = 20_000
+"""Decision points per call; past them the call runs on unperturbed (untraced on 3.10/3.11), so a
+long body stays affordable (see benchmarks/README.md for the cost of one point)."""
+MAX_SLEEP_PER_CALL = 0.005
+"""Seconds of sleep decided per call; past it give-ways only yield."""
+
+MONITORING_TOOL_NAME = "pytest-concurrency"
+MONITORING_TOOL_IDS = (3, 4, 5, 2)
+"""Tool ids tried in order: the unnamed ones first, then the profiler's."""
+NO_FREE_TOOL_ID = (
+    "schedule perturbation is off: every sys.monitoring tool id it could use ({}) is taken"
+)
+
+MECHANISM_SETTRACE = "sys.settrace opcode events"
+MECHANISM_MONITORING = "sys.monitoring instruction events"
+
+TraceFunction = Callable[[FrameType, str, Any], Any]
+
+
+class Perturbation(Protocol):
+    def series_started(self) -> None: ...
+
+    def series_finished(self) -> None: ...
+
+    def call_started(self, worker: int, run: int, run_seed: int) -> None: ...
+
+    def call_finished(self) -> None: ...
+
+
+class NoPerturbation:
+    """Changes nothing: the baseline, and the choice of ``perturb=False``."""
+
+    def series_started(self) -> None:
+        return None
+
+    def series_finished(self) -> None:
+        return None
+
+    def call_started(self, worker: int, run: int, run_seed: int) -> None:
+        return None
+
+    def call_finished(self) -> None:
+        return None
+
+
+NO_PERTURBATION = NoPerturbation()
+
+
+# -- the seeded choices ---------------------------------------------------------------------
+
+
+class Action(Enum):
+    """What a worker does at one decision point."""
+
+    PASS = "pass"  # a bare switch opportunity: the callback itself is an eval-breaker check
+    YIELD = "yield"  # release the GIL and yield the CPU
+    SLEEP = "sleep"  # release the GIL for a short, seeded time
+    STOP = "stop"  # this call's budget is spent: no more decision points
+
+
+class Decision(NamedTuple):
+    action: Action
+    seconds: float = 0.0
+
+
+PASS_DECISION = Decision(Action.PASS)
+YIELD_DECISION = Decision(Action.YIELD)
+STOP_DECISION = Decision(Action.STOP)
+
+
+def _log_uniform(rng: random.Random, low: float, high: float) -> float:
+    return math.exp(rng.uniform(math.log(low), math.log(high)))
+
+
+@dataclass(frozen=True)
+class RunProfile:
+    """How hard one run perturbs: the same for every worker of the run."""
+
+    give_way_rate: float
+    sleep_share: float
+    longest_sleep: float
+
+    @classmethod
+    def from_seed(cls, seed: int, run_seed: int) -> RunProfile:
+        rng = random.Random(derive_seed("perturb-profile", seed, run_seed))
+        bare = rng.random() < BARE_RUN_SHARE
+        rate = 0.0 if bare else _log_uniform(rng, MIN_GIVE_WAY_RATE, MAX_GIVE_WAY_RATE)
+        return cls(
+            give_way_rate=rate,
+            sleep_share=rng.random(),
+            longest_sleep=_log_uniform(rng, MIN_SLEEP_SECONDS, MAX_SLEEP_SECONDS),
+        )
+
+
+def worker_seed(seed: int, run_seed: int, worker: int) -> int:
+    return derive_seed("perturb-worker", seed, run_seed, worker)
+
+
+_sched_yield: Callable[[], None] = getattr(os, "sched_yield", lambda: time.sleep(0))
+
+
+class WorkerSchedule:
+    """The seeded give-way choices of one worker in one call, made at each decision point."""
+
+    def __init__(self, profile: RunProfile, seed: int, log: list[Decision] | None = None) -> None:
+        self.profile = profile
+        self._random = random.Random(seed).random
+        self._rate = profile.give_way_rate
+        self._max_points = MAX_POINTS_PER_CALL
+        self.log = log
+        self.points = 0
+        self.yields = 0
+        self.sleeps = 0
+        self.slept = 0.0
+
+    def next_decision(self) -> Decision:
+        """Draw the choice for the next decision point, without acting on it."""
+        self.points += 1
+        if self.points > self._max_points:
+            decision = STOP_DECISION
+        elif self._random() >= self._rate:
+            decision = PASS_DECISION
+        else:
+            decision = self._give_way_decision()
+        if self.log is not None:
+            self.log.append(decision)
+        return decision
+
+    def _give_way_decision(self) -> Decision:
+        profile = self.profile
+        if self._random() < profile.sleep_share and self.slept < MAX_SLEEP_PER_CALL:
+            seconds = profile.longest_sleep * self._random()
+            self.sleeps += 1
+            self.slept += seconds
+            return Decision(Action.SLEEP, seconds)
+        self.yields += 1
+        return YIELD_DECISION
+
+    def at_point(self) -> bool:
+        """Decide and act at one decision point; False once the call's budget is spent.
+
+        Paid at every shared-state instruction, so the common case (no log, budget left, pass)
+        is :meth:`next_decision` inlined: the same draws in the same order.
+        """
+        if self.log is None and self.points < self._max_points:
+            self.points += 1
+            if self._random() >= self._rate:
+                return True
+            decision = self._give_way_decision()
+        else:
+            decision = self.next_decision()
+        return _act(decision)
+
+
+def _act(decision: Decision) -> bool:
+    action = decision.action
+    if action is Action.SLEEP:
+        time.sleep(decision.seconds)
+    elif action is Action.YIELD:
+        _sched_yield()
+    return action is not Action.STOP
+
+
+# -- what a series did ----------------------------------------------------------------------
+
+
+@dataclass
+class PerturbationStats:
+    """Totals over a perturbation's calls: how much it stopped, yielded and slept."""
+
+    calls: int = 0
+    points: int = 0
+    yields: int = 0
+    sleeps: int = 0
+    slept_seconds: float = 0.0
+
+    def add(self, schedule: WorkerSchedule) -> None:
+        self.calls += 1
+        self.points += min(schedule.points, MAX_POINTS_PER_CALL)
+        self.yields += schedule.yields
+        self.sleeps += schedule.sleeps
+        self.slept_seconds += schedule.slept
+
+
+@dataclass(frozen=True)
+class CallDecisions:
+    """Every decision one worker drew in one call (kept only when recording)."""
+
+    worker: int
+    run: int
+    run_seed: int
+    decisions: tuple[Decision, ...]
+
+
+class PointHook(Protocol):
+    """What a tracing callback calls at each decision point of the code under test.
+
+    ``at_point`` is called directly from the callback, so ``sys._getframe(2)`` inside it is the
+    user's frame about to run the shared-state instruction. It returns False to stop: the rest
+    of the call runs without decision points.
+    """
+
+    def at_point(self) -> bool: ...
+
+
+class _ThreadState(threading.local):
+    schedule: PointHook | None = None  # while the worker is in a call with budget left
+    call: WorkerSchedule | None = None  # for the whole call: its totals
+    worker: int = -1
+    run: int = -1
+    run_seed: int = 0
+    previous_trace: Any = None
+
+
+class SeededPerturbation:
+    """The common part of both mechanisms: one schedule per worker call, stats and log."""
+
+    mechanism = "none"
+
+    def __init__(self, roots: Sequence[Path], seed: int, *, record: bool = False) -> None:
+        self.seed = seed
+        self.code_filter = CodeFilter(roots)
+        self.stats = PerturbationStats()
+        self.decisions: list[CallDecisions] | None = [] if record else None
+        self.unavailable_reason: str | None = None
+        self.fixed_profile: RunProfile | None = None  # benchmarks and tests: one for every run
+        self._thread = _ThreadState()
+        self._lock = threading.Lock()
+        self._profiles: dict[int, RunProfile] = {}
+
+    # -- the Perturbation protocol --------------------------------------------------------
+
+    def series_started(self) -> None:
+        return None
+
+    def series_finished(self) -> None:
+        return None
+
+    def call_started(self, worker: int, run: int, run_seed: int) -> None:
+        state = self._thread
+        state.worker, state.run, state.run_seed = worker, run, run_seed
+        log: list[Decision] | None = [] if self.decisions is not None else None
+        state.schedule = state.call = WorkerSchedule(
+            self._profile(run_seed), worker_seed(self.seed, run_seed, worker), log
+        )
+        self._activate()
+
+    def call_finished(self) -> None:
+        state = self._thread
+        schedule, state.call, state.schedule = state.call, None, None
+        self._deactivate()
+        if schedule is None:
+            return
+        with self._lock:
+            self.stats.add(schedule)
+            if self.decisions is not None and schedule.log is not None:
+                self.decisions.append(
+                    CallDecisions(state.worker, state.run, state.run_seed, tuple(schedule.log))
+                )
+
+    # -- the tracing layer alone, for other schedulers --------------------------------------
+
+    def attach(self, hook: PointHook) -> None:
+        """In a worker thread, between ``series_started`` and ``series_finished``: call
+        ``hook.at_point()`` at every decision point this thread reaches, until :meth:`detach`.
+
+        The controlled scheduler uses this to turn the decision points into scheduling points;
+        nothing is drawn or counted here.
+        """
+        self._thread.schedule = hook
+        self._activate()
+
+    def detach(self) -> None:
+        """In the same worker thread: stop calling the hook, put back the thread's tracer."""
+        self._deactivate()
+        self._thread.schedule = None
+
+    # -- for the mechanisms ---------------------------------------------------------------
+
+    def _profile(self, run_seed: int) -> RunProfile:
+        if self.fixed_profile is not None:
+            return self.fixed_profile
+        profile = self._profiles.get(run_seed)
+        if profile is None:
+            profile = RunProfile.from_seed(self.seed, run_seed)
+            with self._lock:
+                if len(self._profiles) > 1024:
+                    self._profiles.clear()
+                self._profiles[run_seed] = profile
+        return profile
+
+    def _activate(self) -> None:
+        return None
+
+    def _deactivate(self) -> None:
+        return None
+
+
+class TracePerturbation(SeededPerturbation):
+    """3.10/3.11: ``sys.settrace`` with opcode events, installed in each worker around its call.
+
+    Nothing global changes: the worker's previous trace function (a coverage tracer, say) is
+    saved in ``call_started`` and put back in ``call_finished``.
+    """
+
+    mechanism = MECHANISM_SETTRACE
+
+    def __init__(self, roots: Sequence[Path], seed: int, *, record: bool = False) -> None:
+        super().__init__(roots, seed, record=record)
+        self._tracers: dict[int, tuple[CodeType, TraceFunction]] = {}  # kept across series
+
+    def _activate(self) -> None:
+        self._thread.previous_trace = sys.gettrace()
+        sys.settrace(self._on_call)
+
+    def _deactivate(self) -> None:
+        state = self._thread
+        sys.settrace(state.previous_trace)
+        state.previous_trace = None
+
+    def _on_call(self, frame: FrameType, event: str, arg: Any) -> TraceFunction | None:
+        code = frame.f_code
+        if not self.code_filter.is_user_file(code.co_filename):
+            return None
+        entry = self._tracers.get(id(code))
+        if entry is None:
+            entry = self._tracers[id(code)] = (code, self._opcode_tracer(code))
+        frame.f_trace_lines = False
+        frame.f_trace_opcodes = True
+        return entry[1]
+
+    def _opcode_tracer(self, code: CodeType) -> TraceFunction:
+        offsets = shared_state_offsets(code)
+        state = self._thread
+
+        def on_opcode(frame: FrameType, event: str, arg: Any) -> TraceFunction:
+            if frame.f_lasti in offsets and event == "opcode":
+                schedule = state.schedule
+                if schedule is None or not schedule.at_point():
+                    frame.f_trace_opcodes = False
+                    if schedule is not None:  # budget spent: the rest of the call is untraced
+                        state.schedule = None
+                        sys.settrace(state.previous_trace)
+            return on_opcode
+
+        return on_opcode
+
+
+class MonitoringPerturbation(SeededPerturbation):
+    """3.12+: one ``sys.monitoring`` tool for the series, instruction events on user code only.
+
+    ``PY_START``/``PY_RESUME`` are watched globally; the first start of a user code object turns
+    on its ``INSTRUCTION`` events, every other location answers ``DISABLE`` at once, and so does
+    every instruction that is not a shared-state operation. Callbacks fire in every thread; only
+    a worker inside a call (the thread-local schedule) acts on them.
+    """
+
+    mechanism = MECHANISM_MONITORING
+
+    def __init__(self, roots: Sequence[Path], seed: int, *, record: bool = False) -> None:
+        super().__init__(roots, seed, record=record)
+        self.tool_id: int | None = None
+        self._offsets: dict[int, tuple[CodeType, frozenset[int]]] = {}  # kept across series
+        self._instrumented: dict[int, CodeType] = {}  # in this series
+
+    def series_started(self) -> None:
+        if self.tool_id is not None:
+            return
+        monitoring = sys.monitoring  # type: ignore[attr-defined,unused-ignore]
+        events = monitoring.events
+        tool_id = _claim_tool_id()
+        if tool_id is None:
+            self.unavailable_reason = NO_FREE_TOOL_ID.format(MONITORING_TOOL_IDS)
+            return
+        self.tool_id = tool_id
+        self.unavailable_reason = None
+        try:
+            monitoring.register_callback(tool_id, events.PY_START, self._on_start)
+            monitoring.register_callback(tool_id, events.PY_RESUME, self._on_start)
+            monitoring.register_callback(tool_id, events.INSTRUCTION, self._on_instruction)
+            monitoring.set_events(tool_id, events.PY_START | events.PY_RESUME)
+        except BaseException:
+            self.series_finished()
+            raise
+
+    def series_finished(self) -> None:
+        tool_id, self.tool_id = self.tool_id, None
+        if tool_id is None:
+            return
+        monitoring = sys.monitoring  # type: ignore[attr-defined,unused-ignore]
+        events = monitoring.events
+        try:
+            monitoring.set_events(tool_id, events.NO_EVENTS)
+            for code in self._instrumented.values():
+                monitoring.set_local_events(tool_id, code, events.NO_EVENTS)
+            for event in (events.PY_START, events.PY_RESUME, events.INSTRUCTION):
+                monitoring.register_callback(tool_id, event, None)
+        finally:
+            monitoring.free_tool_id(tool_id)
+            monitoring.restart_events()
+            self._instrumented.clear()
+
+    def _on_start(self, code: CodeType, offset: int) -> object:
+        tool_id = self.tool_id
+        key = id(code)
+        if (
+            tool_id is not None
+            and key not in self._instrumented
+            and self.code_filter.is_user_code(code)
+        ):
+            if key not in self._offsets:
+                self._offsets[key] = (code, shared_state_offsets(code))  # the code keeps its id
+            self._instrumented[key] = code
+            sys.monitoring.set_local_events(  # type: ignore[attr-defined,unused-ignore]
+                tool_id, code, _INSTRUCTION
+            )
+        return _DISABLE
+
+    def _on_instruction(self, code: CodeType, offset: int) -> object:
+        entry = self._offsets.get(id(code))
+        if entry is None or offset not in entry[1]:
+            return _DISABLE
+        state = self._thread
+        schedule = state.schedule
+        if schedule is not None and not schedule.at_point():
+            state.schedule = None  # budget spent: the rest of the call only pays the callback
+        return None
+
+
+_DISABLE: object = getattr(getattr(sys, "monitoring", None), "DISABLE", None)
+_INSTRUCTION: int = getattr(
+    getattr(getattr(sys, "monitoring", None), "events", None), "INSTRUCTION", 0
+)
+
+
+def _claim_tool_id() -> int | None:
+    monitoring = sys.monitoring  # type: ignore[attr-defined,unused-ignore]
+    for tool_id in MONITORING_TOOL_IDS:
+        if monitoring.get_tool(tool_id) is None:
+            monitoring.use_tool_id(tool_id, MONITORING_TOOL_NAME)
+            return tool_id
+    return None
+
+
+def seeded_perturbation(
+    roots: Sequence[Path], seed: int, *, record: bool = False
+) -> SeededPerturbation:
+    """The mechanism this interpreter supports best."""
+    if sys.version_info >= (3, 12):
+        return MonitoringPerturbation(roots, seed, record=record)
+    return TracePerturbation(roots, seed, record=record)
+
+
+def make_perturbation(*, enabled: bool, roots: Sequence[Path], seed: int) -> Perturbation:
+    """What the thread runner uses: seeded perturbation of ``roots``' code, or none at all."""
+    if not enabled:
+        return NO_PERTURBATION
+    return seeded_perturbation(roots, seed)

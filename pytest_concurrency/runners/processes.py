@@ -1,0 +1,633 @@
+"""Process mode: a persistent pool of worker processes, one IPC round trip per run.
+
+The pool lives for one test item (one runner). Each child (see :mod:`.process_child`) is told
+what to call once per series (``LOAD``: the pickled calls) and then once per run (``RUN``: the
+run index and seed); the children meet at a :class:`multiprocessing.Barrier` so that they start
+together, jitter their starts from the run seed (unless ``perturb=False``), call, and send
+back plain data. A run costs
+one message to each child and one answer from each, plus one barrier crossing among them.
+
+**Start method.** The default is ``forkserver`` where the platform has it (Linux, macOS, BSD),
+else ``spawn``; ``start_method=`` on the marker, ``--concurrency-start-method``, the
+``concurrency_start_method`` ini key or ``PYTEST_CONCURRENCY_START_METHOD`` choose another. The
+reasons: ``fork`` copies a process that may hold other threads' locks (pytest-xdist workers run
+execnet threads; pytest-timeout, the thread runner and many libraries start threads), which can
+deadlock the child and warns on Python 3.12+; Python 3.14 made ``forkserver`` the default on
+POSIX for the same reason, so choosing it gives the same behaviour on every version.
+``forkserver`` starts a child from a clean single-threaded server process; with ``pytest`` and
+this package preloaded in that server, a pool of four starts in about a tenth of a second.
+The price, shared with ``spawn``, is that the body, its fixture values and arguments must
+pickle: anything that does not is reported before any run, naming the fixture or argument and
+the fix. ``fork`` needs no pickling (the children inherit the calls) and is there for the
+cases that need it.
+
+**Crashes and hangs.** A child that dies (segfault, ``os._exit``, SIGKILL) fails the run with
+the worker, the signal or exit code, and its stack when faulthandler could write one; the pool
+is then rebuilt. A run that outlives its deadline gets every unfinished child's stack (the
+child's faulthandler writes it on ``SIGUSR1``) and then the children are killed. Children die
+with pytest even if pytest is killed (:func:`.process_child.die_with_parent`), and ``close()``
+reaps every one of them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import multiprocessing
+import os
+import pickle
+import shutil
+import signal
+import sys
+import sysconfig
+import tempfile
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from multiprocessing import forkserver, resource_tracker  # noqa: F401 - see below
+from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+from .. import messages
+from ..harness import ConcurrencyUsageError
+from ..outcomes import CallFailure, CallKind, FailureOrigin, RunRecord
+from ..perturb import NO_PERTURBATION, Perturbation, SeededPerturbation
+from ..seeds import run_seed
+from ..series import add_note
+from . import process_child as child
+from .base import Series, WorkerCall, drop_collateral
+
+MODE = "processes"
+# The fork server and the resource tracker make their locks when first imported: import them
+# with this module (the session imports it for its header), before any test could patch the
+# threading primitives (the lock-order watch does, in thread mode).
+PREFERRED_START_METHODS = ("forkserver", "spawn")
+FORKSERVER_PRELOAD = ("__main__", "pytest", "pytest_concurrency.runners.processes")
+"""Modules the fork server imports once so that no child pays for them (this one imports the
+child side, and the harness that the ``concurrency`` fixture needs when it is unpickled)."""
+START_SECONDS = 120.0
+"""Longest wait for a pool to start (imports in the children) or for a series to load."""
+STACK_SECONDS = 2.0
+"""Longest wait for a hung child to write its stack before it is killed."""
+STOP_SECONDS = 5.0
+"""Longest wait for an idle child to exit when told to, before it is terminated."""
+REAP_SECONDS = 2.0
+WORKER_NAME = "concurrency-worker-{}"
+CRASH_GRACE_SECONDS = 1.0
+"""After a child dies, how long the others of the run get to answer before the pool is killed."""
+OWN_FRAME_MARKERS = (
+    os.sep + "multiprocessing" + os.sep,
+    "process_child.py",
+    'File "<string>", line 1 in <module>',  # the fork server's or spawn's -c entry
+)
+
+
+class ProcessModeError(ConcurrencyUsageError):
+    """Process mode cannot run this test as written; the message names the object and the fix."""
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker process died during a run (signal or exit code in the message)."""
+
+
+def default_start_method() -> str:
+    available = multiprocessing.get_all_start_methods()
+    return next(method for method in PREFERRED_START_METHODS if method in available)
+
+
+def describe_start_method(start_method: str | None) -> str:
+    """For the header: which start method process mode uses, and whether it was chosen."""
+    if start_method is None:
+        return messages.START_METHOD_DEFAULT.format(method=default_start_method())
+    return messages.START_METHOD_CHOSEN.format(method=start_method)
+
+
+# -- what to send: pickle the calls, or say exactly what will not pickle -------------------
+
+
+def call_parts(call: object) -> Iterator[tuple[str, object]]:
+    """The named pieces of a call that a child needs: function, arguments, bound object."""
+    if isinstance(call, functools.partial):
+        yield from call_parts(call.func)
+        for position, value in enumerate(call.args):
+            yield f"positional argument {position}", value
+        for name, value in call.keywords.items():
+            yield f"the fixture or argument {name!r}", value
+        return
+    bound_to = getattr(call, "__self__", None)
+    function = getattr(call, "__func__", None)
+    if bound_to is not None and function is not None and not isinstance(bound_to, type):
+        yield f"the object {type(bound_to).__qualname__} that {function.__qualname__} is bound " \
+              "to", bound_to
+        yield f"the function {function.__qualname__}", function
+        return
+    yield f"the function {getattr(call, '__qualname__', repr(call))}", call
+
+
+def unpicklable_part(calls: Sequence[object]) -> tuple[str, object, Exception] | None:
+    """The first piece of ``calls`` that does not pickle, with the error pickling raised."""
+    for call in calls:
+        for what, value in call_parts(call):
+            try:
+                pickle.dumps(value)
+            except Exception as error:
+                return what, value, error
+    return None
+
+
+def unpicklable_message(calls: Sequence[object], error: Exception, start_method: str) -> str:
+    part = unpicklable_part(calls)
+    what, value = ("the test body", calls[0]) if part is None else part[:2]
+    reason = error if part is None else part[2]
+    local = what.startswith("the function") and (
+        "<locals>" in what or "<lambda>" in what
+    )
+    hint = messages.UNPICKLABLE_FUNCTION_FIX if local else messages.UNPICKLABLE_VALUE_FIX
+    return messages.UNPICKLABLE.format(
+        what=what, type=type(value).__qualname__, error=reason, method=start_method, fix=hint
+    )
+
+
+def user_modules(calls: Sequence[object]) -> list[tuple[str, str | None]]:
+    """Modules the children import before unpickling: where the functions and classes live."""
+    names: dict[str, str | None] = {}
+    for call in calls:
+        for _, value in call_parts(call):
+            module_name = getattr(value, "__module__", None) or type(value).__module__
+            module = sys.modules.get(module_name)
+            filename = getattr(module, "__file__", None)
+            if module_name in ("__main__", "builtins") or module is None or not filename:
+                continue
+            names.setdefault(module_name, filename)
+    return list(names.items())
+
+
+def rewrites_asserts(modules: Sequence[tuple[str, str | None]]) -> bool:
+    """Whether pytest rewrote the asserts of these modules in the parent."""
+    for name, _ in modules:
+        loader = getattr(sys.modules.get(name), "__loader__", None)
+        if type(loader).__name__ == "AssertionRewritingHook":
+            return True
+    return False
+
+
+def same_calls(held: Sequence[WorkerCall] | None, wanted: Sequence[WorkerCall]) -> bool:
+    """Whether a forked pool already holds these very calls (then it need not fork again)."""
+    return held is not None and len(held) == len(wanted) and all(
+        a is b for a, b in zip(held, wanted, strict=True))
+
+
+def call_location(call: object) -> tuple[str, int]:
+    """The file and first line of the function a call runs (for crashes without a stack)."""
+    while isinstance(call, functools.partial):
+        call = call.func
+    code = getattr(getattr(call, "__func__", call), "__code__", None)
+    if code is None:
+        return "<worker process>", 0
+    return code.co_filename, code.co_firstlineno
+
+
+# -- what comes back: rebuild an exception that reads like the user's ---------------------
+
+
+def rebuild_exception(data: child.FailureData, worker: int) -> BaseException:
+    """The child's exception: the original if it unpickles, else a stand-in of the same name.
+
+    Either way it carries the child's traceback text as a note, so the report shows the lines
+    of the user's code that ran in the worker process.
+    """
+    exc: BaseException | None = None
+    if data["pickled"] is not None:
+        with contextlib.suppress(Exception):
+            loaded = pickle.loads(data["pickled"])
+            exc = loaded if isinstance(loaded, BaseException) else None
+    if exc is None:
+        exc = _pytest_signal(data) or _stand_in(data)
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+        exc.__notes__ = notes  # type: ignore[attr-defined,unused-ignore]
+    notes.append(messages.CHILD_TRACEBACK.format(worker=worker) + "\n" + data["traceback"].rstrip())
+    return exc
+
+
+def _pytest_signal(data: child.FailureData) -> BaseException | None:
+    kind = data["kind"]
+    if kind not in (CallKind.SKIPPED.value, CallKind.XFAILED.value):
+        return None
+    from _pytest.outcomes import Skipped, XFailed
+
+    return Skipped(data["text"]) if kind == CallKind.SKIPPED.value else XFailed(data["text"])
+
+
+def _stand_in(data: child.FailureData) -> BaseException:
+    base: type[BaseException] = Exception
+    if data["kind"] == CallKind.INTERRUPTED.value:
+        base = KeyboardInterrupt
+    cls = type(data["qualname"].rsplit(".", 1)[-1], (base,), {})
+    cls.__qualname__ = data["qualname"]
+    cls.__module__ = data["module"]
+    instance: BaseException = cls(data["text"])
+    return instance
+
+
+def failure_from_child(data: child.FailureData, worker: int, run: int) -> CallFailure:
+    return CallFailure(
+        worker=worker,
+        run=run,
+        origin=FailureOrigin(data["type"], data["filename"], data["lineno"]),
+        message=data["message"],
+        exception=rebuild_exception(data, worker),
+        traceback_text=data["traceback"],
+    )
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return messages.CRASH_NO_ANSWER
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return messages.CRASH_SIGNAL.format(signal=name, number=-exitcode)
+    return messages.CRASH_EXIT.format(code=exitcode)
+
+
+def user_stack(text: str) -> str:
+    """A faulthandler dump without the frames of this plugin and of multiprocessing."""
+    lines = [line for line in text.splitlines()
+             if not any(marker in line for marker in OWN_FRAME_MARKERS)]
+    return "\n".join(lines).strip()
+
+
+def stack_origin(stack: str) -> tuple[str, int] | None:
+    """The innermost frame of user code in a faulthandler dump ("most recent call first")."""
+    for line in stack.splitlines():
+        line = line.strip()
+        if line.startswith('File "') and '", line ' in line:
+            filename, rest = line[len('File "'):].split('", line ', 1)
+            number = rest.split()[0]
+            if number.isdigit() and not is_installed_code(filename):
+                return filename, int(number)
+    return None
+
+
+def is_installed_code(filename: str) -> bool:
+    """The standard library or an installed package: where a crash surfaces, not its cause."""
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    return any(filename.startswith(root + os.sep) for root in roots)
+
+
+# -- the pool ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Child:
+    index: int
+    process: Any  # multiprocessing.process.BaseProcess
+    conn: Connection
+    stack_path: str
+    stack_read: int = 0
+
+    def read_new_stack(self) -> str:
+        try:
+            with open(self.stack_path, encoding="utf-8", errors="replace") as handle:
+                handle.seek(self.stack_read)
+                text = handle.read()
+        except OSError:
+            return ""
+        self.stack_read += len(text.encode("utf-8", errors="replace"))
+        return text
+
+
+@dataclass
+class _Pool:
+    children: list[_Child]
+    start_barrier: Any
+    user_barrier: Any
+    directory: str
+    inherited: Sequence[WorkerCall] | None
+
+
+_LIVE_RUNNERS: weakref.WeakSet[ProcessRunner] = weakref.WeakSet()
+_PRELOAD_DONE: list[bool] = []
+
+
+@atexit.register
+def _close_live_runners() -> None:
+    """Runs before multiprocessing's own exit handler, which would wait for live children."""
+    for runner in list(_LIVE_RUNNERS):
+        runner.close()
+
+
+def preload_forkserver(context: Any) -> None:
+    """Preload pytest and the child side in the fork server, once, unless the user chose."""
+    if _PRELOAD_DONE:
+        return
+    _PRELOAD_DONE.append(True)
+    server = getattr(forkserver, "_forkserver", None)
+    untouched = getattr(server, "_preload_modules", None) == ["__main__"]
+    not_running = getattr(server, "_forkserver_pid", 0) is None
+    if untouched and not_running:
+        context.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+
+
+class ProcessRunner:
+    """Runs series of runs in a pool of ``workers`` processes kept for one test item."""
+
+    mode = MODE
+
+    def __init__(self, workers: int, *, perturbation: Perturbation = NO_PERTURBATION,
+                 start_method: str | None = None, start_jitter: bool | None = None) -> None:
+        self.workers = workers
+        self.perturbation = perturbation
+        # seeded start offsets are part of perturbing the schedule: off with perturb=False
+        self.start_jitter = (perturbation is not NO_PERTURBATION if start_jitter is None
+                             else start_jitter)
+        self.start_method = start_method or default_start_method()
+        self._context = multiprocessing.get_context(self.start_method)
+        self._pool: _Pool | None = None
+        self._usage_error: ProcessModeError | None = None
+        self._usage_worker = workers  # the worker _usage_error names (workers: none)
+        _LIVE_RUNNERS.add(self)
+
+    # -- the Runner interface ---------------------------------------------------------------
+
+    def run_series(self, series: Series) -> None:
+        __tracebackhide__ = True
+        if series.workers != self.workers:
+            raise ValueError(f"this pool has {self.workers} workers, the series {series.workers}")
+        payload, inherited = self._payload(series.calls)
+        try:
+            pool = self._ready_pool(inherited, series)
+            self._load(pool, payload, series)
+            self._run_all(pool, series)
+        except BaseException:
+            self._discard_pool()
+            raise
+        if self._usage_error is not None:
+            error, self._usage_error, self._usage_worker = self._usage_error, None, self.workers
+            raise error
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            _stop_pool(pool)
+        _LIVE_RUNNERS.discard(self)
+
+    # -- before the first run -----------------------------------------------------------------
+
+    def _payload(self, calls: Sequence[WorkerCall]) -> tuple[bytes | None, Sequence[WorkerCall] |
+                                                                            None]:
+        """Pickled calls; with ``fork``, unpicklable calls are inherited by a new pool instead."""
+        __tracebackhide__ = True
+        try:
+            return ForkingPickler.dumps(list(calls)).tobytes(), None
+        except Exception as error:
+            if self.start_method == "fork":
+                return None, calls
+            raise ProcessModeError(
+                unpicklable_message(calls, error, self.start_method)
+            ) from None
+
+    def _ready_pool(self, inherited: Sequence[WorkerCall] | None, series: Series) -> _Pool:
+        pool = self._pool
+        if pool is not None and (inherited is None or same_calls(pool.inherited, inherited)):
+            return pool
+        self._discard_pool()
+        self._pool = self._start_pool(inherited, series)
+        return self._pool
+
+    def _start_pool(self, inherited: Sequence[WorkerCall] | None, series: Series) -> _Pool:
+        context = self._context
+        if self.start_method == "forkserver":
+            preload_forkserver(context)
+        directory = tempfile.mkdtemp(prefix="pytest-concurrency-")
+        pool = _Pool([], context.Barrier(self.workers), context.Barrier(self.workers),
+                     directory, inherited)
+        try:
+            for index in range(self.workers):
+                pool.children.append(self._start_child(pool, index, series))
+            self._expect(pool, child.READY, time.monotonic() + START_SECONDS)
+        except BaseException:
+            _stop_pool(pool)
+            raise
+        return pool
+
+    def _start_child(self, pool: _Pool, index: int, series: Series) -> _Child:
+        stack_path = os.path.join(pool.directory, f"worker-{index}.stack")
+        boot = {
+            "worker": index, "workers": self.workers, "timeout": series.timeout,
+            "parent_pid": os.getpid(), "stack_path": stack_path, "sys_path": list(sys.path),
+            "cwd": os.getcwd(), "environ": dict(os.environ),
+        }
+        parent_end, child_end = self._context.Pipe()
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=child.child_main, name=WORKER_NAME.format(index),
+            args=(boot, child_end, pool.start_barrier, pool.user_barrier, pool.inherited),
+        )
+        process.start()
+        child_end.close()
+        return _Child(index, process, parent_end, stack_path)
+
+    def _load(self, pool: _Pool, payload: bytes | None, series: Series) -> None:
+        modules = user_modules(series.calls) if payload is not None else []
+        message = (child.LOAD, payload, modules, rewrites_asserts(modules), series.keep_results,
+                   series.timeout, self.start_jitter, self._perturbation_spec())
+        for worker in pool.children:
+            worker.conn.send(message)
+        self._expect(pool, child.LOADED, time.monotonic() + max(START_SECONDS, series.timeout))
+
+    def _perturbation_spec(self) -> tuple[list[str], int] | None:
+        perturbation = self.perturbation
+        if isinstance(perturbation, SeededPerturbation):
+            return list(perturbation.code_filter.roots), perturbation.seed
+        return None
+
+    def _expect(self, pool: _Pool, tag: str, deadline: float) -> None:
+        """Wait for ``tag`` from every child; a child that fails or dies is a clear error."""
+        pending = {worker.index for worker in pool.children}
+        while pending:
+            for index, message in self._answers(pool, pending, deadline):
+                pending.discard(index)
+                if message is None:
+                    code = pool.children[index].process.exitcode
+                    raise ProcessModeError(messages.WORKER_DIED_AT_START.format(
+                        worker=index, how=describe_exit(code),
+                        stack=user_stack(pool.children[index].read_new_stack())))
+                if message[0] == child.LOAD_ERROR:
+                    raise ProcessModeError(messages.WORKER_LOAD_FAILED.format(
+                        worker=index, text=message[1].rstrip()))
+            if pending and time.monotonic() >= deadline:
+                raise ProcessModeError(messages.WORKER_START_TIMEOUT.format(
+                    seconds=START_SECONDS, workers=", ".join(map(str, sorted(pending)))))
+
+    def _answers(self, pool: _Pool, pending: set[int],
+                 deadline: float) -> list[tuple[int, tuple[Any, ...] | None]]:
+        """Answers that arrived before ``deadline``; None for a child that died instead."""
+        children = [pool.children[index] for index in sorted(pending)]
+        handles: list[Any] = [worker.conn for worker in children]
+        handles += [worker.process.sentinel for worker in children]
+        ready = wait(handles, timeout=max(0.0, deadline - time.monotonic()))
+        answers: list[tuple[int, tuple[Any, ...] | None]] = []
+        for worker in children:
+            if worker.conn in ready or worker.process.sentinel in ready:
+                answers.append((worker.index, _receive(worker, ready)))
+        return answers
+
+    # -- the runs -------------------------------------------------------------------------------
+
+    def _run_all(self, pool: _Pool, series: Series) -> None:
+        index = series.plan.first_index
+        while series.plan.has_run(index):
+            record, pool_intact = self._one_run(pool, series, index)
+            drop_collateral(record)
+            if self._usage_error is not None:
+                return
+            go_on = series.on_run_done(record)
+            if not pool_intact:
+                self._discard_pool()
+                return
+            if not go_on or record.interrupt is not None:
+                return
+            index += 1
+
+    def _one_run(self, pool: _Pool, series: Series, index: int) -> tuple[RunRecord, bool]:
+        seed = run_seed(series.seed, index)
+        record = RunRecord(index=index, seed=seed, workers=self.workers,
+                           results=[None] * self.workers if series.keep_results else [])
+        for barrier in (pool.start_barrier, pool.user_barrier):
+            if barrier.broken:
+                barrier.reset()
+        message = ForkingPickler.dumps((child.RUN, index, seed))
+        for each in pool.children:
+            each.conn.send_bytes(message)
+        deadline = time.monotonic() + series.timeout
+        pending = set(range(self.workers))
+        crashed = False
+        while pending:
+            for worker, answer in self._answers(pool, pending, deadline):
+                pending.discard(worker)
+                if answer is None:
+                    record.failures.append(self._crash(pool.children[worker], index, series))
+                    crashed = True
+                    deadline = min(deadline, time.monotonic() + CRASH_GRACE_SECONDS)
+                else:
+                    self._take_answer(record, worker, answer)
+            if pending and time.monotonic() >= deadline:
+                if not crashed:  # after a crash the others are collateral, not hung
+                    self._hang(pool, record, pending)
+                return record, False
+        return record, not crashed
+
+    def _take_answer(self, record: RunRecord, worker: int, answer: tuple[Any, ...]) -> None:
+        _, _, result_bytes, failure, result_error = answer
+        if result_error is not None and worker < self._usage_worker:  # name the first worker
+            self._usage_worker = worker
+            self._usage_error = ProcessModeError(messages.UNPICKLABLE_RESULT.format(
+                worker=worker, type=result_error[0], error=result_error[1]))
+        if result_bytes is not None:
+            record.results[worker] = pickle.loads(result_bytes)
+        if failure is None:
+            return
+        kind = failure["kind"]
+        if kind == CallKind.FAILED.value:
+            record.failures.append(failure_from_child(failure, worker, record.index))
+        elif kind == CallKind.INTERRUPTED.value:
+            record.interrupt = rebuild_exception(failure, worker)
+        else:
+            record.signals.append((worker, rebuild_exception(failure, worker)))
+
+    def _crash(self, worker: _Child, run: int, series: Series) -> CallFailure:
+        worker.process.join(REAP_SECONDS)
+        stack = user_stack(worker.read_new_stack())
+        how = describe_exit(worker.process.exitcode)
+        text = messages.WORKER_CRASHED.format(worker=worker.index, pid=worker.process.pid,
+                                              how=how, run=run)
+        exc = WorkerCrashed(text)
+        if stack:
+            add_note(exc, stack)
+        filename, lineno = stack_origin(stack) or call_location(series.calls[worker.index])
+        return CallFailure(worker=worker.index, run=run,
+                           origin=FailureOrigin(WorkerCrashed.__qualname__, filename, lineno),
+                           message=text, exception=exc, traceback_text=stack)
+
+    def _hang(self, pool: _Pool, record: RunRecord, pending: set[int]) -> None:
+        """Ask each unfinished child for its stack (faulthandler), then stop the pool."""
+        record.hung_workers = sorted(pending)
+        record.stacks = capture_stacks([pool.children[index] for index in record.hung_workers])
+
+    def _discard_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            _kill_pool(pool)
+
+
+def _receive(worker: _Child, ready: Sequence[object]) -> tuple[Any, ...] | None:
+    """The child's answer; None if it died without one (its pipe closed or its process ended)."""
+    try:
+        if worker.conn in ready or worker.conn.poll():
+            answer: tuple[Any, ...] = worker.conn.recv()
+            return answer
+    except (EOFError, OSError):
+        return None
+    return None
+
+
+def capture_stacks(workers: Sequence[_Child]) -> dict[int, str]:
+    number = getattr(signal, child.STACK_SIGNAL_NAME, None)
+    if number is None:
+        return {}
+    for worker in workers:
+        with contextlib.suppress(OSError):
+            if worker.process.pid is not None:
+                os.kill(worker.process.pid, number)
+    stacks: dict[int, str] = {}
+    deadline = time.monotonic() + STACK_SECONDS
+    waiting = list(workers)
+    while waiting and time.monotonic() < deadline:
+        time.sleep(0.02)
+        for worker in list(waiting):
+            text = worker.read_new_stack()
+            if text:
+                time.sleep(0.02)  # let the dump finish: it is written frame by frame
+                stacks[worker.index] = user_stack(text + worker.read_new_stack())
+                waiting.remove(worker)
+    return stacks
+
+
+def _kill_pool(pool: _Pool) -> None:
+    for worker in pool.children:
+        if worker.process.is_alive():
+            with contextlib.suppress(OSError):
+                worker.process.kill()
+    _reap(pool)
+
+
+def _stop_pool(pool: _Pool) -> None:
+    for worker in pool.children:
+        with contextlib.suppress(OSError, ValueError):
+            worker.conn.send((child.STOP,))
+    deadline = time.monotonic() + STOP_SECONDS
+    for worker in pool.children:
+        worker.process.join(max(0.0, deadline - time.monotonic()))
+        if worker.process.is_alive():
+            with contextlib.suppress(OSError):
+                worker.process.kill()
+    _reap(pool)
+
+
+def _reap(pool: _Pool) -> None:
+    for worker in pool.children:
+        worker.process.join(REAP_SECONDS)
+        with contextlib.suppress(OSError, ValueError):
+            worker.conn.close()
+        with contextlib.suppress(ValueError):
+            worker.process.close()
+    shutil.rmtree(pool.directory, ignore_errors=True)
+

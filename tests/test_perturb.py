@@ -1,0 +1,428 @@
+"""Unit tests of the perturbation engine, driven by hand-written thread loops (no plugin)."""
+
+from __future__ import annotations
+
+import contextlib
+import dis
+import json
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pytest_concurrency
+from pytest_concurrency import codefilter, perturb
+from pytest_concurrency.codefilter import CodeFilter, shared_state_offsets
+from pytest_concurrency.perturb import (
+    NO_PERTURBATION,
+    Action,
+    CallDecisions,
+    Decision,
+    Perturbation,
+    RunProfile,
+    SeededPerturbation,
+    WorkerSchedule,
+    make_perturbation,
+    seeded_perturbation,
+    worker_seed,
+)
+from pytest_concurrency.seeds import run_seed
+
+HERE = Path(__file__).resolve().parent
+WORKERS = 4
+RUNS = 300
+GIL_ENABLED = getattr(sys, "_is_gil_enabled", lambda: True)()
+MONITORING = sys.version_info >= (3, 12)
+
+
+class Counter:
+    """The canonical lost update: no call between the read and the write of ``n``."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def increment(self) -> None:
+        self.n += 1
+
+
+@contextlib.contextmanager
+def short_switch_interval() -> Iterator[None]:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def run_series(
+    perturbation: Perturbation,
+    make_body: Callable[[], tuple[Callable[[], object], Callable[[], bool]]],
+    *,
+    runs: int = RUNS,
+    workers: int = WORKERS,
+    seed: int = 1,
+) -> int:
+    """Run ``runs`` runs of ``workers`` threads as the thread runner does; count failing runs.
+
+    ``make_body`` gives, per run, the body every worker calls and a check made after the run.
+    """
+    failing = 0
+    perturbation.series_started()
+    try:
+        with short_switch_interval():
+            for run in range(runs):
+                body, check = make_body()
+                run_once(perturbation, body, run, run_seed(seed, run), workers)
+                failing += not check()
+    finally:
+        perturbation.series_finished()
+    return failing
+
+
+def run_once(
+    perturbation: Perturbation, body: Callable[[], object], run: int, seed: int, workers: int
+) -> None:
+    barrier = threading.Barrier(workers)
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        barrier.wait()
+        perturbation.call_started(worker, run, seed)
+        try:
+            body()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            perturbation.call_finished()
+
+    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def lost_update() -> tuple[Callable[[], object], Callable[[], bool]]:
+    counter = Counter()
+    return counter.increment, lambda: counter.n == WORKERS
+
+
+def engine(seed: int = 1, *, roots: tuple[Path, ...] = (HERE,)) -> SeededPerturbation:
+    return seeded_perturbation(list(roots), seed, record=True)
+
+
+# -- finding the race -----------------------------------------------------------------------
+
+
+def test_the_window_has_no_call_in_it() -> None:
+    opnames = [ins.opname for ins in dis.get_instructions(Counter.increment)]
+    window = opnames[opnames.index("LOAD_ATTR") : opnames.index("STORE_ATTR")]
+    assert not [name for name in window if name.startswith("CALL")]
+
+
+def test_lost_update_is_found_with_perturbation() -> None:
+    assert run_series(engine(), lost_update) > 0
+
+
+@pytest.mark.skipif(not GIL_ENABLED, reason="without the GIL the window interleaves anyway")
+def test_lost_update_is_not_found_without_perturbation() -> None:
+    assert run_series(NO_PERTURBATION, lost_update) == 0
+
+
+def test_code_outside_the_roots_is_not_perturbed(tmp_path: Path) -> None:
+    perturbation = engine(roots=(tmp_path,))
+    assert run_series(perturbation, lost_update, runs=20) == 0
+    assert perturbation.stats.calls == 20 * WORKERS
+    assert perturbation.stats.points == 0
+
+
+def test_the_code_under_test_stops_at_shared_state_operations() -> None:
+    perturbation = engine()
+    run_series(perturbation, lost_update, runs=5)
+    assert perturbation.stats.points >= 2 * 5 * WORKERS  # LOAD_ATTR and STORE_ATTR of n
+
+
+# -- randomness, both ways ------------------------------------------------------------------
+
+
+def draws(schedule: WorkerSchedule, count: int = 5000) -> list[Decision]:
+    return [schedule.next_decision() for _ in range(count)]
+
+
+def a_profile() -> RunProfile:
+    return RunProfile(give_way_rate=0.3, sleep_share=0.5, longest_sleep=1e-4)
+
+
+def test_same_seed_same_decisions() -> None:
+    first = draws(WorkerSchedule(a_profile(), worker_seed(7, 11, 2)))
+    again = draws(WorkerSchedule(a_profile(), worker_seed(7, 11, 2)))
+    assert first == again
+    assert {decision.action for decision in first} >= {Action.PASS, Action.YIELD, Action.SLEEP}
+
+
+@pytest.mark.parametrize("other", [(8, 11, 2), (7, 12, 2), (7, 11, 3)])
+def test_other_seed_run_or_worker_other_decisions(other: tuple[int, int, int]) -> None:
+    first = draws(WorkerSchedule(a_profile(), worker_seed(7, 11, 2)))
+    assert draws(WorkerSchedule(a_profile(), worker_seed(*other))) != first
+
+
+def test_profiles_replay_by_seed_and_vary_across_runs() -> None:
+    profiles = [RunProfile.from_seed(5, run_seed(5, run)) for run in range(200)]
+    assert profiles == [RunProfile.from_seed(5, run_seed(5, run)) for run in range(200)]
+    rates = {profile.give_way_rate for profile in profiles}
+    assert len(rates) > 100
+    assert 0.0 in rates  # some runs only open switch opportunities
+    assert min(rate for rate in rates if rate) >= perturb.MIN_GIVE_WAY_RATE
+    assert max(rates) <= perturb.MAX_GIVE_WAY_RATE
+    sleep_shares = [profile.sleep_share for profile in profiles]
+    assert min(sleep_shares) < 0.1 and max(sleep_shares) > 0.9
+
+
+def recorded(seed: int) -> list[CallDecisions]:
+    perturbation = engine(seed)
+    run_series(perturbation, lost_update, runs=30, seed=seed)
+    assert perturbation.decisions is not None
+    return sorted(perturbation.decisions, key=lambda call: (call.run, call.worker))
+
+
+def test_threads_replay_the_same_decisions_for_the_same_seed() -> None:
+    first = recorded(seed=3)
+    assert len(first) == 30 * WORKERS
+    assert recorded(seed=3) == first
+
+
+def test_threads_draw_other_decisions_for_another_seed() -> None:
+    assert recorded(seed=4) != recorded(seed=3)
+
+
+def test_the_budget_of_a_call_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(perturb, "MAX_POINTS_PER_CALL", 10)
+    schedule = WorkerSchedule(a_profile(), 1)
+    decisions = draws(schedule, 20)
+    assert decisions[9].action is not Action.STOP
+    assert {decision.action for decision in decisions[10:]} == {Action.STOP}
+
+
+def test_sleep_per_call_is_bounded() -> None:
+    profile = RunProfile(
+        give_way_rate=1.0, sleep_share=1.0, longest_sleep=perturb.MAX_SLEEP_SECONDS
+    )
+    schedule = WorkerSchedule(profile, 1)
+    draws(schedule, 10_000)
+    assert schedule.slept < perturb.MAX_SLEEP_PER_CALL + perturb.MAX_SLEEP_SECONDS
+
+
+class LongLoop:
+    def __init__(self) -> None:
+        self.total = 0
+
+    def spin(self) -> None:
+        for _ in range(200):
+            self.total = self.total + 1
+
+
+def test_a_spent_budget_ends_tracing_and_the_call_completes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(perturb, "MAX_POINTS_PER_CALL", 50)
+    perturbation = engine()
+    loop = LongLoop()
+    run_series(perturbation, lambda: (loop.spin, lambda: True), runs=3, workers=2)
+    assert perturbation.stats.points == 3 * 2 * 50
+    assert perturbation.decisions is not None
+    assert all(call.decisions[-1].action is Action.STOP for call in perturbation.decisions)
+
+
+# -- nothing is left changed ----------------------------------------------------------------
+
+
+def hooks() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "trace": sys.gettrace(),
+        "threading trace": threading.gettrace() if hasattr(threading, "gettrace") else None,
+        "switch interval": sys.getswitchinterval(),
+    }
+    if MONITORING:
+        state["tools"] = [sys.monitoring.get_tool(tool) for tool in range(6)]
+    return state
+
+
+def failing_body() -> tuple[Callable[[], object], Callable[[], bool]]:
+    def body() -> None:
+        Counter().increment()
+        raise ValueError("boom")
+
+    return body, lambda: True
+
+
+def test_nothing_is_left_changed_after_a_series() -> None:
+    before = hooks()
+    perturbation = engine()
+    run_series(perturbation, lost_update, runs=20)
+    assert hooks() == before
+
+
+def test_nothing_is_left_changed_after_a_failing_series() -> None:
+    before = hooks()
+    perturbation = engine()
+    with pytest.raises(ValueError, match="boom"):
+        run_series(perturbation, failing_body, runs=3)
+    assert hooks() == before
+
+
+@pytest.mark.skipif(not MONITORING, reason="sys.monitoring is 3.12+")
+def test_the_monitoring_tool_is_freed() -> None:
+    perturbation = engine()
+    assert isinstance(perturbation, perturb.MonitoringPerturbation)
+    perturbation.series_started()
+    tool_id = perturbation.tool_id
+    assert tool_id is not None
+    assert sys.monitoring.get_tool(tool_id) == perturb.MONITORING_TOOL_NAME
+    perturbation.series_finished()
+    assert sys.monitoring.get_tool(tool_id) is None
+    assert perturbation.tool_id is None
+
+
+@pytest.mark.skipif(not MONITORING, reason="sys.monitoring is 3.12+")
+def test_no_free_tool_id_turns_perturbation_off() -> None:
+    claimed = [t for t in perturb.MONITORING_TOOL_IDS if sys.monitoring.get_tool(t) is None]
+    for tool_id in claimed:
+        sys.monitoring.use_tool_id(tool_id, "someone else")
+    try:
+        perturbation = engine()
+        run_series(perturbation, lost_update, runs=3)
+        assert perturbation.unavailable_reason is not None
+        assert perturbation.stats.points == 0
+    finally:
+        for tool_id in claimed:
+            sys.monitoring.free_tool_id(tool_id)
+
+
+def test_the_workers_own_trace_function_is_put_back() -> None:
+    perturbation = engine()
+    seen: list[object] = []
+
+    def own_tracer(frame: Any, event: str, arg: Any) -> None:
+        return None
+
+    def work() -> None:
+        sys.settrace(own_tracer)
+        perturbation.call_started(0, 0, 1)
+        try:
+            Counter().increment()
+        finally:
+            perturbation.call_finished()
+        seen.append(sys.gettrace())
+        sys.settrace(None)
+
+    perturbation.series_started()
+    try:
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+    finally:
+        perturbation.series_finished()
+    assert seen == [own_tracer]
+
+
+def test_disabled_perturbation_changes_nothing() -> None:
+    perturbation = make_perturbation(enabled=False, roots=[HERE], seed=1)
+    assert perturbation is NO_PERTURBATION
+
+
+def test_enabled_perturbation_uses_the_interpreters_mechanism() -> None:
+    perturbation = make_perturbation(enabled=True, roots=[HERE], seed=1)
+    expected = perturb.MonitoringPerturbation if MONITORING else perturb.TracePerturbation
+    assert isinstance(perturbation, expected)
+
+
+# -- the code filter ------------------------------------------------------------------------
+
+
+def test_user_code_is_code_under_the_roots() -> None:
+    code_filter = CodeFilter([HERE])
+    assert code_filter.is_user_code(Counter.increment.__code__)
+    assert not CodeFilter([HERE / "elsewhere"]).is_user_code(Counter.increment.__code__)
+
+
+@pytest.mark.parametrize(
+    "function",
+    [json.dumps, pytest.fixture, pytest_concurrency.perturb.make_perturbation],
+    ids=["stdlib", "pytest", "plugin"],
+)
+def test_tooling_is_never_user_code(function: Callable[..., object]) -> None:
+    everything = CodeFilter([Path("/")])
+    assert not everything.is_user_code(function.__code__)
+
+
+@pytest.mark.parametrize(
+    "filename",
+    ["<string>", "<frozen importlib._bootstrap>", "/x/.venv/lib/python3.11/site-packages/m.py"],
+)
+def test_no_file_or_installed_file_is_not_user_code(filename: str) -> None:
+    assert not CodeFilter([Path("/")]).is_user_file(filename)
+
+
+def test_shared_state_offsets_are_the_load_and_store_of_the_attribute() -> None:
+    names = {
+        ins.opname
+        for ins in dis.get_instructions(Counter.increment)
+        if ins.offset in shared_state_offsets(Counter.increment.__code__)
+    }
+    assert names == {"LOAD_ATTR", "STORE_ATTR"}
+    assert names <= codefilter.SHARED_STATE_OPNAMES
+
+
+def test_acting_draws_the_same_choices_as_deciding() -> None:
+    profile = RunProfile(give_way_rate=0.4, sleep_share=0.5, longest_sleep=1e-9)
+    decided, acted = WorkerSchedule(profile, 9), WorkerSchedule(profile, 9)
+    draws(decided, 2000)
+    for _ in range(2000):
+        acted.at_point()
+    assert (acted.points, acted.yields, acted.sleeps, acted.slept) == (
+        decided.points,
+        decided.yields,
+        decided.sleeps,
+        decided.slept,
+    )
+
+
+class FrameRecorder:
+    """A point hook that notes the user's function at each decision point."""
+
+    def __init__(self) -> None:
+        self.functions: list[str] = []
+
+    def at_point(self) -> bool:
+        self.functions.append(sys._getframe(2).f_code.co_name)
+        return True
+
+
+def test_an_attached_hook_sees_every_point_in_the_users_frame() -> None:
+    perturbation = engine()
+    hook = FrameRecorder()
+
+    def work() -> None:
+        perturbation.attach(hook)
+        try:
+            Counter().increment()
+        finally:
+            perturbation.detach()
+
+    before = hooks()
+    perturbation.series_started()
+    try:
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+    finally:
+        perturbation.series_finished()
+    assert hook.functions.count("increment") == 2  # LOAD_ATTR n, STORE_ATTR n
+    assert perturbation.stats.points == 0  # a hook draws nothing
+    assert hooks() == before

@@ -1,0 +1,947 @@
+"""The controlled scheduler, deadlocks and lock-order inversions (issue 5).
+
+Acceptance tests run pytest (pytester); those that involve hangs, deadlocks or leftover threads
+run it in a subprocess. Unit tests cover the pure parts: PCT's priorities, change points and
+bound, the lock-order graph, and the scheduler driven by hand-written thread loops.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import shlex
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pytest_concurrency import messages, primitives, scheduler, settings, strategies
+from pytest_concurrency.lockgraph import LockOrderGraph, OrderEdge, wait_cycle
+from pytest_concurrency.outcomes import CallFailure, RunRecord
+from pytest_concurrency.primitives import DeadlockError, tracked_primitives
+from pytest_concurrency.scheduler import ControlledScheduler, make_scheduler
+from pytest_concurrency.seeds import run_seed
+from pytest_concurrency.strategies import (
+    PCTStrategy,
+    RandomStrategy,
+    pct_miss_bound,
+    pct_run_probability,
+    runs_for_confidence,
+)
+
+HERE = Path(__file__).resolve().parent
+INTERLEAVING = re.compile(r"interleaving ([0-9a-f]{16})")
+REPRODUCE = re.compile(r"reproduce: (pytest .*)$", re.MULTILINE)
+FAILED_RUN = re.compile(r"RACE DETECTED in run (\d+) of")
+
+
+# -- PCT: priorities, change points and the bound ------------------------------------------------
+
+
+def pct_after(runs: int, *, decisions: int, seed: int = 1, depth: int = 3) -> PCTStrategy:
+    strategy = PCTStrategy(depth)
+    for run in range(runs):
+        strategy.begin_run(4, seed + run)
+        strategy.end_run(decisions)
+    return strategy
+
+
+def test_pct_priorities_are_a_seeded_permutation() -> None:
+    strategy = PCTStrategy(3)
+    strategy.begin_run(5, seed=7)
+    priorities = strategy.priorities()
+    assert sorted(priorities) == list(range(5))
+    assert len(set(priorities.values())) == 5
+    again = PCTStrategy(3)
+    again.begin_run(5, seed=7)
+    assert again.priorities() == priorities
+    orders = set()
+    for seed in range(50):
+        strategy.begin_run(5, seed)
+        orders.add(tuple(sorted(strategy.priorities(), key=strategy.priorities().__getitem__)))
+    assert len(orders) > 20  # unseeded-like: other seeds, other orders
+
+
+def test_the_first_pct_run_measures_k_and_has_no_change_points() -> None:
+    strategy = PCTStrategy(3)
+    strategy.begin_run(4, seed=1)
+    assert strategy.change_points == frozenset()
+    coverage = strategy.end_run(40)
+    assert not coverage.covered
+    assert strategy.max_decisions == 40
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 5])
+def test_pct_change_points_are_d_minus_1_distinct_decisions_within_k(depth: int) -> None:
+    strategy = pct_after(1, decisions=30, depth=depth)
+    for seed in range(200):
+        strategy.begin_run(4, seed)
+        points = strategy.change_points
+        assert len(points) == depth - 1
+        assert all(1 <= point <= 30 for point in points)
+
+
+def test_pct_change_points_are_uniform_over_1_to_k() -> None:
+    strategy = pct_after(1, decisions=10, depth=2)
+    counts = [0] * 11
+    for seed in range(5000):
+        strategy.begin_run(4, seed)
+        (point,) = strategy.change_points
+        counts[point] += 1
+    assert counts[0] == 0
+    assert min(counts[1:]) > 400 and max(counts[1:]) < 600
+
+
+def test_pct_runs_the_highest_priority_worker_and_lowers_it_at_a_change_point() -> None:
+    strategy = pct_after(1, decisions=5, depth=2)
+    strategy.begin_run(3, seed=11)
+    (change,) = strategy.change_points
+    chosen = []
+    for _ in range(5):
+        top = max(range(3), key=strategy.priorities().__getitem__)
+        chosen.append(strategy.pick([0, 1, 2], running=top))
+    first = chosen[0]
+    assert chosen[: change - 1] == [first] * (change - 1)
+    assert chosen[change - 1] != first  # lowered below every other worker at the change point
+    assert strategy.priorities()[first] < min(
+        p for w, p in strategy.priorities().items() if w != first
+    )
+
+
+def test_pct_counts_a_run_only_if_its_decisions_fit_k() -> None:
+    strategy = pct_after(1, decisions=20)
+    strategy.begin_run(4, seed=3)
+    assert strategy.end_run(20).covered
+    strategy.begin_run(4, seed=4)
+    assert not strategy.end_run(21).covered  # longer than the k it drew from
+    assert strategy.max_decisions == 21
+
+
+def test_a_worker_that_gives_way_drops_below_the_others() -> None:
+    strategy = pct_after(1, decisions=50)
+    strategy.begin_run(3, seed=5)
+    top = max(range(3), key=strategy.priorities().__getitem__)
+    strategy.gave_way(top)
+    assert strategy.pick([0, 1, 2], running=top) != top
+
+
+def test_past_the_horizon_pct_picks_at_random_so_spinning_cannot_starve() -> None:
+    strategy = pct_after(1, decisions=10)
+    strategy.begin_run(2, seed=1)
+    picks = {strategy.pick([0, 1], running=0) for _ in range(strategies.MIN_HORIZON + 200)}
+    assert picks == {0, 1}
+
+
+def test_random_strategy_replays_by_seed_and_differs_across_seeds() -> None:
+    def picks(seed: int) -> list[int]:
+        strategy = RandomStrategy()
+        strategy.begin_run(4, seed)
+        return [strategy.pick([0, 1, 2, 3], running=None) for _ in range(200)]
+
+    assert picks(3) == picks(3)
+    assert picks(3) != picks(4)
+
+
+def test_the_pct_bound() -> None:
+    assert pct_run_probability(4, 10, 1) == pytest.approx(1 / 4)
+    assert pct_run_probability(4, 10, 3) == pytest.approx(1 / 400)
+    assert pct_miss_bound(4, 10, 3, 0) == 1.0
+    assert pct_miss_bound(4, 10, 3, 100) == pytest.approx((1 - 1 / 400) ** 100)
+    assert pct_miss_bound(1, 1, 1, 1) == 0.0  # one worker, one step: always found
+    needed = runs_for_confidence(4, 10, 3)
+    assert pct_miss_bound(4, 10, 3, needed) <= 0.05 < pct_miss_bound(4, 10, 3, needed - 1)
+    assert needed == math.ceil(math.log(0.05) / math.log(1 - 1 / 400))
+
+
+def test_the_bound_counts_only_covered_clean_runs_without_detached_steps() -> None:
+    sched = make_scheduler("pct", roots=[HERE], seed=1, workers=2)
+    covered = strategies.RunCoverage(True, 12)
+    sched.runs = [
+        scheduler.RunSummary(2, 20, 9, 0, strategies.NOT_COVERED, True),  # the measuring run
+        scheduler.RunSummary(2, 20, 10, 0, covered, True),
+        scheduler.RunSummary(2, 20, 12, 0, covered, True),
+        scheduler.RunSummary(2, 20, 12, 0, covered, False),  # failed
+        scheduler.RunSummary(2, 20, 12, 1, covered, True),  # a step left the scheduler
+    ]
+    guarantee = sched.guarantee()
+    assert guarantee is not None
+    assert (guarantee.workers, guarantee.steps, guarantee.depth) == (2, 12, 3)
+    assert (guarantee.clean_runs, guarantee.runs) == (2, 5)
+    assert guarantee.miss_bound == pytest.approx((1 - 1 / (2 * 12**2)) ** 2)
+    assert make_scheduler("random", roots=[HERE], seed=1, workers=2).guarantee() is None
+
+
+# -- the lock-order graph --------------------------------------------------------------------
+
+
+def edge(
+    first: int,
+    second: int,
+    who: str = "worker 0",
+    guards: frozenset[int] = frozenset(),
+    line: int = 10,
+) -> OrderEdge:
+    return OrderEdge(first, second, who, ("a.py", line), ("a.py", line + 1), guards)
+
+
+def test_an_inversion_is_a_cycle_reported_with_both_sites() -> None:
+    graph = LockOrderGraph()
+    graph.name(1, "Lock#1 (a.py:1)")
+    graph.name(2, "Lock#2 (a.py:2)")
+    graph.add(edge(1, 2, "worker 0", line=10))
+    graph.add(edge(2, 1, "worker 1", line=20))
+    ((cycle, count),) = graph.inversions()
+    assert count == 1
+    text = "\n".join(graph.describe(cycle))
+    assert "LOCK-ORDER INVERSION" in text
+    assert "worker 0 took Lock#2 (a.py:2) at a.py:11 while holding Lock#1 (a.py:1)" in text
+    assert "(taken at a.py:10)" in text and "(taken at a.py:20)" in text
+    assert "worker 1 took Lock#1 (a.py:1) at a.py:21" in text
+
+
+def test_one_order_everywhere_is_no_inversion_and_a_gate_lock_guards_one() -> None:
+    graph = LockOrderGraph()
+    graph.add(edge(1, 2))
+    graph.add(edge(2, 3))
+    graph.add(edge(1, 3))
+    assert graph.inversions() == []
+    graph.add(edge(3, 1, guards=frozenset({9})))
+    graph.add(edge(1, 2, guards=frozenset({9})))  # already known: the first one stays
+    assert len(graph.inversions()) == 1
+    guarded = LockOrderGraph()
+    guarded.add(edge(1, 2, guards=frozenset({9})))
+    guarded.add(edge(2, 1, guards=frozenset({9, 8})))
+    assert guarded.inversions() == []  # both paths run under lock 9: they cannot overlap
+
+
+def test_three_locks_in_a_ring_and_new_locks_per_run_fold_into_one_report() -> None:
+    graph = LockOrderGraph()
+    for base in (0, 10):  # the same three lines make new locks in a second run
+        for lock in (1, 2, 3):
+            graph.name(base + lock, f"Lock#{base + lock}", f"Lock (a.py:{lock})")
+        graph.add(edge(base + 1, base + 2, line=1))
+        graph.add(edge(base + 2, base + 3, line=2))
+        graph.add(edge(base + 3, base + 1, line=3))
+    ((cycle, count),) = graph.inversions()
+    assert len(cycle) == 3 and count == 2
+
+
+def test_wait_for_cycles() -> None:
+    assert wait_cycle("a", {"a": 1, "b": 2}, {1: "b", 2: "a"}) == [("a", 1), ("b", 2)]
+    assert wait_cycle("a", {"a": 1}, {1: "a"}) == [("a", 1)]  # waits for a lock it holds
+    assert wait_cycle("a", {"a": 1, "b": 2}, {1: "b"}) is None  # b waits for a free lock
+    assert wait_cycle("a", {"a": 1, "b": 2, "c": 2}, {1: "b", 2: "c"}) is None  # c's loop
+
+
+# -- tracked primitives in a window, plain threads --------------------------------------------
+
+
+def test_tracked_primitives_behave_like_the_real_ones_and_are_put_back() -> None:
+    originals = (threading.Lock, threading.RLock, threading.Condition, time.sleep)
+    with tracked_primitives():
+        lock, rlock = threading.Lock(), threading.RLock()
+        assert isinstance(lock, primitives.TrackedLock)
+        assert lock.acquire() and not lock.acquire(False) and lock.locked()
+        lock.release()
+        with pytest.raises(RuntimeError):
+            lock.release()
+        with rlock, rlock:
+            assert rlock._is_owned()
+        with pytest.raises(RuntimeError):
+            rlock.release()
+        cond = threading.Condition()
+        items: list[int] = []
+
+        def produce() -> None:
+            with cond:
+                items.append(1)
+                cond.notify()
+
+        with cond:
+            threading.Thread(target=produce).start()
+            assert cond.wait_for(lambda: items, timeout=5)
+        event, barrier = threading.Event(), threading.Barrier(1)
+        assert not event.wait(0.01)
+        barrier.wait()
+    assert (threading.Lock, threading.RLock, threading.Condition, time.sleep) == originals
+    assert primitives.originals_in_place()
+
+
+def test_a_failure_inside_the_window_still_restores_everything() -> None:
+    with pytest.raises(ZeroDivisionError), tracked_primitives():
+        assert not primitives.originals_in_place()
+        1 / 0  # noqa: B018
+    assert primitives.originals_in_place()
+
+
+def test_the_watchdog_breaks_a_real_deadlock_with_one_error_naming_the_cycle() -> None:
+    errors: list[DeadlockError] = []
+    with tracked_primitives():
+        first, second = threading.Lock(), threading.Lock()
+        both_hold = threading.Barrier(2)
+
+        def take(a: threading.Lock, b: threading.Lock) -> None:
+            with a:
+                both_hold.wait()
+                try:
+                    with b:
+                        pass
+                except DeadlockError as error:
+                    errors.append(error)
+
+        started = time.monotonic()
+        threads = [
+            threading.Thread(target=take, args=pair, name=f"taker-{i}")
+            for i, pair in enumerate([(first, second), (second, first)])
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        elapsed = time.monotonic() - started
+    assert not any(thread.is_alive() for thread in threads)
+    assert elapsed < 3
+    (error,) = errors  # one thread breaks the cycle; the other then goes on
+    text = str(error)
+    assert text.startswith("DEADLOCK")
+    assert "taker-0 waits for Lock#2" in text and "taker-1 waits for Lock#1" in text
+    assert "held by taker-1" in text and "held by taker-0" in text
+
+
+# -- the scheduler, driven by hand-written thread loops ---------------------------------------
+
+
+Body = Callable[[int], object]
+
+
+def drive(
+    sched: ControlledScheduler,
+    make_body: Callable[[], tuple[Body, Callable[[], bool]]],
+    *,
+    runs: int,
+    seed: int = 1,
+) -> list[RunRecord]:
+    """Run ``runs`` runs as the thread runner does; the records of the failing ones."""
+    failing = []
+    workers = sched.workers
+    sched.series_started()
+    try:
+        for run in range(runs):
+            body, check = make_body()
+            record = RunRecord(index=run, seed=run_seed(seed, run), workers=workers)
+            drive_run(sched, body, record)
+            if not check() and not record.failures:
+                record.failures.append(
+                    CallFailure.from_exception(AssertionError("check"), worker=0, run=run)
+                )
+            record.notes.extend(sched.describe_run(record))
+            if record.failures:
+                failing.append(record)
+    finally:
+        sched.series_finished()
+    return failing
+
+
+def drive_run(sched: ControlledScheduler, body: Body, record: RunRecord) -> None:
+    barrier = threading.Barrier(record.workers)
+
+    def work(worker: int) -> None:
+        barrier.wait()
+        sched.call_started(worker, record.index, record.seed)
+        try:
+            body(worker)
+        except BaseException as exc:
+            record.failures.append(CallFailure.from_exception(exc, worker=worker, run=record.index))
+        finally:
+            sched.call_finished()
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(record.workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert not any(thread.is_alive() for thread in threads), "the scheduler hung"
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def increment(self) -> None:
+        self.n += 1
+
+
+def lost_update(workers: int = 2) -> tuple[Body, Callable[[], bool]]:
+    counter = Counter()
+    return (lambda worker: counter.increment()), (lambda: counter.n == workers)
+
+
+@pytest.mark.parametrize("strategy", ["random", "pct"])
+def test_the_lost_update_is_found_in_a_few_runs(strategy: str) -> None:
+    sched = make_scheduler(strategy, roots=[HERE], seed=3, workers=2)
+    failing = drive(sched, lost_update, runs=100)
+    assert failing, "a lost update with no call in its window was never interleaved"
+    notes = "\n".join(failing[0].notes)
+    assert "interleaving" in notes and "test_scheduler.py" in notes
+    assert "self.n += 1" in notes
+
+
+def interleavings(strategy: str, seed: int) -> list[tuple[int, int, int]]:
+    sched = make_scheduler(strategy, roots=[HERE], seed=seed, workers=3)
+
+    def three_increments() -> tuple[Body, Callable[[], bool]]:
+        counter = Counter()
+        return (lambda worker: [counter.increment() for _ in range(3)]), (lambda: True)
+
+    fingerprints: list[tuple[int, int, int]] = []
+    sched.series_started()
+    try:
+        for run in range(20):
+            body, _ = three_increments()
+            drive_run(sched, body, RunRecord(index=run, seed=run_seed(seed, run), workers=3))
+            last = sched._last
+            assert last is not None
+            fingerprints.append((last.points, int(last.interleaving, 16), last.detaches))
+    finally:
+        sched.series_finished()
+    return fingerprints
+
+
+@pytest.mark.parametrize("strategy", ["random", "pct"])
+def test_a_seed_replays_the_same_interleavings_and_another_seed_differs(strategy: str) -> None:
+    first = interleavings(strategy, seed=8)
+    assert interleavings(strategy, seed=8) == first
+    assert interleavings(strategy, seed=9) != first
+    assert len({fingerprint for _, fingerprint, _ in first}) > 5  # runs differ from one another
+
+
+CRITICAL_SECTION = """
+def critical_section(inside, worker):
+    # outside the code under test: no scheduling point in here
+    inside.append(worker)
+    total = 0
+    for step in range(20000):
+        total += step
+    overlapped = len(inside) > 1
+    inside.remove(worker)
+    return overlapped
+"""
+
+
+def test_only_one_worker_runs_at_a_time(tmp_path: Path) -> None:
+    import importlib.util
+    import sys
+
+    module_path = tmp_path / "outside_the_roots.py"
+    module_path.write_text(CRITICAL_SECTION)
+    spec = importlib.util.spec_from_file_location("outside_the_roots", module_path)
+    assert spec is not None and spec.loader is not None
+    outside = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(outside)
+
+    def overlaps(perturbation: ControlledScheduler | None) -> int:
+        inside: list[int] = []
+        found: list[bool] = []
+
+        def body(worker: int) -> None:
+            for _ in range(5):
+                found.append(outside.critical_section(inside, worker))
+
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            if perturbation is None:
+                threads = [threading.Thread(target=body, args=(w,)) for w in range(4)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            else:
+                drive(perturbation, lambda: (body, lambda: True), runs=5)
+        finally:
+            sys.setswitchinterval(previous)
+        return sum(found)
+
+    assert overlaps(make_scheduler("random", roots=[HERE], seed=2, workers=4)) == 0
+    assert overlaps(None) > 0  # the check sees overlaps when threads run freely
+
+
+def two_locks_opposite_order() -> tuple[Body, Callable[[], bool]]:
+    first, second = threading.Lock(), threading.Lock()
+
+    def body(worker: int) -> None:
+        a, b = (first, second) if worker == 0 else (second, first)
+        with a, b:
+            pass
+
+    return body, lambda: True
+
+
+def test_a_deadlock_under_control_is_reported_with_its_cycle_in_every_blocked_worker() -> None:
+    sched = make_scheduler("random", roots=[HERE], seed=1, workers=2)
+    failing = drive(sched, two_locks_opposite_order, runs=50)
+    assert failing
+    record = failing[0]
+    assert {failure.worker for failure in record.failures} == {0, 1}
+    text = str(record.failures[0].exception)
+    assert text.startswith("DEADLOCK in run")
+    assert re.search(
+        r"worker 0 waits for Lock#\d+ \(test_scheduler.py:\d+\) at "
+        r"test_scheduler.py:\d+; it is held by worker 1, who took it at",
+        text,
+    )
+    assert "cycle: worker" in text
+    assert primitives.originals_in_place()
+
+
+def test_conditions_queues_events_semaphores_and_barriers_cooperate() -> None:
+    import queue
+
+    sched = make_scheduler("pct", roots=[HERE], seed=4, workers=3)
+
+    def make() -> tuple[Body, Callable[[], bool]]:
+        items: queue.Queue[int] = queue.Queue(maxsize=1)
+        done = threading.Event()
+        slot = threading.BoundedSemaphore(1)
+        meet = threading.Barrier(3)
+        got: list[int] = []
+        inside: list[int] = []
+        clashes: list[int] = []
+
+        def body(worker: int) -> None:
+            meet.wait()
+            with slot:
+                inside.append(worker)
+                clashes.extend(inside[1:])
+                inside.remove(worker)
+            if worker == 0:
+                for item in range(4):
+                    items.put(item)
+                done.wait()
+            elif worker == 1:
+                got.extend(items.get() for _ in range(4))
+                done.set()
+
+        return body, lambda: got == [0, 1, 2, 3] and not clashes
+
+    assert drive(sched, make, runs=30) == []
+    assert all(run.detaches == 0 for run in sched.runs)
+
+
+def test_a_timed_wait_times_out_when_nothing_else_can_run() -> None:
+    sched = make_scheduler("pct", roots=[HERE], seed=1, workers=2)
+    results: list[bool] = []
+
+    def make() -> tuple[Body, Callable[[], bool]]:
+        never = threading.Event()
+
+        def body(worker: int) -> None:
+            if worker == 0:
+                results.append(never.wait(0.05))
+
+        return body, lambda: True
+
+    started = time.monotonic()
+    assert drive(sched, make, runs=3) == []
+    assert results == [False] * 3
+    assert time.monotonic() - started < 5
+
+
+def test_work_outside_python_is_detached_after_its_deadline_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import _thread
+
+    monkeypatch.setattr(scheduler, "STEP_DEADLINE", 0.1)
+    sched = make_scheduler("pct", roots=[HERE], seed=1, workers=2)
+
+    def make() -> tuple[Body, Callable[[], bool]]:
+        untracked = _thread.allocate_lock()  # as if made at import time, before any window
+        order: list[int] = []
+
+        def body(worker: int) -> None:
+            with untracked:  # the second worker blocks in C, holding the token
+                order.append(worker)
+                order.append(worker)
+
+        return body, lambda: sorted(order) == [0, 0, 1, 1]
+
+    assert drive(sched, make, runs=6) == []
+    assert any(run.detaches for run in sched.runs)
+
+
+def test_restored_after_a_failing_series() -> None:
+    sched = make_scheduler("random", roots=[HERE], seed=1, workers=2)
+    drive(sched, two_locks_opposite_order, runs=20)
+    assert primitives.originals_in_place()
+    assert threading.Lock is primitives.ORIGINAL_LOCK
+
+
+# -- acceptance: pytest runs ------------------------------------------------------------------
+
+RACY = """
+import pytest
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def increment(self):
+        self.n += 1
+
+@pytest.fixture
+def counter():
+    return Counter()
+
+@pytest.mark.concurrent(workers=3, runs=300, schedule="pct")
+def test_lost_update(counter, concurrency):
+    counter.increment()
+    concurrency.barrier()
+    assert counter.n == 3 * (concurrency.run + 1)
+"""
+
+
+def failure_facts(result: pytest.RunResult) -> tuple[str, str, str, str]:
+    """(failing run, interleaving, the interleaving's lines, reproduce command)."""
+    text = result.stdout.str()
+    run = FAILED_RUN.search(text)
+    interleaving = INTERLEAVING.search(text)
+    reproduce = REPRODUCE.search(text)
+    assert run and interleaving and reproduce, text
+    steps = "\n".join(line for line in text.splitlines() if re.match(r"E\s+step\s+\d+", line))
+    return run.group(1), interleaving.group(1), steps, reproduce.group(1).strip()
+
+
+def test_a_failing_seed_replays_ten_times_with_the_same_interleaving(pytester, run) -> None:
+    pytester.makepyfile(RACY)
+    first = run("--concurrency-seed=424242")
+    first.assert_outcomes(failed=1)
+    failing_run, interleaving, steps, command = failure_facts(first)
+    assert steps and "self.n += 1" in first.stdout.str()
+    args = shlex.split(command)[1:]
+    assert any(arg.startswith("--concurrency-seed=") for arg in args)
+    for _ in range(10):
+        again = run(*args)
+        again.assert_outcomes(failed=1)
+        assert failure_facts(again)[:3] == (failing_run, interleaving, steps)
+
+
+def test_a_schedule_chosen_on_the_command_line_is_in_the_reproduce_line(pytester, run) -> None:
+    pytester.makepyfile(RACY.replace(', schedule="pct"', ""))
+    first = run("--concurrency-seed=7", "--concurrency-schedule=pct")
+    first.assert_outcomes(failed=1)
+    first.stdout.fnmatch_lines(
+        [
+            "concurrency: controlled schedule pct (depth 3) for thread tests; lock-order "
+            "inversions: fail",
+        ]
+    )
+    _, interleaving, _, command = failure_facts(first)
+    assert "--concurrency-schedule=pct" in command
+    again = run(*shlex.split(command)[1:])
+    assert failure_facts(again)[1] == interleaving
+
+
+def test_the_summary_and_the_json_state_pcts_bound(pytester, run) -> None:
+    pytester.makepyfile(
+        """
+        import threading
+        import pytest
+
+        @pytest.mark.concurrent(workers=2, runs=60, schedule="pct")
+        def test_locked(concurrency):
+            lock = threading.Lock()
+            with lock:
+                pass
+        """
+    )
+    result = run("--concurrency-json=report.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*controlled schedule (pct): test_*::test_locked: n=2 workers, k=* decisions per run "
+            "(measured), d=3, m=* clean runs: a depth-3 bug was missed with probability <= *",
+        ]
+    )
+    entry = json.loads((pytester.path / "report.json").read_text())["tests"][0]
+    guarantee = entry["schedule"]["guarantee"]
+    assert guarantee["workers"] == 2 and guarantee["depth"] == 3
+    assert 0 < guarantee["clean_runs"] < 60
+    assert guarantee["miss_bound"] == pytest.approx(
+        pct_miss_bound(2, guarantee["steps"], 3, guarantee["clean_runs"])
+    )
+
+
+INVERSION = """
+import threading
+import pytest
+
+class Account:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.balance = 100
+
+def transfer(source, target):
+    with source.lock:
+        with target.lock:
+            source.balance -= 1
+            target.balance += 1
+
+@pytest.fixture
+def accounts():
+    return Account(), Account()
+
+@pytest.mark.concurrent(workers=2, runs=20{extra})
+def test_transfers(accounts, concurrency):
+    a, b = accounts
+    if concurrency.worker == 0:
+        transfer(a, b)          # a then b
+    concurrency.barrier()       # the two paths never overlap
+    if concurrency.worker == 1:
+        transfer(b, a)          # b then a
+"""
+
+
+def test_a_lock_order_inversion_that_never_deadlocks_fails_with_both_sites(pytester, run):
+    pytester.makepyfile(test_bank=INVERSION.format(extra=""))
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*LOCK-ORDER INVERSION (potential deadlock): Lock#* (test_bank.py:6) and Lock#* "
+            "(test_bank.py:6) are taken in opposite orders*",
+            "*worker 0 took Lock#* (test_bank.py:6) at test_bank.py:11 while holding Lock#* "
+            "(test_bank.py:6) (taken at test_bank.py:10)",
+            "*worker 1 took Lock#* (test_bank.py:6) at test_bank.py:11 while holding Lock#* "
+            "(test_bank.py:6) (taken at test_bank.py:10)",
+            "*--concurrency-lock-order=warn makes this a warning*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*lock-order inversions: test_bank.py::test_transfers: 1 (fail)"])
+    assert "DEADLOCK" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("how", [', lock_order="warn"', "--concurrency-lock-order=warn"])
+def test_lock_order_warn_makes_it_a_warning(pytester, run, how: str) -> None:
+    marker = how if how.startswith(",") else ""
+    pytester.makepyfile(test_bank=INVERSION.format(extra=marker))
+    result = run("-W", "default", *([] if marker else [how]))  # this suite makes warnings errors
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*LockOrderWarning: LOCK-ORDER INVERSION*"])
+
+
+def test_lock_order_off_tracks_nothing(pytester, run) -> None:
+    pytester.makepyfile(
+        test_bank=INVERSION.format(extra=', lock_order="off"')
+        + "\ndef test_lock_is_real():\n    assert threading.Lock is "
+        "threading._allocate_lock or threading.Lock.__module__ == '_thread'\n"
+    )
+    result = run()
+    result.assert_outcomes(passed=2)
+
+
+DEADLOCK = """
+import threading
+import pytest
+
+class Account:
+    def __init__(self):
+        self.lock = threading.Lock()
+
+@pytest.fixture
+def accounts():
+    return Account(), Account()
+
+@pytest.mark.concurrent(workers=2, runs=20, timeout=30{extra})
+def test_deadlock(accounts, concurrency):
+    a, b = accounts
+    first, second = (a, b) if concurrency.worker == 0 else (b, a)
+    with first.lock:
+        {meet}
+        with second.lock:
+            pass
+"""
+
+NO_THREAD_LEFT = """
+import threading, time
+
+def pytest_unconfigure(config):
+    deadline = time.monotonic() + 5
+    while threading.active_count() > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with open("threads-left.txt", "w") as out:
+        out.write(repr(sorted(t.name for t in threading.enumerate()
+                              if t is not threading.main_thread())))
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "meet", "headline"),
+    [
+        ("", "concurrency.barrier()", "*DEADLOCK: these threads wait for each other for ever*"),
+        (', schedule="random"', "pass", "*DEADLOCK in run * (controlled schedule, step *)*"),
+    ],
+    ids=["plain-watchdog", "controlled"],
+)
+def test_a_real_deadlock_is_reported_as_one_in_time_and_pytest_exits_cleanly(
+    pytester, run_subprocess, extra: str, meet: str, headline: str
+) -> None:
+    pytester.makeconftest(NO_THREAD_LEFT)
+    pytester.makepyfile(test_deadlock=DEADLOCK.format(extra=extra, meet=meet))
+    started = time.monotonic()
+    result = run_subprocess()
+    elapsed = time.monotonic() - started
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            headline,
+            "*worker ? waits for Lock#? (test_deadlock.py:6) at test_deadlock.py:18; it is held by "
+            "worker ?, who took it at test_deadlock.py:16",
+        ]
+    )
+    assert "HANG" not in result.stdout.str()
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert elapsed < 25  # the run's timeout is 30s: found well before it
+    assert (pytester.path / "threads-left.txt").read_text() == "[]"
+
+
+RESTORED = """
+import sys, threading, time, _thread, queue
+
+ORIGINALS = (threading.Lock, threading.RLock, threading.Condition, time.sleep)
+CHANGED = []
+
+def pytest_runtest_logfinish(nodeid):
+    if (threading.Lock, threading.RLock, threading.Condition, time.sleep) != ORIGINALS:
+        CHANGED.append(nodeid)
+
+def pytest_unconfigure(config):
+    with open("restored.txt", "w") as out:
+        out.write(repr(CHANGED))
+"""
+
+
+def test_primitives_are_patched_during_the_test_and_restored_after(pytester, run) -> None:
+    pytester.makeconftest(RESTORED)
+    pytester.makepyfile(
+        """
+        import threading, time
+        import pytest
+        from threading import Lock
+
+        @pytest.fixture
+        def lock():
+            return threading.Lock()
+
+        @pytest.mark.concurrent(workers=2, runs=5, schedule="pct")
+        def test_controlled(lock):
+            assert type(lock).__name__ == "TrackedLock"
+            assert type(Lock()).__name__ == "TrackedLock"  # the module's own binding too
+            with lock:
+                time.sleep(0.001)
+
+        @pytest.mark.concurrent(workers=2, runs=5)
+        def test_fails_plain(lock):
+            assert type(lock).__name__ == "TrackedLock"
+            assert False
+
+        def test_not_concurrent():
+            assert type(threading.Lock()).__name__ != "TrackedLock"
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=2, failed=1)
+    assert (pytester.path / "restored.txt").read_text() == "[]"
+
+
+def test_the_harness_takes_a_schedule(pytester, run) -> None:
+    pytester.makepyfile(
+        """
+        def test_harness(concurrency):
+            class Box:
+                value = 0
+            for run in concurrency.runs(200, schedule="pct"):
+                box = Box()
+                def bump():
+                    box.value += 1
+                run(bump, workers=2)
+                assert box.value == 2
+        """
+    )
+    result = run("--concurrency-seed=5")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*controlled schedule (pct, depth 3)*interleaving*",
+            "*interleaving, the last * steps of the run whose check failed:",
+            "*box.value += 1*",
+            "*FAILED after run * of 200*the check after the run failed",
+            "*reproduce: pytest *--concurrency-seed=5",
+            "*controlled schedule (pct): *::test_harness: found a failure in run *",
+        ]
+    )
+
+
+def test_bad_schedule_values_name_their_source(pytester, run) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.concurrent(schedule="sometimes")
+        def test_bad():
+            pass
+
+        @pytest.mark.concurrent(mode="processes", schedule="pct")
+        def test_not_threads():
+            pass
+        """
+    )
+    result = run()
+    result.assert_outcomes(errors=1, failed=1)  # a bad marker fails the setup
+    result.stdout.fnmatch_lines(
+        [
+            "*invalid schedule='sometimes' in @pytest.mark.concurrent on *test_bad: expected one of "
+            "off, random, pct, on*",
+        ]
+    )
+    assert messages.SCHEDULE_NEEDS_THREADS.format(
+        schedule="pct",
+        nodeid="test_bad_schedule_values_name_their_source.py::test_not_threads",
+        mode="processes",
+    ) in result.stdout.str().replace("\n", "")
+    cli = run("--concurrency-schedule=pcx")
+    assert cli.ret == pytest.ExitCode.USAGE_ERROR
+    cli.stderr.fnmatch_lines(['*invalid --concurrency-schedule=pcx*did you mean "pct"*'])
+
+
+def test_random_and_pct_draw_from_the_seed_not_from_the_clock() -> None:
+    rng = random.Random(0)
+    seeds = [rng.randrange(2**32) for _ in range(3)]
+    for name in strategies.STRATEGIES:
+        picks = []
+        for seed in seeds * 2:
+            strategy = strategies.make_strategy(name)
+            if isinstance(strategy, PCTStrategy):
+                strategy.max_decisions = 50
+            strategy.begin_run(4, seed)
+            picks.append([strategy.pick([0, 1, 2, 3], running=0) for _ in range(60)])
+        assert picks[:3] == picks[3:]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("on", settings.DEFAULT_STRATEGY),
+        (True, settings.DEFAULT_STRATEGY),
+        (False, "off"),
+        ("PCT", "pct"),
+        ("random", "random"),
+    ],
+)
+def test_schedule_values(raw: object, expected: str) -> None:
+    source = settings.Source("marker", "schedule=", "a test")
+    assert settings.parse_schedule(raw, source) == expected
