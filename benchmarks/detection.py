@@ -151,6 +151,7 @@ def run_pytest(
         shim = Path(scratch) / "shim.json"
         command = [
             python, "-m", "pytest", *nodeids, *args, "-q", "--no-header", "-p", "no:cacheprovider",
+            "-p", "no:asyncio",  # pytest-asyncio's unset-loop-scope warning is an error here
             f"--junitxml={junit}",
         ]  # fmt: skip
         if "no:concurrency" not in args:

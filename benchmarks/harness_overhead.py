@@ -17,9 +17,10 @@ and the table gives medians over repetitions.
 
 Through pytest, each form runs with the plugin's defaults (lock-order tracking on) and with
 ``--concurrency-lock-order=off``: while tracking is on, ``threading.Lock`` and
-``threading.Condition`` are replaced by tracked versions, and the runner's own barrier is built
-from them. Other installed pytest plugins are disabled in these invocations (``-p no:NAME``):
-they cost nothing per run, only fixed cost and noise.
+``threading.Condition`` are replaced by tracked versions during the test (the thread runner's
+own gates are raw locks that are never replaced, so both should cost the same per run). Other
+installed pytest plugins are disabled in these invocations (``-p no:NAME``): they cost nothing
+per run, only fixed cost and noise.
 
 The hand-written loops are timed twice: with the interpreter's default switch interval (what a
 user writes) and with the 1 µs switch interval our thread runner sets during a series, so that a

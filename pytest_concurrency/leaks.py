@@ -1,8 +1,11 @@
-"""Threads and processes that a test started and left running.
+"""Threads, processes and asyncio tasks that a test started and left running.
 
 Pure module (no pytest import): take a snapshot before the test, compare after its teardown.
 Child processes are found through ``/proc`` on Linux (so ``subprocess`` children count too),
-else through :func:`multiprocessing.active_children`.
+else through :func:`multiprocessing.active_children`. Asyncio tasks live on the plugin's event
+loop, which ends with the test's runner: the tasks still pending there when it closes are
+noted (:func:`note_leftover_tasks`, called by the asyncio mode before it cancels them) and
+reported here with the other leaks.
 """
 
 from __future__ import annotations
@@ -11,30 +14,34 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from .messages import LEAK_MESSAGE
 
 GRACE_SECONDS = 0.2
 LEAK_MODES = ("warn", "fail", "off")
-LEAK_MESSAGE = (
-    "{nodeid} left {what} running after its teardown: {names}. Join threads and reap "
-    "processes in the test or its fixtures (--concurrency-leaks=off silences this)"
-)
+_LEFTOVER_TASKS: list[str] = []
+"""Every task found pending when a plugin event loop closed, in order (see ``tasks_seen``)."""
 
 
 @dataclass(frozen=True)
 class Snapshot:
     threads: frozenset[int]
     children: frozenset[int]
+    tasks_seen: int = 0
 
 
 @dataclass(frozen=True)
 class Leaks:
     threads: tuple[str, ...]
     children: tuple[int, ...]
+    tasks: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.threads or self.children)
+        return bool(self.threads or self.children or self.tasks)
 
     def describe(self, nodeid: str) -> str:
         parts = []
@@ -45,6 +52,9 @@ class Leaks:
         if self.children:
             parts.append(f"{len(self.children)} process{'es' if len(self.children) > 1 else ''}")
             names.extend(f"process {pid}" for pid in self.children)
+        if self.tasks:
+            parts.append(f"{len(self.tasks)} asyncio task{'s' if len(self.tasks) > 1 else ''}")
+            names.extend(f"task {name}" for name in self.tasks)
         return LEAK_MESSAGE.format(nodeid=nodeid, what=" and ".join(parts), names=", ".join(names))
 
 
@@ -86,10 +96,26 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def describe_task(task: Any) -> str:
+    """ "'Task-7' (poll_forever at feed.py:12)": the task's name and where its coroutine waits."""
+    coro = task.get_coro()
+    name = getattr(coro, "__qualname__", type(coro).__qualname__)
+    frame = getattr(coro, "cr_frame", None)
+    where = f" at {os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}" if frame else ""
+    return f"{task.get_name()!r} ({name}{where})"
+
+
+def note_leftover_tasks(tasks: Iterable[Any]) -> None:
+    """Tasks still pending when a plugin event loop closes: the test (or its fixtures) started
+    them and never awaited or cancelled them. Called before the loop cancels them."""
+    _LEFTOVER_TASKS.extend(describe_task(task) for task in tasks)
+
+
 def take_snapshot() -> Snapshot:
     return Snapshot(
         threads=frozenset(t.ident for t in threading.enumerate() if t.ident is not None),
         children=child_pids(),
+        tasks_seen=len(_LEFTOVER_TASKS),
     )
 
 
@@ -107,6 +133,7 @@ def find_leaks(before: Snapshot, *, ignore: frozenset[int] = frozenset(),
     return Leaks(
         threads=tuple(t.name for t in _new_threads(before, ignore)),
         children=tuple(sorted(children)),
+        tasks=tuple(_LEFTOVER_TASKS[before.tasks_seen:]),
     )
 
 

@@ -12,12 +12,14 @@ controlled scheduler, cooperative). At the end of the call:
 * the schedule's summary (PCT's n, k, d, m and the bound on a miss) and the inversions are
   added to the test's entry for the terminal summary and the JSON report.
 
-Nothing is imported, patched or tracked for a test that needs none of it.
+Nothing is imported, patched or tracked for a test that needs none of it; the hooks themselves
+are registered by the session only once collection found a test that may need them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +29,6 @@ import pytest
 
 from . import messages
 from .entries import ENTRIES_KEY
-from .report import KIND_CONCURRENT
-from .series import add_note
 from .session import (
     SERIAL_KEY,
     SETTINGS_KEY,
@@ -64,7 +64,8 @@ WATCH_KEY = pytest.StashKey[_Watch]()
 
 
 class LockWatch:
-    """The hooks; registered next to the session by :mod:`pytest_concurrency.plugin`."""
+    """The hooks; registered with the session's per-test hooks (see
+    :meth:`~pytest_concurrency.session.ConcurrencySession.activate`)."""
 
     def __init__(self, session: ConcurrencySession) -> None:
         self.session = session
@@ -93,21 +94,10 @@ class LockWatch:
         finally:
             self.close(item)  # after an interrupt skipped the teardown
 
-    def pytest_report_header(self) -> list[str]:
-        settings = self.session.settings
-        if settings.schedule == "off" and settings.lock_order == "fail":
-            return []  # the defaults: nothing to say
-        schedule = settings.schedule
-        if schedule == "pct":
-            schedule += f" (depth {settings.schedule_depth})"
-        return [messages.HEADER_SCHEDULE.format(schedule=schedule,
-                                                lock_order=settings.lock_order)]
-
     def pytest_unconfigure(self) -> None:
-        from .primitives import TRACKER, close_every_window
-
-        if TRACKER.active:
-            close_every_window()
+        primitives = sys.modules.get(f"{__package__}.primitives")  # never imported: no window
+        if primitives is not None and primitives.TRACKER.active:
+            primitives.close_every_window()
 
     def watched_settings(self, item: pytest.Item) -> Settings | None:
         """The test's settings if it needs the window, else None (the session reports bad
@@ -159,6 +149,7 @@ class LockWatch:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True  # a failure's traceback starts in the user's code, not here
         watch = item.stash.get(WATCH_KEY, None)
         resolved = item.stash.get(SETTINGS_KEY, None)
         marker = item.get_closest_marker("concurrent")
@@ -180,6 +171,8 @@ class LockWatch:
         try:
             result = yield
         except BaseException as exc:
+            from .series import add_note
+
             for text in (self.schedule_text(item), self.inversion_text(watch)):
                 if text:
                     add_note(exc, text)
@@ -227,15 +220,15 @@ class LockWatch:
         return report
 
     def annotate_entries(self, item: pytest.Item) -> None:
-        from . import scheduler
-
-        made = scheduler.take_created()
+        scheduler = sys.modules.get(f"{__package__}.scheduler")  # never imported: none made
+        made = scheduler.take_created() if scheduler is not None else []
         watch = item.stash.get(WATCH_KEY, None)
-        entries = [
-            entry
-            for entry in item.stash.get(ENTRIES_KEY, [])
-            if entry.get("kind") == KIND_CONCURRENT
-        ]
+        stashed = item.stash.get(ENTRIES_KEY, [])
+        if not stashed:
+            return
+        from .report import KIND_CONCURRENT
+
+        entries = [entry for entry in stashed if entry.get("kind") == KIND_CONCURRENT]
         for entry in entries:
             if made:
                 entry["schedule"] = summarize(made)

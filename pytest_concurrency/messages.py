@@ -226,3 +226,24 @@ INVERSION_FAIL_HINT = (
     "(--concurrency-lock-order=warn makes this a warning, off stops lock tracking)"
 )
 INVERSION_SUMMARY = "lock-order inversions: {nodeid}: {count} ({outcome})"
+
+# -- reliability: hangs, crashes, leaks (issue 7) ---------------------------------------------
+
+HANG_WAITS_ON_LOCK = (
+    "  waits for {what} at {site}; it is held by {holder}, who took it at {taken_at}"
+)
+HANG_WAITS_ON_FREE_LOCK = "  waits for {what} at {site}; nobody holds it now"
+HANG_WAITS_ON_UNTRACKED_HOLDER = (
+    "  waits for {what} at {site}; it is held through a reference taken before the test began"
+)
+LEAK_MESSAGE = (
+    "{nodeid} left {what} running after its teardown: {names}. Join threads, reap processes "
+    "and await or cancel tasks in the test or its fixtures (--concurrency-leaks=off silences "
+    "this)"
+)
+INVALID_SETTING = "pytest-concurrency: invalid {where}: {expected}"
+"""A bad value for a setting: ``where`` names the source as the user wrote it (the marker
+argument, the command-line option, the environment variable or the ini key)."""
+UNKNOWN_MARKER_ARGUMENT = (
+    "pytest-concurrency: unknown argument {key}= in {where}.{hint} Known arguments: {known}"
+)

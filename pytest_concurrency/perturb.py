@@ -360,7 +360,8 @@ class TracePerturbation(SeededPerturbation):
     """3.10/3.11: ``sys.settrace`` with opcode events, installed in each worker around its call.
 
     Nothing global changes: the worker's previous trace function (a coverage tracer, say) is
-    saved in ``call_started`` and put back in ``call_finished``.
+    saved in ``call_started`` and put back in ``call_finished``; in between it still sees every
+    event but opcodes (see :meth:`_chained`), so that coverage counts the body's lines.
     """
 
     mechanism = MECHANISM_SETTRACE
@@ -368,10 +369,37 @@ class TracePerturbation(SeededPerturbation):
     def __init__(self, roots: Sequence[Path], seed: int, *, record: bool = False) -> None:
         super().__init__(roots, seed, record=record)
         self._tracers: dict[int, tuple[CodeType, TraceFunction]] = {}  # kept across series
+        self._shared_offsets: dict[int, tuple[CodeType, frozenset[int]]] = {}  # under a tracer
 
     def _activate(self) -> None:
-        self._thread.previous_trace = sys.gettrace()
-        sys.settrace(self._on_call)
+        previous = sys.gettrace()
+        self._thread.previous_trace = previous
+        sys.settrace(self._on_call if previous is None else self._chained(previous))
+
+    def _chained(self, previous: Any) -> TraceFunction:
+        """A global trace function for both tracers: the previous one gets every event of
+        every frame, ours the opcode events of user code (through the same local function,
+        so that a scheduling point still sees the user's frame two frames up)."""
+
+        def on_call_chained(frame: FrameType, event: str, arg: Any) -> TraceFunction | None:
+            theirs = previous(frame, event, arg)
+            if sys.gettrace() is not on_call_chained:  # coverage's C tracer takes over on calls
+                sys.settrace(on_call_chained)
+            code = frame.f_code
+            if not self.code_filter.is_user_file(code.co_filename):
+                return theirs  # type: ignore[no-any-return]
+            frame.f_trace_opcodes = True
+            if theirs is None:
+                frame.f_trace_lines = False
+            return self._opcode_tracer(code, theirs, self._user_offsets(code))
+
+        return on_call_chained
+
+    def _user_offsets(self, code: CodeType) -> frozenset[int]:
+        entry = self._shared_offsets.get(id(code))
+        if entry is None:
+            entry = self._shared_offsets[id(code)] = (code, shared_state_offsets(code))
+        return entry[1]
 
     def _deactivate(self) -> None:
         state = self._thread
@@ -389,12 +417,21 @@ class TracePerturbation(SeededPerturbation):
         frame.f_trace_opcodes = True
         return entry[1]
 
-    def _opcode_tracer(self, code: CodeType) -> TraceFunction:
-        offsets = shared_state_offsets(code)
+    def _opcode_tracer(self, code: CodeType, theirs: TraceFunction | None = None,
+                       offsets: frozenset[int] | None = None) -> TraceFunction:
+        """The local trace function of a user frame; ``theirs``: another tracer's local trace
+        function for this frame, which gets every event but opcodes."""
+        if offsets is None:
+            offsets = shared_state_offsets(code)
         state = self._thread
 
         def on_opcode(frame: FrameType, event: str, arg: Any) -> TraceFunction:
-            if frame.f_lasti in offsets and event == "opcode":
+            nonlocal theirs
+            if event != "opcode":
+                if theirs is not None:
+                    theirs = theirs(frame, event, arg)
+                return on_opcode
+            if frame.f_lasti in offsets:
                 schedule = state.schedule
                 if schedule is None or not schedule.at_point():
                     frame.f_trace_opcodes = False

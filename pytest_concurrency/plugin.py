@@ -1,18 +1,20 @@
-"""pytest-concurrency's entry point: options, ini keys and markers; registers the session."""
+"""pytest-concurrency's entry point: options, ini keys and markers; registers the session.
+
+It imports almost nothing: the session registers the per-test hooks, and imports what they
+drive, only when collection finds a test that needs them.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from . import messages
-from .harness import Concurrency
-from .seeds import new_session_seed
-from .session import CACHE_SEED_KEY, ConcurrencySession
+from .session import CACHE_SEED_KEY, ConcurrencySession, ShardHooks
 from .settings import (
     DEFAULT_UNSAFE_FIXTURES,
     ENV_PREFIX,
@@ -22,7 +24,11 @@ from .settings import (
     resolve,
 )
 
+if TYPE_CHECKING:
+    from .harness import Concurrency
+
 SESSION_NAME = "concurrency-session"
+SHARDS_NAME = "concurrency-shards"
 OPTION_HELP = {
     "mode": f"default mode of concurrent tests: {', '.join(MODES)} (default: threads)",
     "workers": "workers per run, a number or 'auto' (default: 4)",
@@ -80,9 +86,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except SettingsError as error:
         raise pytest.UsageError(str(error)) from None
     config.pluginmanager.register(session, SESSION_NAME)
-    from .lockwatch import LOCKWATCH_NAME, LockWatch  # lock tracking, deadlocks (issue 5)
-
-    config.pluginmanager.register(LockWatch(session), LOCKWATCH_NAME)
+    if session.settings.shards >= 2:
+        config.pluginmanager.register(ShardHooks(session), SHARDS_NAME)
 
 
 def build_session(config: pytest.Config) -> ConcurrencySession:
@@ -133,15 +138,19 @@ def worker_seed(config: pytest.Config) -> int:
     workerinput = getattr(config, "workerinput", None)
     if isinstance(workerinput, dict) and isinstance(workerinput.get("concurrency_seed"), int):
         return int(workerinput["concurrency_seed"])
+    from .seeds import new_session_seed
+
     return new_session_seed()
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: object) -> None:
-    """pytest-xdist: every worker uses the controller's seed."""
+    """pytest-xdist: every worker uses the controller's seed; the controller collects the
+    entries that the workers' reports carry."""
     session = node.config.pluginmanager.get_plugin(SESSION_NAME)  # type: ignore[attr-defined]
     if isinstance(session, ConcurrencySession):
         node.workerinput["concurrency_seed"] = session.session_seed  # type: ignore[attr-defined]
+        session.activate()
 
 
 @pytest.fixture

@@ -339,6 +339,17 @@ class LockTracker:
         with self._mutex:
             self._waiting.pop(_get_ident(), None)
 
+    def waiting_on(self, ident: int) -> tuple[str, Site, int | None, Site] | None:
+        """What thread ``ident`` waits for in a plain run, for the report of a hang: the lock's
+        name, where it waits, the holder (:data:`UNKNOWN_HOLDER` if untracked) and where the
+        holder took it; None if it waits on no tracked lock."""
+        with self._mutex:
+            waiter = self._waiting.get(ident)
+        if waiter is None:
+            return None
+        lock = waiter.lock
+        return lock.name, waiter.site, _holder(lock), lock._taken_at
+
     def deadlock_through_me(self) -> str | None:
         """The report of a confirmed wait-for cycle through this thread, electing it to break
         the cycle; None if there is none (yet)."""

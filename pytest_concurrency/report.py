@@ -267,6 +267,46 @@ def shard_lines(concurrent: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+JUNIT_PREFIX = "concurrency_"
+VERDICT_HUNG = "hung"
+VERDICT_RACE = "race"
+VERDICT_CHECK_FAILED = "check failed"
+VERDICT_CLEAN = "no failure"
+
+
+def concurrent_verdict(entry: Mapping[str, Any]) -> str:
+    """One word for a concurrent test's JUnit ``verdict`` property."""
+    if entry.get("hung_workers"):
+        return VERDICT_HUNG
+    if entry.get("failures"):
+        return VERDICT_RACE
+    if entry.get("failing_run") is not None:
+        return VERDICT_CHECK_FAILED
+    return VERDICT_CLEAN
+
+
+def junit_properties(entry: Mapping[str, Any]) -> list[tuple[str, object]]:
+    """Properties for a test's JUnit XML ``<testcase>`` (``--junitxml``), from its entry."""
+    if entry.get("kind") == KIND_CONCURRENT:
+        values: dict[str, object] = {
+            "mode": entry["mode"], "workers": entry["workers"], "runs": entry["runs_done"],
+            "seed": entry["seed"],
+            "failures": sum(group["count"] for group in entry.get("failures", ())),
+            "verdict": concurrent_verdict(entry),
+        }
+        if entry.get("shard") is not None:
+            values["shard"] = f"{entry['shard']} of {entry['shards']}"
+    elif entry.get("kind") == KIND_SCALING:
+        judged = entry.get("judged_workers") or {}
+        rounds = sum(level.get("rounds", 0) for level in entry.get("levels", ()))
+        values = {"mode": ",".join(judged) or "scaling",
+                  "workers": max(judged.values(), default=0), "runs": rounds,
+                  "seed": entry.get("seed"), "failures": 0, "verdict": entry.get("verdict")}
+    else:
+        return []
+    return [(JUNIT_PREFIX + name, value) for name, value in values.items()]
+
+
 def json_document(
     header: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any]:

@@ -841,14 +841,15 @@ def take_created() -> list[ControlledScheduler]:
 
 
 def fold_steps(steps: Sequence[Step]) -> list[list[Step]]:
-    """Steps grouped so that a worker's consecutive accesses on one line are one group."""
+    """Steps grouped so that a worker's consecutive steps on one line of code are one group
+    (the accesses and synchronization calls of ``concurrency.barrier()`` fold into one); events
+    without a line (end, detached, deadlock) stay apart."""
     groups: list[list[Step]] = []
     for step in steps:
         last = groups[-1][-1] if groups else None
         if (
             last is not None
-            and not step.label
-            and not last.label
+            and step.site[0]
             and last.worker == step.worker
             and last.site == step.site
         ):
@@ -864,16 +865,18 @@ def format_steps(steps: Sequence[Step]) -> list[str]:
 
 
 def _step_line(group: Sequence[Step]) -> str:
+    """ "step N  worker W  file:line  [what it did last there: ]source (xcount)"."""
     step = group[0]
     repeat = f" (x{len(group)})" if len(group) > 1 else ""
     where = format_site(step.site) if step.site[0] else ""
-    if step.label and not step.site[0]:
-        text = step.label
+    label = next((s.label for s in reversed(group) if s.label), "")
+    if label and not step.site[0]:
+        text = label
     else:
         source = linecache.getline(step.site[0], step.site[1]).strip() if step.site[0] else ""
         if len(source) > SOURCE_WIDTH:
             source = source[: SOURCE_WIDTH - 3] + "..."
-        text = f"{step.label}: {source}" if step.label else source
+        text = f"{label}: {source}" if label else source
     return f"    step {step.number:>5}  worker {step.worker}  {where:<24} {text}{repeat}".rstrip()
 
 

@@ -41,4 +41,17 @@ def splitmix64(value: int) -> int:
 
 def run_seed(series_seed: int, run_index: int) -> int:
     """The seed of one run: integer mixing, cheap enough for the once-per-run hot path."""
-    return splitmix64(splitmix64(series_seed & MASK64) ^ run_index) & ((1 << SEED_BITS) - 1)
+    return run_seed_from(run_seed_base(series_seed), run_index)
+
+
+def run_seed_base(series_seed: int) -> int:
+    """The half of :func:`run_seed` that depends on the series only: computed once per series."""
+    return splitmix64(series_seed & MASK64)
+
+
+def run_seed_from(base: int, run_index: int) -> int:
+    """``run_seed(series_seed, run_index)`` given ``base = run_seed_base(series_seed)``."""
+    return splitmix64(base ^ run_index) & SEED_MASK
+
+
+SEED_MASK = (1 << SEED_BITS) - 1

@@ -1,4 +1,12 @@
-"""The hooks: collection, the call wrapper, reports and the summary, on one session object."""
+"""The hooks: collection, the call wrapper, reports and the summary.
+
+:class:`ConcurrencySession` is registered for every pytest session; its hooks run once per
+session or once per report. The per-test hooks (:class:`ItemHooks`, and the lock watch of
+:mod:`pytest_concurrency.lockwatch`) are registered only when collection finds a test that
+needs them (see :func:`needs_item_hooks`), and the machinery they drive (harness, runners,
+perturbation, leak snapshots) is imported only then: a suite that never uses the plugin pays
+for one pass over its collected items and nothing per test.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +19,29 @@ import os
 import sys
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import cores, leaks, messages, report
-from .entries import REPORT_ATTRIBUTE, record_entry, take_entries
-from .harness import Concurrency, HarnessConfig, HarnessLoop
-from .outcomes import SeriesOutcome
-from .progress import LiveProgress
-from .runners import make_perturbation, make_runner
-from .runners.base import Runner, RunPlan
-from .seeds import derive_seed, test_seed
-from .series import add_note, failure_exception, outcome_signal, run_series
+from . import cores, messages
+from .entries import ENTRIES_KEY, REPORT_ATTRIBUTE, record_entry, take_entries
 from .settings import DEFAULT_SCHEDULE_DEPTH, DEFAULT_TIMEOUT, Settings, SettingsError
+
+if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
+    from _pytest.nodes import Node
+
+    from .harness import Concurrency, HarnessConfig, HarnessLoop
+    from .leaks import Snapshot
+    from .outcomes import SeriesOutcome
+    from .progress import LiveProgress
+    from .runners.base import Runner, RunPlan
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SHARD_ARG = "concurrency_shard"
-LEAK_SNAPSHOT_KEY = pytest.StashKey[leaks.Snapshot]()
+LEAK_SNAPSHOT_KEY: pytest.StashKey[Snapshot] = pytest.StashKey()
+ITEM_HOOKS_NAME = "concurrency-item-hooks"
+ITEM_FIXTURES = ("concurrency", "scaling")
+ITEM_MARKERS = frozenset({"concurrent", "scaling"})
 PYTEST_TIMEOUT_SHARE = 0.8
 SERIAL_KEY = pytest.StashKey[str]()
 WARNING_NAMES = ("warns", "catch_warnings", "deprecated_call")
@@ -56,12 +69,28 @@ class ConcurrencySession:
         self.unsafe_fixtures = frozenset(unsafe_fixtures)
         self.json_path = json_path
         self.plot_dir = plot_dir
-        self.budget = cores.core_budget()
         self.entries: list[dict[str, Any]] = []
         self.abandoned_threads: list[str] = []
         self.abandoned_idents: frozenset[int] = frozenset()
         self.leaked: list[str] = []
         self.plot_lines: list[str] = []
+        self.item_hooks: ItemHooks | None = None
+
+    @functools.cached_property
+    def budget(self) -> cores.CoreBudget:
+        """The usable cores (affinity and cgroup quota), read when first needed."""
+        return cores.core_budget()
+
+    def activate(self) -> None:
+        """Register the per-test hooks (once): collection found a test that needs them."""
+        if self.item_hooks is not None:
+            return
+        from .lockwatch import LOCKWATCH_NAME, LockWatch  # lock tracking, deadlocks (issue 5)
+
+        self.item_hooks = ItemHooks(self)
+        manager = self.config.pluginmanager
+        manager.register(self.item_hooks, ITEM_HOOKS_NAME)
+        manager.register(LockWatch(self), LOCKWATCH_NAME)
 
     # -- header -----------------------------------------------------------------------------
 
@@ -77,6 +106,7 @@ class ConcurrencySession:
             f"concurrency: cores {self.budget.describe()}; {cores.describe_interpreter()}",
             f"concurrency: {describe_start_method(s.start_method)}",
             *self.oversubscription_lines(),
+            *schedule_header_lines(s),
         ]
 
     def oversubscription(self) -> dict[str, Any] | None:
@@ -98,7 +128,7 @@ class ConcurrencySession:
 
     # -- collection -------------------------------------------------------------------------
 
-    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+    def generate_shards(self, metafunc: pytest.Metafunc) -> None:
         """``--concurrency-shards=K``: each concurrent test becomes K items, one per shard."""
         shards = self.settings.shards
         if shards < 2 or not self.shardable(metafunc):
@@ -120,7 +150,11 @@ class ConcurrencySession:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         if not self.run_all:
+            marked: dict[Node, bool] = {}
+            if any(needs_item_hooks(item, marked) for item in items):
+                self.activate()
             return
+        self.activate()
         for item in items:
             reason = self.serial_reason(item)
             if reason is not None:
@@ -150,14 +184,17 @@ class ConcurrencySession:
 
     # -- setup: settle the test's settings, or fail it with a clear word ------------------
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+    def setup_item(self, item: pytest.Item) -> None:
         if self.settings.leaks != "off" and is_concurrent(item):
-            item.stash[LEAK_SNAPSHOT_KEY] = leaks.take_snapshot()
+            from .leaks import take_snapshot
+
+            item.stash[LEAK_SNAPSHOT_KEY] = take_snapshot()
         marker = item.get_closest_marker("concurrent")
         reason = item.stash.get(SERIAL_KEY, None)
         if reason is not None:
-            record_entry(item, report.serial_entry(item.nodeid, reason))
+            from .report import serial_entry
+
+            record_entry(item, serial_entry(item.nodeid, reason))
             return
         if marker is None:
             return
@@ -186,13 +223,14 @@ class ConcurrencySession:
         except SettingsError as error:
             return error
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
-        yield
+    def check_leaks(self, item: pytest.Item) -> None:
+        """After the teardown: what the test left running, as a warning or a failure."""
         before = item.stash.get(LEAK_SNAPSHOT_KEY, None)
         if before is None:
             return
-        found = leaks.find_leaks(before, ignore=self.abandoned_idents)
+        from .leaks import find_leaks
+
+        found = find_leaks(before, ignore=self.abandoned_idents)
         if not found:
             return
         self.leaked.append(found.describe(item.nodeid))
@@ -202,16 +240,20 @@ class ConcurrencySession:
 
     # -- the call: run the body concurrently ------------------------------------------------
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+    def call_item(self, pyfuncitem: pytest.Function) -> bool | None:
         __tracebackhide__ = True
         settings = pyfuncitem.stash.get(SETTINGS_KEY, None)
         if settings is None:
-            if is_async_test(pyfuncitem) and "concurrency" in pyfuncitem.funcargs:
+            if "concurrency" in pyfuncitem.funcargs and is_async_test(pyfuncitem):
                 return self.run_async_harness(pyfuncitem)
             if pyfuncitem.get_closest_marker("scaling") is None:
                 return None
             return run_scaling(pyfuncitem)
+        from .harness import Concurrency
+        from .outcomes import SeriesOutcome
+        from .runners.base import RunPlan
+        from .series import run_series
+
         fixture = pyfuncitem.funcargs.get("concurrency")
         config = self.harness_config(pyfuncitem, settings)
         if isinstance(fixture, Concurrency):
@@ -246,6 +288,8 @@ class ConcurrencySession:
             return None
         if self.config.get_verbosity() < 0:
             return None
+        from .progress import LiveProgress
+
         capture = self.config.pluginmanager.get_plugin("capturemanager")
 
         def write(line: str, first: bool, last: bool) -> None:
@@ -262,10 +306,12 @@ class ConcurrencySession:
     def finish_outcome(self, item: pytest.Function, outcome: SeriesOutcome,
                        config: HarnessConfig) -> None:
         __tracebackhide__ = True
+        from . import report
+        from .series import failure_exception, outcome_signal
+
         reproduce = config.reproduce if outcome.failed else None
         record_entry(item, report.concurrent_entry(outcome, nodeid=item.nodeid,
                                                    reproduce=reproduce, shard=config.shard))
-        item.user_properties.extend(junit_properties(outcome))
         record = outcome.failing_run
         if outcome.interrupt is not None and not outcome.failed:
             raise outcome.interrupt
@@ -278,6 +324,10 @@ class ConcurrencySession:
                 raise signal
 
     def harness_config(self, item: pytest.Item, settings: Settings) -> HarnessConfig:
+        from . import report
+        from .harness import HarnessConfig
+        from .seeds import derive_seed, test_seed
+
         seed = settings.seed if settings.seed is not None else test_seed(self.session_seed,
                                                                           item.nodeid)
         reproduce_seed = settings.seed if settings.seed is not None else self.session_seed
@@ -304,6 +354,8 @@ class ConcurrencySession:
 
     def make_runner(self, item: pytest.Item, settings: Settings, workers: int,
                     seed: int) -> Runner:
+        from .runners import make_perturbation, make_runner
+
         roots = [self.config.rootpath, item.path.parent]
         if settings.mode == "threads" and settings.schedule != "off":
             from .scheduler import make_scheduler  # the controlled scheduler (issue 5)
@@ -320,7 +372,9 @@ class ConcurrencySession:
         the plugin's event loop (the harness runs its tasks there). pytest-asyncio, if it
         wrapped the function, never gets to call it: no double run, no unawaited coroutine."""
         __tracebackhide__ = True
+        from .harness import Concurrency
         from .runners import aio
+        from .series import failure_exception
 
         fixture = item.funcargs["concurrency"]
         body = functools.partial(test_function(item),
@@ -348,6 +402,8 @@ class ConcurrencySession:
     # -- the fixture --------------------------------------------------------------------------
 
     def concurrency_fixture(self, request: pytest.FixtureRequest) -> Concurrency:
+        from .harness import Concurrency
+
         item = request.node
         settings = item.stash.get(SETTINGS_KEY, None) or self.settings
         if is_async_test(item):
@@ -363,23 +419,26 @@ class ConcurrencySession:
 
     # -- reports ------------------------------------------------------------------------------
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        if call.when == "call":
-            self.record_harness(item, call)
-        rep = yield
-        if call.when == "call" or rep.failed:
-            entries = take_entries(item)
-            if entries:
-                setattr(rep, REPORT_ATTRIBUTE, entries)
-        return rep
+    def before_call_report(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+        """The call phase is over: the harness's entry, and the entries' junit properties."""
+        self.record_harness(item, call)
+        entries = item.stash.get(ENTRIES_KEY, [])
+        if entries:
+            from .report import junit_properties
+
+            for entry in entries:  # --junitxml <property> elements
+                item.user_properties.extend(junit_properties(entry))
 
     def record_harness(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
         """The entry of a test that used ``concurrency.runs()``; if a check between runs
         failed, say which run and how to replay it."""
         fixture = getattr(item, "funcargs", {}).get("concurrency")
+        if fixture is None:
+            return
+        from . import report
+        from .harness import Concurrency
+        from .series import add_note
+
         if not isinstance(fixture, Concurrency) or item.stash.get(SETTINGS_KEY, None):
             return
         loop = fixture.active
@@ -397,7 +456,9 @@ class ConcurrencySession:
             entry.update(failing_run=run.index, reproduce=fixture.config.reproduce)
         record_entry(item, entry)
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+    def collect_entries(self, report: pytest.TestReport) -> None:
+        """The entries a report carries (from this process or an xdist worker), with the
+        test's outcome, for the summary and the JSON report."""
         entries = getattr(report, REPORT_ATTRIBUTE, None)
         if not entries:
             return
@@ -408,7 +469,11 @@ class ConcurrencySession:
     # -- summary and files --------------------------------------------------------------------
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        lines = report.summary_lines(self.entries)
+        lines: list[str] = []
+        if self.entries:
+            from .report import summary_lines
+
+            lines = summary_lines(self.entries)
         scaling_entries = self.scaling_entries()
         if scaling_entries:
             from .scaling import format_scaling_table
@@ -437,13 +502,19 @@ class ConcurrencySession:
         if cache is not None:
             cache.set(CACHE_SEED_KEY, self.session_seed)
         if self.json_path is not None:
+            from . import report
+
             report.write_json(self.json_path, report.json_document(self.json_header(),
                                                                    self.entries))
         if self.plot_dir is not None:
             self.plot_lines = self.write_plots(self.plot_dir)
 
     def scaling_entries(self) -> list[dict[str, Any]]:
-        return [entry for entry in self.entries if entry.get("kind") == report.KIND_SCALING]
+        if not self.entries:
+            return []
+        from .report import KIND_SCALING
+
+        return [entry for entry in self.entries if entry.get("kind") == KIND_SCALING]
 
     def write_plots(self, directory: Path) -> list[str]:
         entries = self.scaling_entries()
@@ -473,6 +544,87 @@ class ConcurrencySession:
 
 
 CACHE_SEED_KEY = "concurrency/seed"
+
+
+class ItemHooks:
+    """The per-test hooks, registered by :meth:`ConcurrencySession.activate` only once
+    collection found a test that needs them; the work is the session's."""
+
+    def __init__(self, session: ConcurrencySession) -> None:
+        self.session = session
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        self.session.setup_item(item)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
+        yield
+        self.session.check_leaks(item)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        __tracebackhide__ = True
+        return self.session.call_item(pyfuncitem)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        if call.when == "call":
+            self.session.before_call_report(item, call)
+        rep = yield
+        if call.when == "call" or rep.failed:
+            entries = take_entries(item)
+            if entries:
+                setattr(rep, REPORT_ATTRIBUTE, entries)
+        return rep
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.session.collect_entries(report)
+
+
+class ShardHooks:
+    """``--concurrency-shards=K`` with K >= 2 acts at collection: registered at configure,
+    only then."""
+
+    def __init__(self, session: ConcurrencySession) -> None:
+        self.session = session
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        self.session.generate_shards(metafunc)
+
+
+def needs_item_hooks(item: pytest.Item, marked: dict[Node, bool]) -> bool:
+    """Does this test need the per-test hooks: marked ``concurrent`` or ``scaling``, or using
+    the ``concurrency`` or ``scaling`` fixture (``--concurrency-all`` needs them for all)?
+    ``marked`` remembers the answer for the markers of each parent node (module, class)."""
+    names = getattr(item, "fixturenames", ())
+    if any(name in names for name in ITEM_FIXTURES):
+        return True
+    if any(mark.name in ITEM_MARKERS for mark in item.own_markers):
+        return True
+    parent = item.parent
+    return parent is not None and node_marked(parent, marked)
+
+
+def node_marked(node: Node, marked: dict[Node, bool]) -> bool:
+    answer = marked.get(node)
+    if answer is None:
+        answer = any(mark.name in ITEM_MARKERS for mark in node.own_markers) or (
+            node.parent is not None and node_marked(node.parent, marked))
+        marked[node] = answer
+    return answer
+
+
+def schedule_header_lines(settings: Settings) -> list[str]:
+    """The controlled scheduler and lock-order settings, when they are not the defaults."""
+    if settings.schedule == "off" and settings.lock_order == "fail":
+        return []  # the defaults: nothing to say
+    schedule = settings.schedule
+    if schedule == "pct":
+        schedule += f" (depth {settings.schedule_depth})"
+    return [messages.HEADER_SCHEDULE.format(schedule=schedule, lock_order=settings.lock_order)]
 
 
 class ConcurrencyLeakWarning(pytest.PytestWarning):
@@ -527,6 +679,8 @@ def _deadline(budget: float) -> float:
 
 
 def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> list[str]:
+    from . import report
+
     outcome = loop.outcome
     return [
         f"FAILED after run {run} {report.run_position(outcome, run)} "
@@ -624,14 +778,3 @@ def outcome_word(rep: pytest.TestReport) -> str:
     if hasattr(rep, "wasxfail"):
         return "xfailed" if rep.skipped else "xpassed"
     return rep.outcome
-
-
-def junit_properties(outcome: SeriesOutcome) -> list[tuple[str, object]]:
-    record = outcome.failing_run
-    return [
-        ("concurrency_mode", outcome.mode),
-        ("concurrency_workers", outcome.workers),
-        ("concurrency_runs", outcome.runs_done),
-        ("concurrency_seed", outcome.seed),
-        ("concurrency_failures", len(record.failures) if record else 0),
-    ]

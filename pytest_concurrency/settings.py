@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import messages
+
 MODES = ("threads", "processes", "asyncio")
 MAX_WORKERS = 4096
 MAX_RUNS = 10_000_000
@@ -61,7 +63,8 @@ class Source:
 
 
 def _fail(source: Source, raw: object, expected: str) -> SettingsError:
-    return SettingsError(f"pytest-concurrency: invalid {source.describe(raw)}: {expected}")
+    return SettingsError(messages.INVALID_SETTING.format(where=source.describe(raw),
+                                                         expected=expected))
 
 
 def parse_int(raw: object, source: Source, *, low: int, high: int, example: str) -> int:
@@ -286,10 +289,8 @@ def auto_workers(mode: str, usable_cores: int) -> int:
 def unknown_marker_key(key: str, where: str) -> SettingsError:
     close = difflib.get_close_matches(key, MARKER_KEYS, n=1)
     hint = f' Did you mean "{close[0]}="?' if close else ""
-    return SettingsError(
-        f"pytest-concurrency: unknown argument {key}= in {where}.{hint} "
-        f"Known arguments: {', '.join(k + '=' for k in MARKER_KEYS)}"
-    )
+    return SettingsError(messages.UNKNOWN_MARKER_ARGUMENT.format(
+        key=key, where=where, hint=hint, known=", ".join(k + "=" for k in MARKER_KEYS)))
 
 
 def resolve(

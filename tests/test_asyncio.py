@@ -325,3 +325,65 @@ def test_order_for_run_is_fifo_then_shuffles_then_holds() -> None:
     assert isinstance(odd, aio.SeededOrder) and odd.hold_rate == 0
     assert isinstance(even, aio.SeededOrder) and even.hold_rate > 0
     assert aio.order_for_run(2, 123) == even  # derived from the seed alone
+
+
+THEIRS_AND_OURS = """
+import asyncio
+import pytest
+import pytest_asyncio
+
+CALLS = []
+
+@pytest_asyncio.fixture
+async def ticket():
+    await asyncio.sleep(0)
+    yield "ticket"
+
+@pytest.mark.asyncio
+async def test_theirs_marked(ticket):
+    assert ticket == "ticket"
+    CALLS.append("theirs")
+
+async def test_theirs_unmarked(ticket):  # auto mode runs it; strict mode refuses it
+    assert ticket == "ticket"
+
+@pytest.mark.asyncio
+@pytest.mark.concurrent(workers=3, runs=2)
+async def test_both_markers(concurrency):
+    CALLS.append("both")
+    await asyncio.sleep(0)
+
+@pytest.mark.concurrent(workers=2, runs=2)
+async def test_ours_with_their_async_fixture(ticket, concurrency):
+    assert ticket == "ticket"
+    CALLS.append("ours")
+
+def test_count():
+    assert (CALLS.count("theirs"), CALLS.count("both"), CALLS.count("ours")) == (1, 6, 4)
+"""
+
+
+@pytest.mark.parametrize("mode", ["strict", "auto"])
+def test_pytest_asyncio_tests_behave_as_without_us_and_ours_run_once_per_worker(
+    pytester: pytest.Pytester, mode: str
+) -> None:
+    pytest.importorskip("pytest_asyncio")
+    pytester.makepyfile(THEIRS_AND_OURS)
+    args = ("-p", "no:run-parallel", "-p", "no:cacheprovider", f"--asyncio-mode={mode}",
+            "-o", "asyncio_default_fixture_loop_scope=function", "-W", "error", "-rA")
+    with_us = pytester.runpytest_subprocess(*args)
+    without_us = pytester.runpytest_subprocess(*args, "-p", "no:concurrency", "-k", "theirs",
+                                               "-W", "ignore::pytest.PytestUnknownMarkWarning")
+
+    def outcome(result: pytest.RunResult, name: str) -> str:
+        line = next(line for line in result.stdout.lines if line.endswith(f"::{name}")
+                    or f"::{name} " in line)
+        return line.split()[0]
+
+    for name in ("test_theirs_marked", "test_theirs_unmarked"):
+        assert outcome(with_us, name) == outcome(without_us, name), name
+    assert outcome(with_us, "test_theirs_unmarked") == ("PASSED" if mode == "auto"
+                                                        else "FAILED")
+    for name in ("test_both_markers", "test_ours_with_their_async_fixture", "test_count"):
+        assert outcome(with_us, name) == "PASSED", name
+    assert "never awaited" not in with_us.stdout.str() + with_us.stderr.str()

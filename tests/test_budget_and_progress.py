@@ -44,8 +44,12 @@ def test_budget_failure_names_the_budget(pytester, run) -> None:
     )
     result = run("--concurrency-budget=30")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*in run 20 of a 30s budget (2 threads, seed *)*"])
-    assert result.duration < 25  # the first failing run stops the budget early
+    result.stdout.fnmatch_lines(
+        [
+            "*in run 20 of a 30s budget (2 threads, seed *)*",
+            "1 concurrent tests, 21 runs, 42 calls; 1 with failures",  # stopped at the failure
+        ]
+    )
 
 
 def test_marker_budget(pytester, run) -> None:

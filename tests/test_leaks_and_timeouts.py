@@ -1,6 +1,11 @@
-"""Acceptance: leftover threads and processes are reported; deadlines fit under pytest-timeout."""
+"""Acceptance: leftover threads, processes and asyncio tasks are reported; deadlines fit under
+pytest-timeout."""
 
 from __future__ import annotations
+
+import pytest
+
+from pytest_concurrency import messages
 
 LEAKY = """
 import subprocess, sys, threading, time
@@ -89,3 +94,55 @@ def test_run_deadline_fits_inside_pytest_timeout(pytester, run_subprocess) -> No
          "*NEVER.wait(30)*"]
     )
     assert "Timeout" not in result.stdout.str().split("short test summary")[0].split("HANG")[0]
+
+
+LEAKY_TASKS = """
+import asyncio
+import pytest
+
+async def poll_forever():
+    while True:
+        await asyncio.sleep(0.01)
+
+@pytest.mark.concurrent(workers=2, runs=2)
+async def test_leaves_a_task(concurrency):
+    if concurrency.worker == 0 and concurrency.run == 0:
+        asyncio.get_running_loop().create_task(poll_forever(), name="poller")
+
+async def test_harness_leaves_a_task(concurrency):
+    asyncio.get_running_loop().create_task(poll_forever(), name="harness-poller")
+    for run in concurrency.runs(2):
+        await run(lambda: asyncio.sleep(0), workers=2)
+
+@pytest.mark.concurrent(workers=2, runs=2)
+async def test_awaits_its_tasks(concurrency):
+    await asyncio.get_running_loop().create_task(asyncio.sleep(0))
+"""
+
+
+@pytest.mark.parametrize("mode", ["warn", "fail", "off"])
+def test_leftover_asyncio_tasks_are_reported(pytester, run_subprocess, mode: str) -> None:
+    """Tasks still pending when the plugin's event loop closes were started by the test and
+    never awaited or cancelled: a leak, like a thread (the loop then cancels them)."""
+    pytester.makepyfile(LEAKY_TASKS)
+    result = run_subprocess(f"--concurrency-leaks={mode}")
+    expected = [
+        messages.LEAK_MESSAGE.format(
+            nodeid=f"test_leftover_asyncio_tasks_are_reported.py::{name}",
+            what="1 asyncio task", names=f"task {task!r} (poll_forever at "
+            "test_leftover_asyncio_tasks_are_reported.py:6)")
+        for name, task in (("test_leaves_a_task", "poller"),
+                           ("test_harness_leaves_a_task", "harness-poller"))
+    ]
+    text = " ".join(result.stdout.str().split())
+    if mode == "off":
+        result.assert_outcomes(passed=3)
+        assert "left 1" not in text
+        return
+    if mode == "warn":
+        result.assert_outcomes(passed=3, warnings=2)
+    else:
+        result.assert_outcomes(passed=3, errors=2)
+    for message in expected:
+        assert message in text
+    assert "test_awaits_its_tasks left" not in text

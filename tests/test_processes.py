@@ -109,11 +109,11 @@ def test_file_counter_and_sqlite_races_are_found_and_their_fixed_twins_pass(
     result = run_subprocess()
     result.assert_outcomes(failed=2, passed=2)
     result.stdout.fnmatch_lines(["*FAILED after run * of 300 (4 processes, seed *)*"])
-    result.stdout.fnmatch_lines(
-        [
-            "*RACE DETECTED in run * of 300 (4 processes, seed *)*",
-            "*AssertionError at test_signup.py:*",
-            "*assert [234] == 1*",
+    result.stdout.re_match_lines(  # every call fails when all the inserts land before a check
+        [                           # (often so when the children are slowed, under coverage)
+            r".*(RACE DETECTED|FAILED) in run \d+ of 300 \(4 processes, seed \d+\).*",
+            r".*AssertionError at test_signup\.py:.*",
+            r".*assert [234] == 1.*",
         ]
     )
     result.stdout.fnmatch_lines(

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 RESTORE_CONFTEST = """
-import sys, threading, _thread, queue
+import faulthandler, signal, sys, threading, _thread, queue
+
+SIGNALS = [getattr(signal, name) for name in
+           ("SIGINT", "SIGTERM", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGCHLD", "SIGPIPE")
+           if hasattr(signal, name)]
+
+def handlers():
+    return {f"signal {int(number)}": signal.getsignal(number) for number in SIGNALS}
 
 ORIGINAL = {
     "switch": sys.getswitchinterval(),
@@ -23,6 +30,8 @@ ORIGINAL = {
     "Lock": threading.Lock, "RLock": threading.RLock, "Condition": threading.Condition,
     "Event": threading.Event, "Semaphore": threading.Semaphore, "Barrier": threading.Barrier,
     "Queue": queue.Queue, "allocate_lock": _thread.allocate_lock,
+    "excepthook": sys.excepthook, "threading_excepthook": threading.excepthook,
+    "faulthandler": faulthandler.is_enabled(), **handlers(),
 }
 
 def state():
@@ -35,6 +44,8 @@ def state():
         "Event": threading.Event, "Semaphore": threading.Semaphore,
         "Barrier": threading.Barrier, "Queue": queue.Queue,
         "allocate_lock": _thread.allocate_lock,
+        "excepthook": sys.excepthook, "threading_excepthook": threading.excepthook,
+        "faulthandler": faulthandler.is_enabled(), **handlers(),
     }
     if sys.version_info >= (3, 12):
         for tool in range(6):
@@ -48,13 +59,21 @@ if sys.version_info >= (3, 12):
 
 CHANGED = []
 
-def pytest_runtest_logfinish(nodeid):
+PYTESTS_OWN = ("excepthook", "threading_excepthook", "faulthandler")  # set per session by pytest
+
+def pytest_sessionstart(session):
     now = state()
-    diff = {k: (EXPECTED[k], now[k]) for k in EXPECTED if now[k] != EXPECTED[k]}
+    EXPECTED.update({key: now[key] for key in PYTESTS_OWN})
+
+def pytest_runtest_logfinish(nodeid, keys=None):
+    now = state()
+    diff = {k: (EXPECTED[k], now[k]) for k in keys or EXPECTED if now[k] != EXPECTED[k]}
     if diff:
         CHANGED.append((nodeid, diff))
 
 def pytest_sessionfinish(session):
+    pytest_runtest_logfinish("<session end>",  # after an interrupt too
+                             [key for key in EXPECTED if key not in PYTESTS_OWN])
     with open("restore-report.txt", "w") as out:
         out.write(repr(CHANGED))
 """
@@ -91,14 +110,38 @@ def test_harness_fails(concurrency):
 @pytest.mark.concurrent(workers=2, runs=3, perturb=False)
 def test_unperturbed():
     pass
+
+@pytest.mark.concurrent(workers=2, runs=3, schedule="random")
+def test_controlled_fails(concurrency):
+    assert concurrency.run < 1
+
+@pytest.mark.concurrent(mode="processes", workers=2, runs=3)
+def test_processes_fail(concurrency):
+    assert concurrency.run < 1
+
+@pytest.mark.concurrent(mode="processes", workers=2, runs=3, timeout=0.5)
+def test_processes_hang(concurrency):
+    if concurrency.worker == 0:
+        NEVER.wait(10)
+
+@pytest.mark.concurrent(workers=2, runs=3)
+async def test_asyncio_fails(concurrency):
+    assert concurrency.run < 1
+
+@pytest.mark.timeout(1, method="signal")
+@pytest.mark.concurrent(workers=2, runs=3, timeout=30)
+def test_interrupted_by_pytest_timeout(concurrency):
+    if concurrency.worker == 0:
+        NEVER.wait(10)
 """
 
 
 def test_everything_is_restored_after_pass_fail_and_hang(pytester, run_subprocess) -> None:
     pytester.makeconftest(RESTORE_CONFTEST)
     pytester.makepyfile(BODIES)
-    result = run_subprocess()
-    result.assert_outcomes(passed=2, failed=3)
+    result = run_subprocess("-p", "timeout", "-rf")
+    result.assert_outcomes(passed=2, failed=8)
+    result.stdout.fnmatch_lines(["*Failed: Timeout (>1.0s) from pytest-timeout*"])
     assert (pytester.path / "restore-report.txt").read_text() == "[]"
 
 

@@ -135,6 +135,9 @@ def test_marker_failures_show_the_table_or_name_the_fix(
 ) -> None:
     pytester.makepyfile(
         """
+        import threading
+        import time
+
         import pytest
         from pytest_concurrency.scaling_hooks import active_tracer
 
@@ -145,6 +148,15 @@ def test_marker_failures_show_the_table_or_name_the_fix(
         )
         def test_cpu_loop():
             sum(i * i for i in range(3000))
+
+        LOCK = threading.Lock()
+
+        @pytest.mark.scaling(
+            min_efficiency=0.9, workers=2, modes="threads", rounds=3, budget=1, force=FORCE
+        )
+        def test_one_at_a_time():
+            with LOCK:
+                time.sleep(0.002)
 
         @pytest.mark.scaling(expect="fast")
         def test_unknown_word():
@@ -160,13 +172,21 @@ def test_marker_failures_show_the_table_or_name_the_fix(
         """
     )
     result = run_subprocess()
-    result.assert_outcomes(failed=4)
+    result.assert_outcomes(failed=5)
     result.stdout.fnmatch_lines(
         [
             "*scaling: expected io-bound, got *",
             "*scaling of test_cpu_loop: *",
             "*mode*workers*speedup*interval*efficiency*",
             "*threads*1*x1.00*",
+            "*reasons:*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*scaling: efficiency *% with 2 threads (interval *) is below min_efficiency=90%*",
+            "*scaling of test_one_at_a_time: *",
+            "*mode*workers*speedup*interval*efficiency*",
             "*reasons:*",
         ]
     )

@@ -6,21 +6,25 @@ No timing assertions here: whether a verdict is right on this machine is what
 
 from __future__ import annotations
 
+import math
 import multiprocessing
+import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from pytest_concurrency import scaling
-from pytest_concurrency.cores import core_budget, gil_enabled
+from pytest_concurrency.cores import CoreBudget, core_budget, gil_enabled
 from pytest_concurrency.scaling import (
     VERDICTS,
     ScalingMeasurementError,
+    ScalingReport,
     ScalingWorkError,
     measure_scaling,
 )
-from pytest_concurrency.scaling_runner import Unit, WaitSampler, run_thread_round
+from pytest_concurrency.scaling_runner import Unit, WaitSampler, WorkerSample, run_thread_round
 
 CALLS_IN_THIS_PROCESS = [0]
 
@@ -130,3 +134,112 @@ def test_usable_cores_and_gil_state_are_recorded() -> None:
     data = report.to_json()
     assert data["usable_cores"] == core_budget().usable
     assert data["gil_enabled"] is gil_enabled()
+
+
+CHILD_CPU_PER_CALL = 0.02
+
+
+def burns_cpu() -> None:
+    """Uses at least CHILD_CPU_PER_CALL seconds of this process's CPU time, however fast."""
+    start = time.process_time()
+    while time.process_time() - start < CHILD_CPU_PER_CALL:
+        pass
+
+
+def test_process_workers_cpu_time_is_measured_in_the_child() -> None:
+    """The parent only waits on pipes: CPU time read there would be about zero."""
+    report = measure_scaling(burns_cpu, workers=2, modes="processes", rounds=3, budget=2)
+    calls = report.context.calls_per_worker
+    for record in report.records:
+        assert len(record.cpu) == record.workers
+        assert all(cpu >= 0.99 * calls * CHILD_CPU_PER_CALL for cpu in record.cpu)
+    assert multiprocessing.active_children() == []
+
+
+# --------------------------------------------------------------------------- simulated machines
+
+BATCH = 0.1
+
+
+def _samples(workers: int, wall: float, cpu: float) -> list[WorkerSample]:
+    start = time.perf_counter()
+    return [WorkerSample(start, start + wall, cpu, 0.0) for _ in range(workers)]
+
+
+def _parallel(workers: int) -> list[WorkerSample]:
+    """Independent CPU work on two cores."""
+    return _samples(workers, BATCH * math.ceil(workers / 2), BATCH)
+
+
+def _one_at_a_time(workers: int) -> list[WorkerSample]:
+    """The threads take turns: one core of CPU in all, whatever the worker count."""
+    return _samples(workers, BATCH * workers, BATCH)
+
+
+class FakePool:
+    """Processes that scale, without starting any."""
+
+    def __init__(self, size: int, unit: Unit) -> None:
+        pass
+
+    def __enter__(self) -> FakePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def run_round(self, workers: int, calls: int, deadline: float) -> list[WorkerSample]:
+        return _parallel(workers)
+
+
+@pytest.fixture
+def simulated_two_cores(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool, bool], ScalingReport]:
+    """measure_scaling on a simulated 2-core machine whose threads do or do not run Python in
+    parallel, with ``sys._is_gil_enabled()`` answering as a GIL or a free-threaded build would.
+    Only the rounds are simulated: planning, the GIL probe, the statistics and the verdict are
+    the real code path."""
+    monkeypatch.setattr(scaling, "core_budget", lambda: CoreBudget(2, 2, 2, None))
+    monkeypatch.setattr(scaling, "ProcessPool", FakePool)
+
+    def measure(gil: bool, threads_parallel: bool) -> ScalingReport:
+        monkeypatch.setattr(sys, "_is_gil_enabled", lambda: gil, raising=False)
+
+        def fake_thread_round(
+            unit: Unit, workers: int, calls: int, deadline: float, sampler: object = None
+        ) -> list[WorkerSample]:
+            if unit is scaling.REFERENCE_UNIT or threads_parallel:
+                return _parallel(workers)
+            return _one_at_a_time(workers)
+
+        monkeypatch.setattr(scaling, "run_thread_round", fake_thread_round)
+        return measure_scaling(small_work, rounds=9, budget=1)
+
+    return measure
+
+
+def test_a_free_threaded_build_changes_what_the_verdict_says_for_threads(
+    simulated_two_cores: Callable[[bool, bool], ScalingReport],
+) -> None:
+    """Threads at one core while processes scale: the GIL with it, a contended lock without."""
+    with_gil = simulated_two_cores(True, False)
+    assert with_gil.verdict == "gil-bound", with_gil.summary()
+    assert with_gil.to_json()["gil_enabled"] is True
+    assert "take turns holding the GIL" in with_gil.reasons[0]
+
+    free = simulated_two_cores(False, False)
+    assert free.verdict == "contended", free.summary()
+    assert free.to_json()["gil_enabled"] is False
+    assert "free-threaded build" in free.reasons[0]
+    assert "GIL disabled" in free.summary()
+
+
+def test_threads_scaling_on_a_free_threaded_build_is_said_to_come_from_the_build(
+    simulated_two_cores: Callable[[bool, bool], ScalingReport],
+) -> None:
+    with_gil = simulated_two_cores(True, True)
+    assert with_gil.verdict == "scales", with_gil.summary()
+    assert "releases the GIL" in with_gil.reasons[0]
+
+    free = simulated_two_cores(False, True)
+    assert free.verdict == "scales", free.summary()
+    assert "threads scale on this free-threaded build" in free.reasons[0]

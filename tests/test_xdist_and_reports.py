@@ -6,6 +6,10 @@ import json
 import re
 import xml.etree.ElementTree as ET
 
+import pytest
+
+from pytest_concurrency import report
+
 SUITE = """
 import pytest
 
@@ -84,17 +88,49 @@ def test_shards_split_one_hunt_into_items_and_the_failing_shard_replays(pytester
     assert re.search(rf"in run {failed[0]['failing_run']} of 100", again.stdout.str())
 
 
-def test_junit_xml_carries_concurrency_properties(pytester, run) -> None:
+def junit_properties(xml) -> dict[str, dict[str, str]]:
+    return {case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+            for case in ET.parse(xml).getroot().iter("testcase")}
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["plain", "xdist"])
+def test_junit_xml_carries_concurrency_properties(pytester, run_subprocess, xdist) -> None:
     pytester.makepyfile(SUITE)
     xml = pytester.path / "junit.xml"
-    run(f"--junitxml={xml}")
-    cases = {case.get("name"): case for case in ET.parse(xml).getroot().iter("testcase")}
-    props = {p.get("name"): p.get("value") for p in cases["test_b"].iter("property")}
-    assert props["concurrency_mode"] == "threads"
-    assert props["concurrency_workers"] == "3"
-    assert props["concurrency_runs"] == "5"
-    assert props["concurrency_failures"] == "3"
-    assert props["concurrency_seed"].isdigit()
+    run_subprocess(*(("-n", "2") if xdist else ()), f"--junitxml={xml}")
+    cases = junit_properties(xml)
+    assert cases["test_b"] == {
+        "concurrency_mode": "threads", "concurrency_workers": "3", "concurrency_runs": "5",
+        "concurrency_seed": cases["test_b"]["concurrency_seed"], "concurrency_failures": "3",
+        "concurrency_verdict": report.VERDICT_RACE,
+    }
+    assert cases["test_b"]["concurrency_seed"].isdigit()
+    assert cases["test_a"]["concurrency_verdict"] == report.VERDICT_CLEAN
+    assert cases["test_a"]["concurrency_runs"] == "5"
+    assert cases["test_harness"]["concurrency_runs"] == "3"  # the harness too
+    assert cases["test_harness"]["concurrency_verdict"] == report.VERDICT_CLEAN
+    assert len([name for name in cases if name.startswith("test_c")]) == 4
+    assert all(cases[name]["concurrency_workers"] == "2" for name in cases
+               if name.startswith("test_c"))
+
+
+def test_junit_verdicts_for_a_failed_check_a_hang_and_a_scaling_entry() -> None:
+    base = {"kind": report.KIND_CONCURRENT, "mode": "threads", "workers": 2, "runs_done": 4,
+            "seed": 9, "failures": [], "hung_workers": [], "failing_run": None}
+    assert report.concurrent_verdict(base) == report.VERDICT_CLEAN
+    assert report.concurrent_verdict({**base, "failing_run": 3}) == report.VERDICT_CHECK_FAILED
+    assert report.concurrent_verdict({**base, "failing_run": 3, "hung_workers": [1]}) == (
+        report.VERDICT_HUNG)
+    sharded = dict(report.junit_properties({**base, "shard": 1, "shards": 4}))
+    assert sharded["concurrency_shard"] == "1 of 4"
+    scaling = dict(report.junit_properties({
+        "kind": report.KIND_SCALING, "verdict": "gil-bound", "seed": 5,
+        "judged_workers": {"threads": 2, "processes": 2},
+        "levels": [{"rounds": 3}, {"rounds": 4}]}))
+    assert scaling == {"concurrency_mode": "threads,processes", "concurrency_workers": 2,
+                       "concurrency_runs": 7, "concurrency_seed": 5, "concurrency_failures": 0,
+                       "concurrency_verdict": "gil-bound"}
+    assert report.junit_properties({"kind": report.KIND_SERIAL}) == []
 
 
 def test_shards_option_is_validated(pytester, run) -> None:

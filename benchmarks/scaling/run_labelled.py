@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -97,6 +98,10 @@ def run_case(case: Case, args: argparse.Namespace, charts: list[dict[str, Any]])
         report = measure_scaling(case.fn, budget=args.budget, seed=attempt)
         neighbours = meter.cores()
         counted = neighbours < args.quiet_limit
+        if args.json is not None:
+            entry = {"case": case.name, "neighbours": neighbours, "counted": counted}
+            with args.json.open("a") as out:
+                out.write(json.dumps({**entry, **report.to_json()}) + "\n")
         if counted:
             result.counted.append(report.verdict)
             charts[:] = [c for c in charts if c["nodeid"] != case.name]
@@ -107,7 +112,8 @@ def run_case(case: Case, args: argparse.Namespace, charts: list[dict[str, Any]])
             print(report.summary(), file=sys.stderr, flush=True)
         print(
             f"  {case.name} attempt {attempt + 1}: {report.verdict} (neighbours "
-            f"{neighbours:.2f} cores{'' if counted else ', not counted'}; waited {waited:.0f} s)",
+            f"{neighbours:.2f} cores{'' if counted else ', not counted'}; waited {waited:.0f} s; "
+            f"measured in {report.context.elapsed:.1f} s)",
             file=sys.stderr,
             flush=True,
         )
@@ -124,6 +130,9 @@ def main() -> int:
     parser.add_argument("--max-attempts", type=int, default=20)
     parser.add_argument("--case", action="append", default=[], help="substring of case names")
     parser.add_argument("--verbose", action="store_true", help="print every report's table")
+    parser.add_argument(
+        "--json", type=Path, help="append every measurement's JSON report here, one a line"
+    )
     parser.add_argument(
         "--charts", type=Path, help="write the last counted run's chart of each case here"
     )

@@ -43,6 +43,7 @@ from typing import Any, Protocol, TypeVar
 from .. import messages
 from ..context import CURRENT, WorkerContext
 from ..harness import ConcurrencyUsageError
+from ..leaks import note_leftover_tasks
 from ..outcomes import CallFailure, CallKind, RunRecord, classify
 from ..seeds import derive_seed, run_seed
 from .base import BARRIER_ABORTED, BarrierAborted, Series, drop_collateral
@@ -311,6 +312,7 @@ class LoopHost:
     async def _shutdown(self) -> None:
         current = asyncio.current_task()
         leftovers = [task for task in asyncio.all_tasks() if task is not current]
+        note_leftover_tasks(leftovers)  # reported as the test's leak, then cancelled
         for task in leftovers:
             task.cancel()
         if leftovers:

@@ -43,6 +43,7 @@ from threading import BrokenBarrierError
 from types import ModuleType, TracebackType
 from typing import Any, Protocol
 
+from .. import child_coverage
 from ..context import CURRENT, WorkerContext
 from ..outcomes import CallKind, classify, first_line, origin_of
 from .base import BARRIER_ABORTED, BarrierAborted
@@ -385,5 +386,9 @@ def child_main(boot: dict[str, Any], conn: Connection, start_barrier: BarrierLik
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     arm_stack_dumps(boot["stack_path"])
     adopt_parent_environment(boot)
-    conn.send((READY, os.getpid()))
-    ChildWorker(boot, conn, start_barrier, user_barrier, inherited).serve()
+    measured = child_coverage.start(boot.get("coverage"))  # lines run here count too
+    try:
+        conn.send((READY, os.getpid()))
+        ChildWorker(boot, conn, start_barrier, user_barrier, inherited).serve()
+    finally:
+        child_coverage.stop(measured)

@@ -51,7 +51,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-from .. import messages
+from .. import child_coverage, messages
 from ..harness import ConcurrencyUsageError
 from ..outcomes import CallFailure, CallKind, FailureOrigin, RunRecord
 from ..perturb import NO_PERTURBATION, Perturbation, SeededPerturbation
@@ -425,6 +425,7 @@ class ProcessRunner:
             "worker": index, "workers": self.workers, "timeout": series.timeout,
             "parent_pid": os.getpid(), "stack_path": stack_path, "sys_path": list(sys.path),
             "cwd": os.getcwd(), "environ": dict(os.environ),
+            "coverage": child_coverage.parent_spec(),
         }
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(  # type: ignore[attr-defined]
@@ -623,6 +624,7 @@ def _stop_pool(pool: _Pool) -> None:
 
 
 def _reap(pool: _Pool) -> None:
+    pids = [worker.process.pid for worker in pool.children]
     for worker in pool.children:
         worker.process.join(REAP_SECONDS)
         with contextlib.suppress(OSError, ValueError):
@@ -630,4 +632,5 @@ def _reap(pool: _Pool) -> None:
         with contextlib.suppress(ValueError):
             worker.process.close()
     shutil.rmtree(pool.directory, ignore_errors=True)
+    child_coverage.merge_children(pids)  # the lines the children ran, measured in them
 

@@ -1,28 +1,41 @@
 """Thread mode: a persistent pool of worker threads, one barrier crossing per run.
 
-The workers live for one test item. They meet at a :class:`threading.Barrier` before every run;
-the barrier's *action* runs once all of them have arrived, that is once the previous run is
-complete, and decides what comes next: close the previous run's record, start the next run, or
-hand control back to the caller and wait for its next series. So a run costs exactly one
-barrier crossing, the same as a hand-written loop of threads meeting at a barrier.
+The workers live for one test item. Between runs each worker waits at its own *gate*, a raw
+lock that is held while the worker must wait. The last worker to finish a run (the arrivals are
+counted under one raw lock) is that run's *closer*: it decides what comes next. It opens the
+next run and releases every gate, or it ends the series and wakes the caller, who opens the
+next series by releasing the gates itself. So a run costs one crossing of this barrier, as in a
+hand-written loop of threads meeting at a :class:`threading.Barrier`, but a cheaper crossing:
+no ``Condition``, no lock allocated per wait, and no herd of woken threads queueing for one
+lock (each waiter sleeps on its own gate and wakes alone). Counting a clean run into the
+outcome is done by its closer *after* it released the others, while they start the next run.
+
+The runner's own locks are raw locks captured at import (``_thread.allocate_lock``), which
+neither the lock-order tracker nor the controlled scheduler ever replaces: the workers are
+uncontrolled while they cross between runs, so the crossing costs the same whatever the test's
+settings. Only ``concurrency.barrier()``, which user code calls inside a run, is built from
+``threading`` when the runner is made, so that it is tracked, and cooperative under the
+controlled scheduler.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
-import queue
 import sys
 import threading
 import time
-import traceback
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from .. import cores
 from ..context import CURRENT, WorkerContext
+from ..hangs import describe_hung_thread
 from ..outcomes import CallFailure, CallKind, RunRecord, classify
 from ..perturb import NO_PERTURBATION, Perturbation
-from ..seeds import run_seed
+from ..seeds import run_seed_base, run_seed_from
 from .base import BARRIER_ABORTED, BarrierAborted, Series, drop_collateral
 
 MODE = "threads"
@@ -32,42 +45,50 @@ CLOSE_SECONDS = 5.0
 RELEASE_GRACE = 0.3
 WORKER_NAME = "concurrency-worker-{}"
 
+_allocate_lock = _thread.allocate_lock  # the real one, whatever a window replaces later
+_release = _thread.LockType.release
+_monotonic = time.monotonic
+
 
 @contextlib.contextmanager
 def shrunken_switch_interval(enabled: bool = True) -> Iterator[None]:
     """Switch threads as often as CPython allows, on GIL builds only; always restore."""
-    if not enabled or not cores.gil_enabled():
-        yield
-        return
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    previous = shrink_switch_interval() if enabled else None
     try:
         yield
     finally:
+        restore_switch_interval(previous)
+
+
+def shrink_switch_interval() -> float | None:
+    """Set :data:`SWITCH_INTERVAL` on GIL builds; the previous interval, or None if unchanged."""
+    if not cores.gil_enabled():
+        return None
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    return previous
+
+
+def restore_switch_interval(previous: float | None) -> None:
+    if previous is not None:
         sys.setswitchinterval(previous)
 
 
-@dataclass
+def _held_lock() -> Any:
+    lock = _allocate_lock()
+    lock.acquire()
+    return lock
+
+
+@dataclass(slots=True)
 class _Run:
-    """The run in progress: filled in by the workers, closed by the barrier action."""
+    """The run in progress: filled in by the workers, closed by the last one to finish."""
 
     record: RunRecord
+    series: Series
     started: float
     done: list[bool]
-
-
-@dataclass
-class _Command:
-    series: Series | None  # None: close the pool
-
-
-@dataclass
-class _PoolState:
-    series: Series | None = None
-    run: _Run | None = None
-    stop: bool = False
-    finished: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
+    final: bool = False  # the series ends after this run, whatever its plan says
 
 
 class ThreadRunner:
@@ -78,10 +99,16 @@ class ThreadRunner:
     def __init__(self, workers: int, perturbation: Perturbation = NO_PERTURBATION) -> None:
         self.workers = workers
         self.perturbation = perturbation
-        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
-        self._state = _PoolState()
-        self._barrier = threading.Barrier(workers, action=self._between_runs)
-        self._user_barrier = threading.Barrier(workers)
+        self._describe = getattr(perturbation, "describe_run", None)
+        self._gates = [_held_lock() for _ in range(workers)]
+        self._arrivals = _allocate_lock()
+        self._arrived = 0
+        self._finished = _held_lock()  # released by the closer of a series' last run
+        self._user_barrier = threading.Barrier(workers)  # tracked/cooperative in a window
+        self._run: _Run | None = None
+        self._seed_base = 0
+        self._stop = False
+        self._error: BaseException | None = None
         self._threads: list[threading.Thread] = []
         self._abandoned: list[threading.Thread] = []
         self._broken = False
@@ -92,40 +119,44 @@ class ThreadRunner:
         __tracebackhide__ = True
         if series.workers != self.workers:
             raise ValueError(f"this pool has {self.workers} workers, the series {series.workers}")
-        if self._broken:
+        if self._broken or self._stop:
             raise RuntimeError("the worker pool was abandoned after a hang; make a new runner")
         if not self._threads:
             self._start_threads()
-        state = self._state
-        state.finished.clear()
-        state.error = None
+        self._error = None
         self.perturbation.series_started()
         try:
-            with shrunken_switch_interval():
-                self._commands.put(_Command(series))
+            previous = shrink_switch_interval()
+            try:
+                self._seed_base = run_seed_base(series.seed)
+                self._open_run(series, series.plan.first_index)
+                self._release_all()
                 self._wait_for_series(series)
+            finally:
+                restore_switch_interval(previous)
         finally:
             self.perturbation.series_finished()
-        if state.error is not None:
-            raise state.error
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
         if self._threads and not self._broken:
-            self._commands.put(_Command(None))
-            deadline = time.monotonic() + CLOSE_SECONDS
+            self._stop = True
+            self._release_all()
+            deadline = _monotonic() + CLOSE_SECONDS
             for thread in self._threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
+                thread.join(max(0.0, deadline - _monotonic()))
         self._threads = [t for t in self._threads if t.is_alive()]
         self._abandoned.extend(self._threads)
         self._threads = []
         self._let_released_threads_exit()
 
     def _let_released_threads_exit(self) -> None:
-        """After a hang the workers that were not stuck leave through the aborted barriers (and
-        the controlled scheduler's gates): give them a moment before calling any abandoned."""
-        deadline = time.monotonic() + RELEASE_GRACE
+        """After a hang the workers that were not stuck leave through their released gates
+        (and the controlled scheduler's): give them a moment before calling any abandoned."""
+        deadline = _monotonic() + RELEASE_GRACE
         for thread in self._abandoned:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(max(0.0, deadline - _monotonic()))
 
     @property
     def abandoned_threads(self) -> list[threading.Thread]:
@@ -140,12 +171,24 @@ class ThreadRunner:
             thread.start()
             self._threads.append(thread)
 
+    def _open_gates(self) -> None:
+        """Open every gate, all of them shut: one C-level loop, which the 1 µs switch interval
+        cannot interrupt half-way (a Python loop would hand the GIL to each woken worker
+        between two releases)."""
+        deque(map(_release, self._gates), maxlen=0)
+
+    def _release_all(self) -> None:
+        """Open every gate that is shut (all of them, except when a hang broke the pool)."""
+        for gate in self._gates:
+            with contextlib.suppress(RuntimeError):  # already open
+                gate.release()
+
     def _wait_for_series(self, series: Series) -> None:
-        state = self._state
+        finished = self._finished
         try:
-            while not state.finished.wait(POLL_SECONDS):
-                run = state.run
-                overdue = run is not None and time.monotonic() - run.started > series.timeout
+            while not finished.acquire(True, POLL_SECONDS):
+                run = self._run
+                overdue = run is not None and _monotonic() - run.started > series.timeout
                 if run is not None and overdue and self._declare_hung(run, series):
                     return
         except BaseException:
@@ -153,18 +196,22 @@ class ThreadRunner:
             raise
 
     def _declare_hung(self, run: _Run, series: Series) -> bool:
-        """A run outlived its deadline: record who hangs and where, abandon the pool."""
+        """A run outlived its deadline: record who hangs and where, abandon the pool. True
+        when the wait is over (the series finished meanwhile, or it hangs)."""
         hung = [index for index, done in enumerate(run.done) if not done]
-        if not hung or self._state.finished.is_set():
+        if self._finished.acquire(False):
+            return True
+        if not hung:
             return False
         frames = sys._current_frames()
         record = run.record
         record.hung_workers = hung
+        workers = {t.ident: i for i, t in enumerate(self._threads) if t.ident is not None}
         for index in hung:
             ident = self._threads[index].ident
             frame = frames.get(ident) if ident is not None else None
-            if frame is not None:
-                record.stacks[index] = "".join(traceback.format_stack(frame))
+            if ident is not None and frame is not None:  # user frames, and the lock waited on
+                record.stacks[index] = describe_hung_thread(frame, ident, workers)
         self._describe_run(record)
         self._abort()
         series.on_run_done(record)
@@ -172,15 +219,14 @@ class ThreadRunner:
 
     def _describe_run(self, record: RunRecord) -> None:
         """A perturbation that can say more about a run (the controlled scheduler's
-        interleaving) adds its lines to the record's report."""
-        describe = getattr(self.perturbation, "describe_run", None)
-        if describe is not None:
-            record.notes.extend(describe(record))
+        interleaving, and its accounting of the run) adds its lines to the record's report."""
+        if self._describe is not None:
+            record.notes.extend(self._describe(record))
 
     def _abort(self) -> None:
         self._broken = True
-        self._state.stop = True
-        self._barrier.abort()
+        self._stop = True
+        self._release_all()
         self._user_barrier.abort()
         self._abandoned.extend(t for t in self._threads if t.is_alive())
         self._threads = []
@@ -188,24 +234,32 @@ class ThreadRunner:
     # -- worker threads -----------------------------------------------------------------
 
     def _worker_loop(self, index: int) -> None:
-        state = self._state
+        gate = self._gates[index]
+        arrivals = self._arrivals
+        workers = self.workers
         context = WorkerContext(
-            worker=index, run=-1, workers=self.workers, mode=MODE, seed=0,
+            worker=index, run=-1, workers=workers, mode=MODE, seed=0,
             wait_at_barrier=self._wait_at_user_barrier,
         )
         CURRENT.set(context)
+        call = self._plain_call if self.perturbation is NO_PERTURBATION else self._call
         while True:
-            try:
-                self._barrier.wait()
-            except threading.BrokenBarrierError:
-                return
-            run, series = state.run, state.series
-            if state.stop or run is None or series is None:
+            gate.acquire()
+            run = self._run
+            if self._stop or run is None:
                 return
             record = run.record
-            context.run, context.seed = record.index, record.seed
-            self._call(index, record, series)
+            context.run = record.index
+            context.seed = record.seed
+            call(index, record, run.series)
             run.done[index] = True
+            with arrivals:
+                self._arrived += 1
+                last = self._arrived == workers
+                if last:
+                    self._arrived = 0
+            if last:
+                self._close_run(run)
 
     def _call(self, index: int, record: RunRecord, series: Series) -> None:
         self.perturbation.call_started(index, record.index, record.seed)
@@ -220,6 +274,18 @@ class ThreadRunner:
                 record.results[index] = result
         finally:
             self.perturbation.call_finished()
+
+    def _plain_call(self, index: int, record: RunRecord, series: Series) -> None:
+        """:meth:`_call` without a perturbation to tell (``perturb=False``): the hot path."""
+        try:
+            result = series.calls[index]()
+        except BaseException as exc:  # every failure is kept, none is lost
+            if exc.__traceback__ is not None:  # start the traceback in the user's code
+                exc.__traceback__ = exc.__traceback__.tb_next
+            self._record_exception(record, index, exc)
+        else:
+            if series.keep_results:
+                record.results[index] = result
 
     def _record_exception(self, record: RunRecord, index: int, exc: BaseException) -> None:
         kind = classify(exc)
@@ -239,44 +305,49 @@ class ThreadRunner:
         except threading.BrokenBarrierError:
             raise BarrierAborted(BARRIER_ABORTED) from None
 
-    # -- the barrier action: runs in one worker once all are idle -----------------------
+    # -- the closer: the last worker of a run, once every other one waits at its gate ------
 
-    def _between_runs(self) -> None:
-        state = self._state
+    def _close_run(self, run: _Run) -> None:
+        """Start the next run, or end the series and wake the caller; a clean run (no
+        failure, no interrupt) is counted after the next one has started."""
         try:
-            if state.run is not None and state.series is not None:
-                if self._close_run(state.run, state.series):
-                    return
-                state.run = None
-                state.finished.set()  # the caller's series is over
-            command = self._commands.get()
-            if command.series is None:
-                state.stop = True
+            if self._stop:
                 return
-            state.series = command.series
-            self._open_run(command.series, command.series.plan.first_index)
+            record, series = run.record, run.series
+            if record.failures:
+                drop_collateral(record)
+            self._describe_run(record)
+            next_index = record.index + 1
+            clean = not record.failures and record.interrupt is None and not run.final
+            if clean and series.plan.has_run(next_index):
+                following = self._open_run(series, next_index)
+                self._open_gates()
+                if not series.on_run_done(record):
+                    following.final = True
+                return
+            go_on = series.on_run_done(record) and not run.final
+            if go_on and record.interrupt is None and series.plan.has_run(next_index):
+                self._open_run(series, next_index)
+                self._open_gates()
+                return
+            self._run = None
+            self._finished.release()  # the caller's series is over
         except BaseException as exc:  # never leave the caller waiting
-            state.error = exc
-            state.stop = True
-            state.finished.set()
+            self._error = exc
+            self._stop = True
+            self._run = None
+            with contextlib.suppress(RuntimeError):
+                self._finished.release()
+            self._release_all()
 
-    def _close_run(self, run: _Run, series: Series) -> bool:
-        """Hand the finished run to the caller; open the next one and return True if wanted."""
-        drop_collateral(run.record)
-        self._describe_run(run.record)
-        go_on = series.on_run_done(run.record)
-        next_index = run.record.index + 1
-        if go_on and run.record.interrupt is None and series.plan.has_run(next_index):
-            self._open_run(series, next_index)
-            return True
-        return False
-
-    def _open_run(self, series: Series, index: int) -> None:
-        if self._user_barrier.broken:
-            self._user_barrier.reset()
+    def _open_run(self, series: Series, index: int) -> _Run:
+        barrier = self._user_barrier
+        if barrier.broken:
+            barrier.reset()
+        workers = self.workers
         record = RunRecord(
-            index=index, seed=run_seed(series.seed, index), workers=self.workers,
-            results=[None] * self.workers if series.keep_results else [],
+            index=index, seed=run_seed_from(self._seed_base, index), workers=workers,
+            results=[None] * workers if series.keep_results else [],
         )
-        self._state.run = _Run(record=record, started=time.monotonic(),
-                               done=[False] * self.workers)
+        run = self._run = _Run(record, series, _monotonic(), [False] * workers)
+        return run
