@@ -41,6 +41,8 @@ IO_BEYOND_FACTOR = 1.1
 """io-bound: threads' speedup interval lies above the usable cores times this."""
 ONE_CORE = (0.6, 1.4)
 """Cores of CPU in use that count as 'about one core' for the gil-bound verdict."""
+PROCESSES_BUSY_SHARE = 0.75
+"""gil-bound by CPU time: processes keep at least this share of their workers' cores busy."""
 WAITING_DROP = 0.75
 """Workers wanting a CPU less than this share of what one alone wanted wait for each other."""
 COST_INFLATION = 1.25
@@ -315,25 +317,61 @@ def _no_gain_reasons(
     return reasons
 
 
+def _threads_on_one_core(threads: ModeJudgement, gil: bool) -> bool:
+    """CPU-bound threads that gain nothing and together keep about one core busy."""
+    level = threads.judged
+    return (
+        gil
+        and level is not None
+        and threads.cpu_bound
+        and ONE_CORE[0] <= level.cores_used <= ONE_CORE[1]
+    )
+
+
+def _gil_bound_by_cpu(threads: ModeJudgement, processes: ModeJudgement, gil: bool) -> bool:
+    """The GIL is what holds the threads back, whether or not processes reach the bar of
+    'scales': threads stay flat on about one core of CPU, while processes of the same work keep
+    most of their cores busy and are clearly faster (their intervals do not meet). Processes
+    may fall short of the bar for reasons of their own, such as hyperthreads that slow every
+    call of interpreted code; that does not change why the threads do not scale."""
+    if processes.gain == "scales" or threads.gain not in ("flat", "slower"):
+        return False
+    t, p = threads.judged, processes.judged
+    if t is None or p is None or not _threads_on_one_core(threads, gil):
+        return False
+    return (
+        processes.cpu_bound
+        and p.cores_used >= PROCESSES_BUSY_SHARE * p.workers
+        and p.speedup.low > t.speedup.high
+    )
+
+
+def _gil_bound_verdict(threads: ModeJudgement, processes: ModeJudgement) -> Verdict:
+    assert threads.judged is not None and processes.judged is not None
+    reasons = [
+        f"threads stay at x{threads.judged.speedup.median:.2f} with "
+        f"{threads.judged.cores_used:.2f} cores of CPU in use while processes reach "
+        f"x{processes.judged.speedup.median:.2f}: the threads take turns holding the GIL",
+        "to use more cores run the work in processes, on a free-threaded build, or in code "
+        "that releases the GIL",
+    ]
+    if processes.gain != "scales":
+        reasons.append(
+            f"processes keep {processes.judged.cores_used:.2f} cores busy but fall short of "
+            f"x{processes.threshold:.2f}, the least speedup called scaling with "
+            f"{processes.judged.workers} workers"
+        )
+        reasons += filter(None, [_cost_reason(processes)])
+    return Verdict(GIL_BOUND, reasons)
+
+
 def _split_verdict(
     threads: ModeJudgement, processes: ModeJudgement, gil: bool, wait_site: WaitSite | None
 ) -> Verdict:
     """Threads and processes disagree: one mode scales and the other does not."""
     if processes.gain == "scales":
-        assert threads.judged is not None and processes.judged is not None
-        in_use = threads.judged.cores_used
-        if gil and threads.cpu_bound and ONE_CORE[0] <= in_use <= ONE_CORE[1]:
-            return Verdict(
-                GIL_BOUND,
-                [
-                    f"threads stay at x{threads.judged.speedup.median:.2f} with "
-                    f"{in_use:.2f} cores of CPU in use while processes reach "
-                    f"x{processes.judged.speedup.median:.2f}: the threads take turns holding "
-                    "the GIL",
-                    "to use more cores run the work in processes, on a free-threaded build, "
-                    "or in code that releases the GIL",
-                ],
-            )
+        if _threads_on_one_core(threads, gil):
+            return _gil_bound_verdict(threads, processes)
         cause = (
             "on this free-threaded build the threads contend for something shared within the "
             "process (a lock, shared objects, the allocator)"
@@ -400,13 +438,15 @@ def decide(
                 *filter(None, map(_shortfall_hint, judgements.values())),
             ],
         )
+    processes = judgements.get(PROCESSES)
+    if threads is not None and processes is not None and _gil_bound_by_cpu(threads, processes, gil):
+        return _gil_bound_verdict(threads, processes)
     unclear = [j for j in judgements.values() if j.gain in ("unclear", "unknown")]
     if unclear:
         return Verdict(INCONCLUSIVE, [_unclear_reason(j) for j in unclear if j.judged])
     gains = {mode: j.gain for mode, j in judgements.items()}
     if all(gain == "scales" for gain in gains.values()):
         return Verdict(SCALES, _scales_reasons(judgements, gil))
-    processes = judgements.get(PROCESSES)
     if threads is not None and processes is not None and "scales" in gains.values():
         return _split_verdict(threads, processes, gil, wait_site)
     reasons = _no_gain_reasons(judgements, gil, wait_site)

@@ -289,6 +289,34 @@ def test_gil_bound_on_a_machine_of_hyperthreads() -> None:
     assert not any("slow each other down" in reason for reason in report.reasons)
 
 
+def test_gil_bound_when_processes_are_busy_but_short_of_the_bar() -> None:
+    """Processes keep both cores busy but each interpreted call costs more CPU beside another
+    (hyperthreads), while the reference unit in C does not slow: the threads are still held
+    back by the GIL, and the verdict says so rather than 'contended' or 'inconclusive'."""
+    shapes = {"threads": one_at_a_time(), "processes": smt_like(1.35), "machine": smt_like(1.98)}
+    report = analyze(measurements(shapes, WITH_REFERENCE), context())
+    assert report.verdict == "gil-bound", report.summary()
+    assert any("processes keep 2.00 cores busy but fall short" in r for r in report.reasons)
+    assert any(r.startswith("processes: each call took 1.47 times") for r in report.reasons)
+
+
+def test_processes_straddling_the_bar_with_flat_threads_on_one_core_is_gil_bound() -> None:
+    spread = [1.3, 1.35, 1.4, 1.45, 1.5, 1.55, 1.6, 1.65, 1.7]
+
+    def jitter(mode: str, n: int, r: int) -> float:
+        return 2 / spread[r] if mode == "processes" and n == 2 else 1.0
+
+    shapes = {"threads": one_at_a_time(), "processes": cpu_bound_parallel()}
+    report = analyze(measurements(shapes, jitter=jitter), context())
+    assert report.verdict == "gil-bound", report.summary()
+
+
+def test_flat_threads_beside_processes_that_are_not_clearly_faster_is_not_gil_bound() -> None:
+    shapes = {"threads": one_at_a_time(), "processes": lambda n: (BATCH * n * 0.9, 1.0 / n)}
+    report = analyze(measurements(shapes), context())
+    assert report.verdict != "gil-bound", report.summary()
+
+
 def test_a_machine_delivering_too_little_to_the_reference_is_environment_limited() -> None:
     shapes = {"threads": one_at_a_time(), "processes": smt_like(1.1), "machine": smt_like(1.1)}
     report = analyze(measurements(shapes, WITH_REFERENCE), context())
