@@ -26,7 +26,7 @@ import contextlib
 import os
 import secrets
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 CONFIG_DATA_PREFIX = ":data:"
@@ -63,9 +63,17 @@ def parent_spec() -> CoverageSpec | None:
     if serialize is not None:  # coverage >= 7.10: the whole configuration, options included
         spec["config_file"] = CONFIG_DATA_PREFIX + serialize()
     else:
-        spec.update(config_file=config.config_file or False, source=config.source,
+        spec.update(config_file=config.config_file or False, source=_absolute(config.source),
                     branch=config.branch)
     return spec
+
+
+def _absolute(source: list[str] | None) -> list[str] | None:
+    """Directories made absolute, as ``serialize`` does: a child starts measuring before it
+    moves to the parent's working directory. A name that is not a directory is a package's."""
+    if source is None:
+        return None
+    return [os.path.abspath(entry) if os.path.exists(entry) else entry for entry in source]
 
 
 def child_data_file(data_file: str, pid: int) -> str:
@@ -89,6 +97,20 @@ def start(spec: CoverageSpec | None) -> Any:
               file=sys.stderr)
         return None
     return cov
+
+
+def run_measured(spec: CoverageSpec | None, target: Callable[..., object], *args: Any) -> None:
+    """Start measuring as ``spec`` says, call ``target(*args)``, then :func:`stop`.
+
+    A child's entry point calls this first thing: a tracer started inside a function does not
+    see the rest of that function, so everything the child does, start-up included, runs in
+    ``target``'s frame, which starts after the measurement.
+    """
+    measured = start(spec)
+    try:
+        target(*args)
+    finally:
+        stop(measured)
 
 
 def stop(cov: Any) -> None:

@@ -155,7 +155,7 @@ def test_coverage_run_counts_child_and_thread_lines_with_no_combine(project, sta
 class FakeConfig:
     data_file = ".coverage"
     config_file = "/project/.coveragerc"
-    source = ["pkg"]
+    source = ["pkg", "src"]  # a package's name, a directory (relative: made absolute)
     branch = True
 
 
@@ -180,10 +180,12 @@ def test_parent_spec_falls_back_to_the_options_an_older_coverage_can_take(
     monkeypatch.setattr(FakeCoverage, "started", None)
     assert child_coverage.parent_spec() is None  # not measured: the children are not either
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "src").mkdir()
     monkeypatch.setattr(FakeCoverage, "started", FakeCoverage(FakeConfig()))
     assert child_coverage.parent_spec() == {
         "data_file": str(tmp_path / ".coverage"), "suffix": child_coverage.SUFFIX_PREFIX,
-        "config_file": "/project/.coveragerc", "source": ["pkg"], "branch": True}
+        "config_file": "/project/.coveragerc", "source": ["pkg", str(tmp_path / "src")],
+        "branch": True}
 
 
 def test_a_child_that_cannot_start_coverage_says_so_and_runs_on(capsys) -> None:
@@ -193,3 +195,46 @@ def test_a_child_that_cannot_start_coverage_says_so_and_runs_on(capsys) -> None:
     assert child_coverage.start({"suffix": "x", "no_such_option": 1}) is None
     assert "coverage not started in this worker" in capsys.readouterr().err
     child_coverage.stop(None)
+
+
+STARTUP = """
+import sys
+
+from pytest_concurrency import child_coverage
+
+
+def child_entry():
+    first = 1  # the target's first line: measured only if coverage started before this frame
+    return first
+
+
+if __name__ == "__main__":
+    spec = {"data_file": sys.argv[1], "suffix": "startup", "config_file": False,
+            "source": [sys.argv[2]]}
+    child_coverage.run_measured(spec, child_entry)
+"""
+
+
+def test_run_measured_counts_the_target_from_its_first_line(tmp_path) -> None:
+    """A child's entry point runs in a frame that starts after the measurement: its start-up
+    lines count (a tracer started inside a function never sees the rest of that function)."""
+    import os
+    import subprocess
+
+    from coverage import CoverageData
+
+    script = tmp_path / "startup.py"
+    script.write_text(STARTUP)
+    # measured by this test only, not by the suite's own coverage run (if any)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / ".coverage"), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    (data_file,) = tmp_path.glob(".coverage.startup.*")
+    data = CoverageData(basename=str(data_file))
+    data.read()
+    first = STARTUP.splitlines().index("    first = 1  # the target's first line: measured "
+                                       "only if coverage started before this frame") + 1
+    assert first in (data.lines(str(script)) or [])

@@ -74,7 +74,9 @@ def test_an_unmarked_suite_gets_no_per_test_hooks_and_imports_no_machinery(
         "def test_fixture(concurrency):\n"
         "    for run in concurrency.runs(2):\n"
         "        run(lambda: None, workers=2)\n",
-        "@pytest.mark.scaling(rounds=1)  # a bad value: the per-test hooks say so\n"
+        # rounds=1, a bad value: the per-test hooks say so; force=True, or a tracer (the
+        # suite's coverage run) would skip the test before the hooks look at the value
+        "@pytest.mark.scaling(rounds=1, force=True)\n"
         "def test_scaling_marker():\n    pass\n",
         "@pytest.mark.concurrent(workers=2, runs=2)\n"
         "class TestMarked:\n    def test_in_class(self):\n        pass\n",

@@ -381,14 +381,17 @@ def _make_perturbation(spec: tuple[list[str], int] | None) -> Any:
 def child_main(boot: dict[str, Any], conn: Connection, start_barrier: BarrierLike,
                user_barrier: BarrierLike,
                inherited: Sequence[Callable[[], object]] | None = None) -> None:
-    """Entry point of a worker process (the target given to ``multiprocessing.Process``)."""
+    """Entry point of a worker process (the target given to ``multiprocessing.Process``):
+    measured by coverage when the parent is, start-up included."""
+    child_coverage.run_measured(boot.get("coverage"), _serve, boot, conn, start_barrier,
+                                user_barrier, inherited)
+
+
+def _serve(boot: dict[str, Any], conn: Connection, start_barrier: BarrierLike,
+           user_barrier: BarrierLike, inherited: Sequence[Callable[[], object]] | None) -> None:
     die_with_parent(boot["parent_pid"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     arm_stack_dumps(boot["stack_path"])
     adopt_parent_environment(boot)
-    measured = child_coverage.start(boot.get("coverage"))  # lines run here count too
-    try:
-        conn.send((READY, os.getpid()))
-        ChildWorker(boot, conn, start_barrier, user_barrier, inherited).serve()
-    finally:
-        child_coverage.stop(measured)
+    conn.send((READY, os.getpid()))
+    ChildWorker(boot, conn, start_barrier, user_barrier, inherited).serve()
