@@ -54,7 +54,7 @@ import pytest
 def test_empty():
     pass
 """
-PYTEST_ARGS = ("-q", "-p", "no:cacheprovider", "-p", "no:run-parallel", "-p", "no:randomly",
+PYTEST_ARGS = ("-q", "-p", "no:cacheprovider", "-p", "no:run-parallel", "-p", "no:randomly", "-p", "no:asyncio",
                f"--concurrency-seed={SEED}", "--concurrency-lock-order=off")
 
 
