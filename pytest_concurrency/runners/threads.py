@@ -262,21 +262,16 @@ class ThreadRunner:
                 self._close_run(run)
 
     def _call(self, index: int, record: RunRecord, series: Series) -> None:
+        """:meth:`_plain_call`, told to the perturbation before and after."""
         self.perturbation.call_started(index, record.index, record.seed)
         try:
-            result = series.calls[index]()
-        except BaseException as exc:  # every failure is kept, none is lost
-            if exc.__traceback__ is not None:  # start the traceback in the user's code
-                exc.__traceback__ = exc.__traceback__.tb_next
-            self._record_exception(record, index, exc)
-        else:
-            if series.keep_results:
-                record.results[index] = result
+            self._plain_call(index, record, series)
         finally:
             self.perturbation.call_finished()
 
     def _plain_call(self, index: int, record: RunRecord, series: Series) -> None:
-        """:meth:`_call` without a perturbation to tell (``perturb=False``): the hot path."""
+        """Call the body of one worker and keep its result or failure (with ``perturb=False``,
+        the whole hot path)."""
         try:
             result = series.calls[index]()
         except BaseException as exc:  # every failure is kept, none is lost
