@@ -386,11 +386,19 @@ def test_never_reached():
 )
 
 
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C as a terminal delivers it. A run started in the
+    background by a shell without job control inherits SIGINT ignored, and Python then installs
+    no KeyboardInterrupt handler: the Ctrl-C tests would test the shell, not the plugin."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def popen_pytest(pytester: pytest.Pytester, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:run-parallel",
          "-p", "no:asyncio", *args],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=default_sigint,
     )
 
 

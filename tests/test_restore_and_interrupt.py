@@ -12,6 +12,13 @@ from pathlib import Path
 
 import pytest
 
+
+def default_sigint() -> None:
+    """In the child before exec: a run started in the background by a shell without job control
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 RESTORE_CONFTEST = """
 import faulthandler, signal, sys, threading, _thread, queue
 
@@ -180,6 +187,7 @@ def test_ctrl_c_during_a_long_run_exits_promptly_leaving_nothing(tmp_path: Path)
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:run-parallel",
          "-p", "no:asyncio", str(tmp_path / "test_long.py")],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=default_sigint,  # as a terminal delivers it, however this run was started
     )
     try:
         deadline = time.monotonic() + 60
@@ -191,7 +199,7 @@ def test_ctrl_c_during_a_long_run_exits_promptly_leaving_nothing(tmp_path: Path)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()  # also closes the pipe
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "KeyboardInterrupt" in output
     assert "INTERNALERROR" not in output
