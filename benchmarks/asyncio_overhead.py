@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import io
 import os
 import statistics
 import sys
@@ -35,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
-import pytest
+from bench_common import PytestMarker
 
 from pytest_concurrency.harness import Concurrency, HarnessConfig
 from pytest_concurrency.outcomes import SeriesOutcome
@@ -122,29 +120,6 @@ def ours_async_harness(workers: int, runs: int) -> float:
     return elapsed[0]
 
 
-class PytestMarker:
-    def __init__(self, directory: Path, workers: int) -> None:
-        self.directory = directory
-        self.workers = workers
-        self.count = 0
-        (directory / "pytest.ini").write_text("[pytest]\n")
-
-    def time(self, runs: int) -> float:
-        self.count += 1  # a new module each time: pytest would reuse an imported one
-        test = self.directory / f"test_tasks_{self.count}.py"
-        test.write_text(MARKER_TEST.format(workers=self.workers, runs=runs))
-        start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = pytest.main([*PYTEST_ARGS, str(test)])
-        elapsed = time.perf_counter() - start
-        assert code == 0, f"pytest exited with {code}"
-        test.unlink()
-        return elapsed
-
-    def per_run(self, runs: int) -> float:
-        return (self.time(runs) - self.time(1)) / (runs - 1)
-
-
 HAND = "hand-written: gather, one loop"
 
 
@@ -175,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (200 if args.quick else 2000)
     w = args.workers
     with tempfile.TemporaryDirectory() as directory:
-        marker = PytestMarker(Path(directory), w)
+        marker = PytestMarker(Path(directory), w, MARKER_TEST, "test_tasks", PYTEST_ARGS)
         arms: dict[str, tuple[int, Callable[[], float]]] = {
             HAND: (runs, lambda: gather_one_loop(w, runs) / runs),
             "hand-written: asyncio.run(gather) per run": (

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from bench_common import cpu_model
 
 from pytest_concurrency.harness import Concurrency, HarnessConfig
 from pytest_concurrency.outcomes import SeriesOutcome
@@ -399,16 +400,6 @@ def table(arms: list[Arm], form: str) -> list[str]:
             lines.append(f"| … same, call phase only (report.duration) | {arm.runs} | "
                          f"{us(call)} | {us(low)}-{us(high)} | {ratio} | {fast} | |")
     return lines
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

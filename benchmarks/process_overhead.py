@@ -26,8 +26,6 @@ and the median of the per-repetition ratios ("paired").
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import multiprocessing
 import os
 import statistics
@@ -37,7 +35,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+from bench_common import PytestMarker
 
 from pytest_concurrency.outcomes import SeriesOutcome
 from pytest_concurrency.runners.base import RunPlan
@@ -108,31 +106,6 @@ class OurPool:
         return elapsed
 
 
-class PytestMarker:
-    """The marker form through pytest.main, on a generated file."""
-
-    def __init__(self, directory: Path, workers: int) -> None:
-        self.directory = directory
-        self.workers = workers
-        self.count = 0
-        (directory / "pytest.ini").write_text("[pytest]\n")
-
-    def time(self, runs: int) -> float:
-        self.count += 1  # a new module each time: pytest would reuse an imported one
-        test = self.directory / f"test_empty_processes_{self.count}.py"
-        test.write_text(MARKER_TEST.format(workers=self.workers, runs=runs))
-        start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = pytest.main([*PYTEST_ARGS, str(test)])
-        elapsed = time.perf_counter() - start
-        assert code == 0, f"pytest exited with {code}"
-        test.unlink()
-        return elapsed
-
-    def per_run(self, runs: int) -> float:
-        return (self.time(runs) - self.time(1)) / (runs - 1)
-
-
 def measure(arms: dict[str, Callable[[], float]], reps: int) -> dict[str, list[float]]:
     per_run: dict[str, list[float]] = {name: [] for name in arms}
     names = list(arms)
@@ -175,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = OurPool(workers, jitter=False)
     jittered = OurPool(workers, jitter=True)
     with tempfile.TemporaryDirectory() as directory:
-        marker = PytestMarker(Path(directory), workers)
+        marker = PytestMarker(Path(directory), workers, MARKER_TEST, "test_empty_processes", PYTEST_ARGS)
         arms: dict[str, Callable[[], float]] = {
             "hand-written": lambda: hand_written(workers, runs) / runs,
             "ours: ProcessRunner + run_series": lambda: ours.series(runs) / runs,

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_common import cpu_model
+
 TARGET = 0.03
 FILES = 20
 PACKAGE_DIR = "pytest_concurrency"
@@ -407,16 +409,6 @@ def spread(values: list[float]) -> str:
         return f"{median:.3f} ({min(values):.3f}-{max(values):.3f})"
     low, _, high = statistics.quantiles(values, n=4)
     return f"{median:.3f} ({low:.3f}-{high:.3f})"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
