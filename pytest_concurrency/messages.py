@@ -247,3 +247,7 @@ argument, the command-line option, the environment variable or the ini key)."""
 UNKNOWN_MARKER_ARGUMENT = (
     "pytest-concurrency: unknown argument {key}= in {where}.{hint} Known arguments: {known}"
 )
+INTERRUPTED_SUMMARY = (
+    "  {nodeid}: interrupted after {runs_done} runs ({mode}, {workers} workers): "
+    "{interrupted}"
+)

@@ -30,12 +30,15 @@ class CallKind(Enum):
     INTERRUPTED = "interrupted"
 
 
+def is_pytest_outcome(exc: BaseException) -> bool:
+    """pytest's own Failed, Skipped, XFailed or Exit (``pytest.fail()`` and the like)."""
+    return any(base.__module__ == OUTCOME_MODULE for base in type(exc).__mro__)
+
+
 def classify(exc: BaseException) -> CallKind:
     """Sort an exception into failure, skip/xfail signal or interrupt, without importing pytest."""
     cls = type(exc)
-    if cls.__module__ == OUTCOME_MODULE or any(
-        base.__module__ == OUTCOME_MODULE for base in cls.__mro__
-    ):
+    if is_pytest_outcome(exc):
         names = {base.__name__ for base in cls.__mro__}
         if names & SKIP_NAMES:
             return CallKind.SKIPPED

@@ -272,6 +272,19 @@ class _ThreadState(threading.local):
     previous_trace: Any = None
 
 
+class _TraceLayer(threading.local):
+    """This thread's perturbation tracer while :class:`TracePerturbation` has one installed,
+    and the trace function it was installed over (a coverage tracer, say)."""
+
+    ours: Any = None
+    beneath: Any = None
+
+
+TRACE_LAYER = _TraceLayer()
+"""Read by the controlled primitives: they run the plugin's own code with our tracer taken off
+and the one beneath kept, so that coverage still measures it."""
+
+
 class SeededPerturbation:
     """The common part of both mechanisms: one schedule per worker call, stats and log."""
 
@@ -374,7 +387,9 @@ class TracePerturbation(SeededPerturbation):
     def _activate(self) -> None:
         previous = sys.gettrace()
         self._thread.previous_trace = previous
-        sys.settrace(self._on_call if previous is None else self._chained(previous))
+        ours = self._on_call if previous is None else self._chained(previous)
+        TRACE_LAYER.ours, TRACE_LAYER.beneath = ours, previous
+        sys.settrace(ours)
 
     def _chained(self, previous: Any) -> TraceFunction:
         """A global trace function for both tracers: the previous one gets every event of
@@ -405,6 +420,7 @@ class TracePerturbation(SeededPerturbation):
         state = self._thread
         sys.settrace(state.previous_trace)
         state.previous_trace = None
+        TRACE_LAYER.ours = TRACE_LAYER.beneath = None
 
     def _on_call(self, frame: FrameType, event: str, arg: Any) -> TraceFunction | None:
         code = frame.f_code

@@ -51,6 +51,7 @@ from .lockgraph import (
     format_site,
     wait_cycle,
 )
+from .perturb import TRACE_LAYER
 
 T = TypeVar("T")
 _allocate_lock = _thread.allocate_lock
@@ -599,13 +600,15 @@ _settrace = sys.settrace
 
 
 def _untraced(function: Callable[..., T], *args: Any) -> T:
-    """Call ``function`` with this thread's trace function off: under the controlled scheduler
-    on 3.10/3.11 that is the tracing layer's, and the plugin's own calls need no events."""
+    """Call ``function`` with the perturbation's tracer (3.10/3.11) taken off this thread: the
+    plugin's own calls need no opcode events. A tracer it was installed over (coverage's, a
+    debugger's) stays on, so that the scheduler's code is measured like any other."""
     __tracebackhide__ = True
     tracer = _gettrace()
-    if tracer is None:
+    layer = TRACE_LAYER
+    if tracer is None or tracer is not layer.ours:
         return function(*args)
-    _settrace(None)
+    _settrace(layer.beneath)
     try:
         return function(*args)
     finally:

@@ -163,7 +163,16 @@ def concurrent_entry(
         ],
         "observations": dict(outcome.observations.most_common()),
         "reproduce": reproduce,
+        "interrupted": describe_interrupt(outcome.interrupt),
     }
+
+
+def describe_interrupt(exc: BaseException | None) -> str | None:
+    """What cut a series short, in one line: "Failed: Timeout (>1.0s) from pytest-timeout"."""
+    if exc is None:
+        return None
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def serial_entry(nodeid: str, reason: str) -> dict[str, Any]:
@@ -183,11 +192,12 @@ def summary_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     lines: list[str] = []
     if concurrent:
         failed = [e for e in concurrent if e.get("failing_run") is not None]
+        cut = [e for e in concurrent if e.get("interrupted") and e.get("failing_run") is None]
         runs = sum(int(e.get("runs_done") or 0) for e in concurrent)
         calls = sum(int(e.get("calls") or 0) for e in concurrent)
         lines.append(
             f"{len(concurrent)} concurrent tests, {runs} runs, {calls} calls; "
-            f"{len(failed)} with failures"
+            f"{len(failed)} with failures" + (f", {len(cut)} interrupted" if cut else "")
         )
         for entry in failed:
             lines.append(
@@ -200,6 +210,8 @@ def summary_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
                 lines.append("    the check after the run failed")
             if entry.get("reproduce"):
                 lines.append(f"    reproduce: {entry['reproduce']}")
+        for entry in cut:
+            lines.append(messages.INTERRUPTED_SUMMARY.format(**entry))
     lines.extend(shard_lines(concurrent))
     lines.extend(schedule_lines(concurrent))
     if serial:
@@ -272,6 +284,7 @@ VERDICT_HUNG = "hung"
 VERDICT_RACE = "race"
 VERDICT_CHECK_FAILED = "check failed"
 VERDICT_CLEAN = "no failure"
+VERDICT_INTERRUPTED = "interrupted"
 
 
 def concurrent_verdict(entry: Mapping[str, Any]) -> str:
@@ -282,6 +295,8 @@ def concurrent_verdict(entry: Mapping[str, Any]) -> str:
         return VERDICT_RACE
     if entry.get("failing_run") is not None:
         return VERDICT_CHECK_FAILED
+    if entry.get("interrupted"):
+        return VERDICT_INTERRUPTED
     return VERDICT_CLEAN
 
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from .outcomes import CallKind, RunRecord, SeriesOutcome, classify, group_failures
+from .outcomes import (
+    CallKind,
+    RunRecord,
+    SeriesOutcome,
+    classify,
+    group_failures,
+    is_pytest_outcome,
+)
 from .report import failure_report
 from .runners.base import AsyncRunner, Runner, RunPlan, Series, WorkerCall
 
@@ -67,7 +74,10 @@ def run_series(
     __tracebackhide__ = True
     series, last = accounted_series(calls, outcome=outcome, plan=plan, timeout=timeout,
                                     keep_results=keep_results, on_record=on_record)
-    runner.run_series(series)
+    try:
+        runner.run_series(series)
+    except BaseException as exc:
+        raise interrupted(outcome, exc)  # noqa: B904 (the same exception, its traceback trimmed)
     return last[0] if last else None
 
 
@@ -84,8 +94,23 @@ async def run_series_async(
     __tracebackhide__ = True
     series, last = accounted_series(calls, outcome=outcome, plan=plan, timeout=timeout,
                                     keep_results=keep_results)
-    await runner.run_series_async(series)
+    try:
+        await runner.run_series_async(series)
+    except BaseException as exc:
+        raise interrupted(outcome, exc)  # noqa: B904 (the same exception, its traceback trimmed)
     return last[0] if last else None
+
+
+def interrupted(outcome: SeriesOutcome, exc: BaseException) -> BaseException:
+    """The series was cut by what the controlling thread raised (pytest-timeout's failure,
+    Ctrl-C): the runs done so far stand, and the report says what cut them.
+
+    A pytest outcome raised into the wait (pytest-timeout's ``Failed``) comes back without its
+    traceback, which holds only the runner's waits and the standard library's below them.
+    """
+    if outcome.interrupt is None:
+        outcome.interrupt = exc
+    return exc.with_traceback(None) if is_pytest_outcome(exc) else exc
 
 
 def accounted_series(

@@ -75,6 +75,7 @@ class ConcurrencySession:
         self.leaked: list[str] = []
         self.plot_lines: list[str] = []
         self.item_hooks: ItemHooks | None = None
+        self.running: pytest.Item | None = None  # the test between setup and its last report
 
     @functools.cached_property
     def budget(self) -> cores.CoreBudget:
@@ -185,6 +186,7 @@ class ConcurrencySession:
     # -- setup: settle the test's settings, or fail it with a clear word ------------------
 
     def setup_item(self, item: pytest.Item) -> None:
+        self.running = item
         if self.settings.leaks != "off" and is_concurrent(item):
             from .leaks import take_snapshot
 
@@ -273,6 +275,9 @@ class ConcurrencySession:
             run_series(runner, [call] * config.workers, outcome=outcome, plan=plan,
                        timeout=config.timeout,
                        on_record=progress.update if progress is not None else None)
+        except BaseException:  # pytest-timeout's failure, Ctrl-C: the runs so far are reported
+            self.record_outcome(pyfuncitem, outcome, config)
+            raise
         finally:
             self.close_runner(runner)
             if progress is not None:
@@ -303,15 +308,21 @@ class ConcurrencySession:
 
         return LiveProgress(write, label=item.name, outcome=outcome, deadline=plan.deadline)
 
-    def finish_outcome(self, item: pytest.Function, outcome: SeriesOutcome,
+    def record_outcome(self, item: pytest.Function, outcome: SeriesOutcome,
                        config: HarnessConfig) -> None:
-        __tracebackhide__ = True
+        """The test's entry for the summary and the JSON report."""
         from . import report
-        from .series import failure_exception, outcome_signal
 
         reproduce = config.reproduce if outcome.failed else None
         record_entry(item, report.concurrent_entry(outcome, nodeid=item.nodeid,
                                                    reproduce=reproduce, shard=config.shard))
+
+    def finish_outcome(self, item: pytest.Function, outcome: SeriesOutcome,
+                       config: HarnessConfig) -> None:
+        __tracebackhide__ = True
+        from .series import failure_exception, outcome_signal
+
+        self.record_outcome(item, outcome, config)
         record = outcome.failing_run
         if outcome.interrupt is not None and not outcome.failed:
             raise outcome.interrupt
@@ -450,7 +461,8 @@ class ConcurrencySession:
                                         if outcome.failed else None,
                                         shard=fixture.config.shard)
         run = loop.current
-        if call.excinfo is not None and run is not None and not outcome.failed:
+        if (call.excinfo is not None and run is not None and not outcome.failed
+                and outcome.interrupt is None):
             add_note(call.excinfo.value, "\n".join(check_failed_lines(loop, run.index,
                                                                      fixture.config)))
             entry.update(failing_run=run.index, reproduce=fixture.config.reproduce)
@@ -465,6 +477,14 @@ class ConcurrencySession:
         word = outcome_word(report)
         for entry in entries:
             self.entries.append({**entry, "outcome": word})
+
+    def collect_interrupted(self) -> None:
+        """Ctrl-C: the running test gets no report; its entry (the runs it made, what cut them
+        short) still goes to the summary and the JSON report."""
+        item, self.running = self.running, None
+        if item is not None:
+            for entry in take_entries(item):
+                self.entries.append({**entry, "outcome": OUTCOME_INTERRUPTED})
 
     # -- summary and files --------------------------------------------------------------------
 
@@ -582,6 +602,9 @@ class ItemHooks:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.session.collect_entries(report)
+
+    def pytest_keyboard_interrupt(self) -> None:
+        self.session.collect_interrupted()
 
 
 class ShardHooks:
@@ -772,6 +795,9 @@ def xdist_worker_count(config: pytest.Config) -> int:
 
 def is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
+
+OUTCOME_INTERRUPTED = "interrupted"
 
 
 def outcome_word(rep: pytest.TestReport) -> str:

@@ -318,6 +318,34 @@ def test_seeded_order_moves_only_task_steps_and_brings_every_held_step_back() ->
         loop.close()
 
 
+def test_steps_held_back_resume_when_another_order_takes_over() -> None:
+    """A run that ends (or is cancelled) while its order holds steps back hands them to the
+    ready queue: dropped, their tasks would never resume and be blamed on the test as leaks."""
+    loop = aio.ScheduledEventLoop()
+    order = aio.SeededOrder(seed=3, hold_rate=0.5)
+
+    async def ticks() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    async def main() -> int:
+        tasks = [asyncio.ensure_future(ticks()) for _ in range(8)]
+        while not order.held:
+            await asyncio.sleep(0)
+        held = len(order.held)
+        loop.use_order(aio.FIFO)
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)  # no hang if one is lost
+        return held
+
+    try:
+        loop.use_order(order)
+        loop.call_later(10, loop.stop)  # a timer is never held: no hang if main() is lost
+        assert loop.run_until_complete(main()) > 0
+        assert order.held == []
+    finally:
+        loop.close()
+
+
 def test_order_for_run_is_fifo_then_shuffles_then_holds() -> None:
     assert aio.order_for_run(0, 123) is aio.FIFO
     odd = aio.order_for_run(1, 123)

@@ -3,6 +3,9 @@ pytest-timeout."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from pytest_concurrency import messages
@@ -94,6 +97,62 @@ def test_run_deadline_fits_inside_pytest_timeout(pytester, run_subprocess) -> No
          "*NEVER.wait(30)*"]
     )
     assert "Timeout" not in result.stdout.str().split("short test summary")[0].split("HANG")[0]
+
+
+CUT_BY_PYTEST_TIMEOUT = """
+import asyncio
+import time
+import pytest
+
+@pytest.mark.timeout(1, method="signal")
+@pytest.mark.concurrent(workers=2, runs=100_000)
+def test_threads():
+    time.sleep(0.002)
+
+@pytest.mark.timeout(2, method="signal")
+@pytest.mark.concurrent(workers=2, runs=100_000, mode="processes")
+def test_processes():
+    time.sleep(0.002)
+
+@pytest.mark.timeout(1, method="signal")
+@pytest.mark.concurrent(workers=2, runs=100_000)
+async def test_asyncio():
+    await asyncio.sleep(0.002)
+
+@pytest.mark.timeout(1, method="signal")
+def test_harness(concurrency):
+    for run in concurrency.runs(100_000):
+        run(lambda: time.sleep(0.002), workers=2)
+"""
+
+
+def test_pytest_timeout_ending_healthy_runs_is_its_failure_and_the_runs_are_kept(
+    pytester, run_subprocess
+) -> None:
+    """pytest-timeout ends a long series of runs that are all fine: the failure shows no
+    plugin or standard-library frames, no task is blamed as a leak, and the summary, the
+    JSON report and the JUnit verdict keep the test with what cut it short."""
+    pytester.makepyfile(CUT_BY_PYTEST_TIMEOUT)
+    result = run_subprocess("-p", "timeout", "--concurrency-json=out.json", "--junitxml=j.xml")
+    result.assert_outcomes(failed=4)
+    failures = result.stdout.str().split("= concurrency =")[0]
+    assert failures.count("All traceback entries are hidden") == 3  # the marker, every mode
+    result.stdout.fnmatch_lines(["*run(lambda: time.sleep(0.002), workers=2)",
+                                 "E *Failed: Timeout (>1.0s) from pytest-timeout."])
+    located = re.findall(r"^(\S+\.py):\d+: Failed", failures, re.MULTILINE)
+    assert located == [f"{pytester.path.name.removesuffix('0')}.py"]  # the harness test's line
+    assert "leak" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["4 concurrent tests, * runs, * calls; 0 with failures, 4 interrupted"])
+    for name, mode, seconds in [("test_threads", "threads", 1), ("test_processes", "processes", 2),
+                                ("test_asyncio", "asyncio", 1), ("test_harness", "threads", 1)]:
+        result.stdout.fnmatch_lines([f"  *::{name}: interrupted after * runs ({mode}, 2 workers): "
+                                     f"Failed: Timeout (>{seconds}.0s) from pytest-timeout."])
+    entries = json.loads((pytester.path / "out.json").read_text())["tests"]
+    assert [entry["interrupted"].startswith("Failed: Timeout") for entry in entries] == [True] * 4
+    assert all(entry["failing_run"] is None for entry in entries)
+    verdicts = re.findall(r'name="concurrency_verdict" value="([^"]+)"',
+                          (pytester.path / "j.xml").read_text())
+    assert verdicts == ["interrupted"] * 4
 
 
 LEAKY_TASKS = """

@@ -7,6 +7,7 @@ import dis
 import json
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -426,3 +427,204 @@ def test_an_attached_hook_sees_every_point_in_the_users_frame() -> None:
     assert hook.functions.count("increment") == 2  # LOAD_ATTR n, STORE_ATTR n
     assert perturbation.stats.points == 0  # a hook draws nothing
     assert hooks() == before
+
+
+# -- the callbacks, called directly ---------------------------------------------------------
+# Inside a trace or monitoring callback nothing is traced, so these are also the only way
+# coverage sees the callbacks' code run. The user code is compiled under a root of its own, so
+# that this file's code (the hooks, the checks) is not perturbed meanwhile.
+
+USER_SOURCE = """
+class Counter:
+    def increment(self):
+        self.n += 1
+"""
+
+
+@pytest.fixture
+def user_root(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def increment(user_root: Path) -> Any:
+    namespace: dict[str, Any] = {}
+    exec(compile(USER_SOURCE, str(user_root / "user.py"), "exec"), namespace)
+    return namespace["Counter"].increment.__code__
+
+
+def shared(code: Any) -> list[int]:
+    return sorted(shared_state_offsets(code))
+
+
+def not_shared(code: Any) -> int:
+    return next(offset for offset in range(0, 400, 2) if offset not in shared(code))
+
+
+class Points:
+    """A point hook that counts its points and asks to stop at the ``stop_at``-th."""
+
+    def __init__(self, stop_at: int = 10**9) -> None:
+        self.points = 0
+        self.stop_at = stop_at
+
+    def at_point(self) -> bool:
+        self.points += 1
+        return self.points < self.stop_at
+
+
+def fake_frame(code: Any, lasti: int = 0) -> Any:
+    return types.SimpleNamespace(f_code=code, f_lasti=lasti, f_trace_opcodes=False,
+                                 f_trace_lines=True)
+
+
+def in_a_thread(function: Callable[[], object]) -> None:
+    """Run ``function`` in a thread of its own: it may change that thread's trace function."""
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            function()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            sys.settrace(None)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def test_a_call_into_user_code_turns_on_its_opcode_events_only(
+    user_root: Path, increment: Any
+) -> None:
+    tracing = perturb.TracePerturbation([user_root], 1)
+    user, tooling = fake_frame(increment), fake_frame(json.dumps.__code__)
+    assert tracing._on_call(tooling, "call", None) is None
+    assert tooling.f_trace_opcodes is False
+    local = tracing._on_call(user, "call", None)
+    assert callable(local)
+    assert (user.f_trace_opcodes, user.f_trace_lines) == (True, False)
+    assert tracing._on_call(fake_frame(increment), "call", None) is local  # one per code
+
+
+def test_the_opcode_tracer_stops_at_shared_state_instructions_only(
+    user_root: Path, increment: Any
+) -> None:
+    tracing = perturb.TracePerturbation([user_root], 1)
+    hook = Points()
+    tracing._thread.schedule = hook
+    on_opcode = tracing._opcode_tracer(increment)
+    for offset in [not_shared(increment), *shared(increment)]:
+        assert on_opcode(fake_frame(increment, offset), "opcode", None) is on_opcode
+    assert on_opcode(fake_frame(increment, shared(increment)[0]), "line", None) is on_opcode
+    assert hook.points == len(shared(increment)) == 2
+
+
+def test_a_spent_budget_turns_the_frames_opcodes_off_and_restores_the_tracer(
+    user_root: Path, increment: Any
+) -> None:
+    tracing = perturb.TracePerturbation([user_root], 1)
+    state = tracing._thread
+    hook = Points(stop_at=1)
+    before = sys.gettrace()
+    state.schedule, state.previous_trace = hook, before
+    on_opcode = tracing._opcode_tracer(increment)
+    frame = fake_frame(increment, shared(increment)[0])
+    frame.f_trace_opcodes = True
+    on_opcode(frame, "opcode", None)
+    assert (hook.points, frame.f_trace_opcodes, state.schedule) == (1, False, None)
+    assert sys.gettrace() is before
+    on_opcode(frame, "opcode", None)  # no schedule: nothing is called
+    assert hook.points == 1
+
+
+def test_the_tracer_beneath_gets_every_event_but_opcodes(user_root: Path, increment: Any) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def theirs(frame: Any, event: str, arg: Any) -> Any:
+        if isinstance(frame, types.SimpleNamespace):  # not the real frames traced meanwhile
+            seen.append((frame.f_code.co_name, event))
+        return theirs
+
+    def check() -> None:
+        tracing = perturb.TracePerturbation([user_root], 1)
+        hook = Points()
+        tracing._thread.schedule = hook
+        on_call = tracing._chained(theirs)
+        assert on_call(fake_frame(json.dumps.__code__), "call", None) is theirs
+        user = fake_frame(increment, shared(increment)[0])
+        local = on_call(user, "call", None)
+        assert sys.gettrace() is on_call  # ours again, over the tracer beneath
+        assert (user.f_trace_opcodes, user.f_trace_lines) == (True, True)
+        assert local(user, "opcode", None) is local
+        assert local(user, "line", None) is local
+        assert hook.points == 1
+        assert seen == [("dumps", "call"), ("increment", "call"), ("increment", "line")]
+
+    in_a_thread(check)
+
+
+def test_without_a_tracer_beneath_user_frames_get_no_line_events(
+    user_root: Path, increment: Any
+) -> None:
+    def theirs(frame: Any, event: str, arg: Any) -> None:
+        return None
+
+    def check() -> None:
+        on_call = perturb.TracePerturbation([user_root], 1)._chained(theirs)
+        user = fake_frame(increment)
+        on_call(user, "call", None)
+        assert (user.f_trace_opcodes, user.f_trace_lines) == (True, False)
+
+    in_a_thread(check)
+
+
+def test_the_trace_layer_names_our_tracer_and_the_one_beneath(user_root: Path) -> None:
+    def theirs(frame: Any, event: str, arg: Any) -> None:
+        return None
+
+    layers: list[tuple[bool, object]] = []
+
+    def check() -> None:
+        tracing = perturb.TracePerturbation([user_root], 1)
+        sys.settrace(theirs)
+        tracing.call_started(0, 0, 1)
+        layer = perturb.TRACE_LAYER
+        layers.append((layer.ours is sys.gettrace(), layer.beneath))
+        tracing.call_finished()
+        layers.append((layer.ours is None, layer.beneath))
+        assert sys.gettrace() is theirs
+
+    in_a_thread(check)
+    assert layers == [(True, theirs), (True, None)]
+
+
+@pytest.mark.skipif(not MONITORING, reason="sys.monitoring is 3.12+")
+def test_monitoring_instruments_user_code_once_and_stops_at_its_shared_state(
+    user_root: Path, increment: Any
+) -> None:
+    monitoring = perturb.MonitoringPerturbation([user_root], 1)
+    hook = Points(stop_at=2)
+    monitoring._thread.schedule = hook
+    at, elsewhere, tooling = shared(increment)[0], not_shared(increment), json.dumps.__code__
+    assert monitoring._on_start(increment, 0) is perturb._DISABLE  # no tool: nothing done
+    assert monitoring._instrumented == {}
+    monitoring.series_started()
+    try:
+        assert monitoring._on_start(tooling, 0) is perturb._DISABLE
+        assert monitoring._on_start(increment, 0) is perturb._DISABLE
+        assert list(monitoring._instrumented.values()) == [increment]
+        assert monitoring._on_instruction(tooling, 0) is perturb._DISABLE
+        assert monitoring._on_instruction(increment, elsewhere) is perturb._DISABLE
+        assert monitoring._on_instruction(increment, at) is None
+        assert monitoring._thread.schedule is hook
+        assert monitoring._on_instruction(increment, at) is None  # the budget ends here
+        assert monitoring._thread.schedule is None
+        assert monitoring._on_instruction(increment, at) is None
+        assert hook.points == 2
+    finally:
+        monitoring.series_finished()
+    assert monitoring._instrumented == {}

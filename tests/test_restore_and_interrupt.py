@@ -3,7 +3,9 @@ Ctrl-C ends the run promptly."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -185,7 +187,7 @@ def test_ctrl_c_during_a_long_run_exits_promptly_leaving_nothing(tmp_path: Path)
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:run-parallel",
-         "-p", "no:asyncio", str(tmp_path / "test_long.py")],
+         "-p", "no:asyncio", str(tmp_path / "test_long.py"), "--concurrency-json=out.json"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=default_sigint,  # as a terminal delivers it, however this run was started
     )
@@ -203,4 +205,9 @@ def test_ctrl_c_during_a_long_run_exits_promptly_leaving_nothing(tmp_path: Path)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "KeyboardInterrupt" in output
     assert "INTERNALERROR" not in output
+    # the interrupted test keeps its runs in the summary and the JSON report
+    assert re.search(r"^  test_long\.py::test_long: interrupted after \d+ runs \(threads, 4 "
+                     r"workers\): KeyboardInterrupt$", output, re.MULTILINE), output
+    (entry,) = json.loads((tmp_path / "out.json").read_text())["tests"]
+    assert (entry["outcome"], entry["interrupted"]) == ("interrupted", "KeyboardInterrupt")
     assert not Path(f"/proc/{proc.pid}").exists() or os.waitpid(proc.pid, os.WNOHANG)

@@ -166,13 +166,17 @@ def test_marker_failures_show_the_table_or_name_the_fix(
         def test_unknown_key():
             pass
 
+        @pytest.mark.scaling(2)
+        def test_positional():
+            pass
+
         @pytest.mark.scaling(modes=("processes",), rounds=3, budget=1, force=FORCE)
         def test_unpicklable_fixture(request):
             pass
         """
     )
     result = run_subprocess()
-    result.assert_outcomes(failed=5)
+    result.assert_outcomes(failed=6)
     result.stdout.fnmatch_lines(
         [
             "*scaling: expected io-bound, got *",
@@ -194,6 +198,7 @@ def test_marker_failures_show_the_table_or_name_the_fix(
         [
             "*expect='fast' is not a verdict; use one of scales, gil-bound*",
             "*unknown argument 'worker'; use workers, modes*",
+            "*takes keyword arguments only, such as @pytest.mark.scaling(expect='scales'); got *(2,)*",
             "*define the function at module level*fixture values*",
         ]
     )

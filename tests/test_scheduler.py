@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -705,6 +706,34 @@ def test_restored_after_a_failing_series() -> None:
     drive(sched, two_locks_opposite_order, runs=20)
     assert primitives.originals_in_place()
     assert threading.Lock is primitives.ORIGINAL_LOCK
+
+
+def test_a_tracer_beneath_ours_still_sees_the_schedulers_own_code() -> None:
+    """Coverage's tracer stays on while the controlled primitives call the scheduler, so that
+    the scheduler's code is measured; only the perturbation's tracer is taken off."""
+    seen: set[str] = set()
+
+    def theirs(frame: Any, event: str, arg: Any) -> None:
+        if frame.f_code.co_filename == scheduler.__file__:
+            seen.add(frame.f_code.co_name)
+
+    def contended() -> tuple[Body, Callable[[], bool]]:
+        lock = threading.Lock()
+
+        def body(worker: int) -> None:
+            with lock:
+                time.sleep(0.001)
+
+        return body, lambda: True
+
+    sched = make_scheduler("random", roots=[HERE], seed=1, workers=2)
+    before = threading.gettrace()
+    threading.settrace(theirs)
+    try:
+        drive(sched, contended, runs=5)
+    finally:
+        threading.settrace(before)
+    assert {"_block", "_sleep", "sync_point"} <= seen
 
 
 # -- acceptance: pytest runs ------------------------------------------------------------------

@@ -48,6 +48,8 @@ from ..outcomes import CallFailure, CallKind, RunRecord, classify
 from ..seeds import derive_seed, run_seed
 from .base import BARRIER_ABORTED, BarrierAborted, Series, drop_collateral
 
+__tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
+
 MODE = "asyncio"
 POLL_SECONDS = 0.05
 CANCEL_SECONDS = 2.0
@@ -73,12 +75,18 @@ class ReadyOrder(Protocol):
     def arrange(self, ready: deque[Handle]) -> None:
         """Reorder ``ready`` in place before the loop runs this pass's callbacks."""
 
+    def release(self) -> list[Handle]:
+        """The steps held back, handed over when another order takes this one's place."""
+
 
 class FifoOrder:
     """asyncio's own order: callbacks run in the order they became ready."""
 
     def arrange(self, ready: deque[Handle]) -> None:
         return None
+
+    def release(self) -> list[Handle]:
+        return []
 
 
 FIFO = FifoOrder()
@@ -123,6 +131,11 @@ class SeededOrder:
             self.held = []
         ready.extendleft(reversed(handles))
 
+    def release(self) -> list[Handle]:
+        released = [handle for handle, _ in self.held]
+        self.held = []
+        return released
+
     def _due(self) -> list[Handle]:
         due = [handle for handle, until in self.held if until <= self.passes]
         self.held = [(handle, until) for handle, until in self.held if until > self.passes]
@@ -165,6 +178,13 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         self.order: ReadyOrder = FIFO
         self.watch: RunWatch | None = None
         self.last_pass = time.monotonic()
+
+    def use_order(self, order: ReadyOrder) -> None:
+        """Arrange the ready callbacks with ``order`` from the next pass on. The steps the
+        previous order holds back go to the ready queue: dropped, their tasks would never
+        resume (a run cut short by a cancellation leaves some)."""
+        self._ready.extend(self.order.release())  # type: ignore[attr-defined]
+        self.order = order
 
     def _run_once(self) -> None:
         self.last_pass = time.monotonic()
@@ -222,15 +242,14 @@ class LoopHost:
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the loop, in a copy of the caller's context, and wait for it."""
-        __tracebackhide__ = True
         done: concurrent.futures.Future[T] = concurrent.futures.Future()
         context = contextvars.copy_context()
         self.loop.call_soon_threadsafe(self._start, coroutine, context, done)
         try:
             return self._wait(done)
-        except BaseException:
+        except BaseException:  # pytest-timeout's failure, Ctrl-C: the loop's tasks end here
             if not done.done() and not self.abandoned:
-                self.loop.call_soon_threadsafe(self._cancel_all)
+                self._wait_bounded(self._cancel_all(), CANCEL_SECONDS)
             raise
 
     def _start(self, coroutine: Coroutine[Any, Any, T], context: contextvars.Context,
@@ -239,7 +258,6 @@ class LoopHost:
         task.add_done_callback(lambda finished: _settle(finished, done))
 
     def _wait(self, done: concurrent.futures.Future[T]) -> T:
-        __tracebackhide__ = True
         while True:
             try:
                 return done.result(POLL_SECONDS)
@@ -282,9 +300,15 @@ class LoopHost:
             )
         watch.on_run_done(record)
 
-    def _cancel_all(self) -> None:
-        for task in asyncio.all_tasks(self.loop):
+    async def _cancel_all(self) -> None:
+        """Cancel every other task and let them unwind, so that none is left for the leak
+        check to blame on the test."""
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
             task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_SECONDS)
 
     def close(self) -> None:
         """Cancel what is left, stop the loop and join its thread (unless it was abandoned)."""
@@ -377,7 +401,6 @@ class TaskBarrier:
         self.broken = False
 
     async def wait(self, timeout: float | None) -> None:
-        __tracebackhide__ = True
         if self.broken:
             raise BarrierAborted(BARRIER_ABORTED)
         if self.gate is None:
@@ -430,7 +453,6 @@ class AsyncioRunner:
     # -- from a synchronous caller (the marker, a sync harness test) ---------------------------
 
     def run_series(self, series: Series) -> None:
-        __tracebackhide__ = True
         if running_loop() is not None:
             raise ConcurrencyUsageError(messages.RUN_NOT_AWAITED)
         if self._host is None or self._host.abandoned:
@@ -456,7 +478,6 @@ class AsyncioRunner:
 
     async def run_series_async(self, series: Series) -> None:
         """Make the runs of ``series`` as tasks of the running loop (which must be ours)."""
-        __tracebackhide__ = True
         loop = asyncio.get_running_loop()
         if not isinstance(loop, ScheduledEventLoop):
             raise ConcurrencyUsageError(messages.FOREIGN_EVENT_LOOP.format(loop=type(loop)))
@@ -484,7 +505,8 @@ class AsyncioRunner:
                            results=[None] * self.workers if series.keep_results else [])
         barrier = TaskBarrier(self.workers)
         watch = RunWatch(record, {}, time.monotonic(), series.timeout, series.on_run_done)
-        loop.order, loop.watch = order_for_run(index, seed), watch
+        loop.use_order(order_for_run(index, seed))
+        loop.watch = watch
         try:
             for worker in range(self.workers):
                 task = loop.create_task(self._call(worker, record, series, barrier))
@@ -493,7 +515,8 @@ class AsyncioRunner:
             if pending:
                 await self._give_up_on(record, pending, watch.tasks)
         finally:
-            loop.order, loop.watch = FIFO, None
+            loop.use_order(FIFO)
+            loop.watch = None
         return watch
 
     async def _call(self, worker: int, record: RunRecord, series: Series,
@@ -552,11 +575,9 @@ class AsyncioRunner:
 
 def run_test_coroutine(function: Callable[[], Awaitable[Any]]) -> None:
     """Run an ``async def`` test body once on a fresh plugin loop (the harness runs inside)."""
-    __tracebackhide__ = True
     host = LoopHost()
 
     async def body() -> None:
-        __tracebackhide__ = True
         await function()
 
     try:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import io
 import multiprocessing
 import os
 import pickle
@@ -59,6 +60,8 @@ from ..seeds import run_seed
 from ..series import add_note
 from . import process_child as child
 from .base import Series, WorkerCall, drop_collateral
+
+__tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
 MODE = "processes"
 # The fork server and the resource tracker make their locks when first imported: import them
@@ -359,7 +362,6 @@ class ProcessRunner:
     # -- the Runner interface ---------------------------------------------------------------
 
     def run_series(self, series: Series) -> None:
-        __tracebackhide__ = True
         if series.workers != self.workers:
             raise ValueError(f"this pool has {self.workers} workers, the series {series.workers}")
         payload, inherited = self._payload(series.calls)
@@ -385,9 +387,8 @@ class ProcessRunner:
     def _payload(self, calls: Sequence[WorkerCall]) -> tuple[bytes | None, Sequence[WorkerCall] |
                                                                             None]:
         """Pickled calls; with ``fork``, unpicklable calls are inherited by a new pool instead."""
-        __tracebackhide__ = True
         try:
-            return ForkingPickler.dumps(list(calls)).tobytes(), None
+            return pickled(list(calls)), None
         except Exception as error:
             if self.start_method == "fork":
                 return None, calls
@@ -440,8 +441,9 @@ class ProcessRunner:
         modules = user_modules(series.calls) if payload is not None else []
         message = (child.LOAD, payload, modules, rewrites_asserts(modules), series.keep_results,
                    series.timeout, self.start_jitter, self._perturbation_spec())
+        data = pickled(message)
         for worker in pool.children:
-            worker.conn.send(message)
+            worker.conn.send_bytes(data)
         self._expect(pool, child.LOADED, time.monotonic() + max(START_SECONDS, series.timeout))
 
     def _perturbation_spec(self) -> tuple[list[str], int] | None:
@@ -505,7 +507,7 @@ class ProcessRunner:
         for barrier in (pool.start_barrier, pool.user_barrier):
             if barrier.broken:
                 barrier.reset()
-        message = ForkingPickler.dumps((child.RUN, index, seed))
+        message = pickled((child.RUN, index, seed))
         for each in pool.children:
             each.conn.send_bytes(message)
         deadline = time.monotonic() + series.timeout
@@ -569,6 +571,16 @@ class ProcessRunner:
             _kill_pool(pool)
 
 
+def pickled(message: object) -> bytes:
+    """``message`` pickled for a child, as bytes. ``Connection.send`` and
+    ``ForkingPickler.dumps`` hold a view on a ``BytesIO``; caught in a traceback (pytest-timeout
+    interrupting a wait) that becomes a reference cycle which the 3.12.0-1 collector can crash
+    on (CPython gh-111049)."""
+    buffer = io.BytesIO()
+    ForkingPickler(buffer).dump(message)
+    return buffer.getvalue()
+
+
 def _receive(worker: _Child, ready: Sequence[object]) -> tuple[Any, ...] | None:
     """The child's answer; None if it died without one (its pipe closed or its process ended)."""
     try:
@@ -613,7 +625,7 @@ def _kill_pool(pool: _Pool) -> None:
 def _stop_pool(pool: _Pool) -> None:
     for worker in pool.children:
         with contextlib.suppress(OSError, ValueError):
-            worker.conn.send((child.STOP,))
+            worker.conn.send_bytes(pickled((child.STOP,)))
     deadline = time.monotonic() + STOP_SECONDS
     for worker in pool.children:
         worker.process.join(max(0.0, deadline - time.monotonic()))

@@ -38,6 +38,8 @@ from ..perturb import NO_PERTURBATION, Perturbation
 from ..seeds import run_seed_base, run_seed_from
 from .base import BARRIER_ABORTED, BarrierAborted, Series, drop_collateral
 
+__tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
+
 MODE = "threads"
 SWITCH_INTERVAL = 1e-6
 POLL_SECONDS = 0.05
@@ -116,7 +118,6 @@ class ThreadRunner:
     # -- controlling thread -------------------------------------------------------------
 
     def run_series(self, series: Series) -> None:
-        __tracebackhide__ = True
         if series.workers != self.workers:
             raise ValueError(f"this pool has {self.workers} workers, the series {series.workers}")
         if self._broken or self._stop:
@@ -294,7 +295,6 @@ class ThreadRunner:
             record.signals.append((index, exc))
 
     def _wait_at_user_barrier(self, timeout: float | None) -> None:
-        __tracebackhide__ = True
         try:
             self._user_barrier.wait(timeout)
         except threading.BrokenBarrierError:
