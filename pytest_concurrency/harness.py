@@ -27,6 +27,8 @@ from .runners.base import AsyncRunner, Runner, RunPlan, WorkerCall
 from .series import failure_exception, outcome_signal, run_series, run_series_async
 from .settings import MODES
 
+__tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
+
 RunnerFactory = Callable[[str, int, "str | None"], Runner]
 """(mode, workers, schedule) -> runner; schedule None: the test's own setting."""
 
@@ -118,7 +120,6 @@ class Concurrency:
 
         In asyncio mode it returns an awaitable: ``await concurrency.barrier()``.
         """
-        __tracebackhide__ = True
         context = current()
         if context is None:
             raise ConcurrencyUsageError(messages.BARRIER_OUTSIDE_RUN)
@@ -197,7 +198,6 @@ class HarnessLoop:
         self.current: HarnessRun | None = None
 
     def iterate(self) -> Iterator[HarnessRun]:
-        __tracebackhide__ = True
         index = self.plan.first_index
         while self.plan.has_run(index):
             run = HarnessRun(self, index)
@@ -231,7 +231,6 @@ class HarnessRun:
         In asyncio mode, called from a coroutine, it returns an awaitable of the results:
         ``got = await run(make_coro, workers=8)``.
         """
-        __tracebackhide__ = True
         calls = self._calls(functions, workers)
         if self.loop.mode == "asyncio" and _loop_running():
             coroutine = self._run_async(calls)
@@ -241,14 +240,12 @@ class HarnessRun:
         return self._finish(run_series(runner, calls, **self._series_options(calls)))
 
     async def _run_async(self, calls: list[WorkerCall]) -> list[Any]:
-        __tracebackhide__ = True
         runner = cast(AsyncRunner, self.loop.fixture.runner(len(calls), self.loop.mode))
         return self._finish(await run_series_async(runner, calls,
                                                    **self._series_options(calls)))
 
     def check_awaited(self) -> None:
         """An async test that called run(...) without ``await`` ran nothing: say so."""
-        __tracebackhide__ = True
         forgotten = [c for c in self.started
                      if inspect.getcoroutinestate(c) == inspect.CORO_CREATED]
         for coroutine in forgotten:
@@ -264,7 +261,6 @@ class HarnessRun:
 
     def _finish(self, record: RunRecord | None) -> list[Any]:
         """Count the run; raise what it raised (failures, interrupts, skips); else results."""
-        __tracebackhide__ = True
         fixture = self.loop.fixture
         outcome = self.loop.outcome
         self.record_count += 1

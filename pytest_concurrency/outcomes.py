@@ -35,6 +35,28 @@ def is_pytest_outcome(exc: BaseException) -> bool:
     return any(base.__module__ == OUTCOME_MODULE for base in type(exc).__mro__)
 
 
+TIMEOUT_FAILURE_MARK = "from pytest-timeout"
+"""pytest-timeout fails a test with ``pytest.fail("Timeout (>Ns) from pytest-timeout.")``."""
+
+
+def is_outside_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C, an exit, or pytest-timeout's failure: raised into the test from outside, not by
+    its code or the plugin's."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return True
+    if not is_pytest_outcome(exc):
+        return False
+    return "Exit" in {base.__name__ for base in type(exc).__mro__} or (
+        TIMEOUT_FAILURE_MARK in str(exc))
+
+
+def without_traceback(exc: BaseException) -> BaseException:
+    """A pytest outcome raised into a wait of the plugin's (pytest-timeout's failure), stripped
+    of the frames of that wait: pytest shows the test's own frames above it. Anything else is
+    left as it is."""
+    return exc.with_traceback(None) if is_pytest_outcome(exc) else exc
+
+
 def classify(exc: BaseException) -> CallKind:
     """Sort an exception into failure, skip/xfail signal or interrupt, without importing pytest."""
     cls = type(exc)

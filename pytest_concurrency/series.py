@@ -15,7 +15,8 @@ from .outcomes import (
     SeriesOutcome,
     classify,
     group_failures,
-    is_pytest_outcome,
+    is_outside_interrupt,
+    without_traceback,
 )
 from .report import failure_report
 from .runners.base import AsyncRunner, Runner, RunPlan, Series, WorkerCall
@@ -77,6 +78,8 @@ def run_series(
     try:
         runner.run_series(series)
     except BaseException as exc:
+        if not is_outside_interrupt(exc):
+            raise
         raise interrupted(outcome, exc)  # noqa: B904 (the same exception, its traceback trimmed)
     return last[0] if last else None
 
@@ -97,20 +100,22 @@ async def run_series_async(
     try:
         await runner.run_series_async(series)
     except BaseException as exc:
+        if not is_outside_interrupt(exc):
+            raise
         raise interrupted(outcome, exc)  # noqa: B904 (the same exception, its traceback trimmed)
     return last[0] if last else None
 
 
 def interrupted(outcome: SeriesOutcome, exc: BaseException) -> BaseException:
-    """The series was cut by what the controlling thread raised (pytest-timeout's failure,
-    Ctrl-C): the runs done so far stand, and the report says what cut them.
+    """The series was cut by what was raised into the controlling thread (pytest-timeout's
+    failure, Ctrl-C): the runs done so far stand, and the report says what cut them.
 
-    A pytest outcome raised into the wait (pytest-timeout's ``Failed``) comes back without its
-    traceback, which holds only the runner's waits and the standard library's below them.
+    pytest-timeout's ``Failed`` comes back without its traceback, which holds only the
+    runner's waits and the standard library's below them.
     """
     if outcome.interrupt is None:
         outcome.interrupt = exc
-    return exc.with_traceback(None) if is_pytest_outcome(exc) else exc
+    return without_traceback(exc)
 
 
 def accounted_series(

@@ -75,7 +75,7 @@ class ConcurrencySession:
         self.leaked: list[str] = []
         self.plot_lines: list[str] = []
         self.item_hooks: ItemHooks | None = None
-        self.running: pytest.Item | None = None  # the test between setup and its last report
+        self.running: pytest.Item | None = None  # a test from its setup to its call's report
 
     @functools.cached_property
     def budget(self) -> cores.CoreBudget:
@@ -275,8 +275,9 @@ class ConcurrencySession:
             run_series(runner, [call] * config.workers, outcome=outcome, plan=plan,
                        timeout=config.timeout,
                        on_record=progress.update if progress is not None else None)
-        except BaseException:  # pytest-timeout's failure, Ctrl-C: the runs so far are reported
-            self.record_outcome(pyfuncitem, outcome, config)
+        except BaseException:
+            if outcome.interrupt is not None:  # pytest-timeout, Ctrl-C: the runs so far count
+                self.record_outcome(pyfuncitem, outcome, config)
             raise
         finally:
             self.close_runner(runner)
@@ -443,28 +444,21 @@ class ConcurrencySession:
     def record_harness(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
         """The entry of a test that used ``concurrency.runs()``; if a check between runs
         failed, say which run and how to replay it."""
-        fixture = getattr(item, "funcargs", {}).get("concurrency")
-        if fixture is None:
+        harness = harness_of(item)
+        if harness is None:
             return
-        from . import report
-        from .harness import Concurrency
+        from .outcomes import is_outside_interrupt
         from .series import add_note
 
-        if not isinstance(fixture, Concurrency) or item.stash.get(SETTINGS_KEY, None):
+        fixture, loop = harness
+        error = call.excinfo.value if call.excinfo is not None else None
+        if error is not None and is_outside_interrupt(error):  # not a check: it was cut short
+            record_entry(item, harness_entry(item, fixture, loop, interrupt=error))
             return
-        loop = fixture.active
-        if loop is None:
-            return
-        outcome = loop.outcome
-        entry = report.concurrent_entry(outcome, nodeid=item.nodeid,
-                                        reproduce=fixture.config.reproduce
-                                        if outcome.failed else None,
-                                        shard=fixture.config.shard)
+        entry = harness_entry(item, fixture, loop)
         run = loop.current
-        if (call.excinfo is not None and run is not None and not outcome.failed
-                and outcome.interrupt is None):
-            add_note(call.excinfo.value, "\n".join(check_failed_lines(loop, run.index,
-                                                                     fixture.config)))
+        if error is not None and run is not None and not loop.outcome.failed:
+            add_note(error, "\n".join(check_failed_lines(loop, run.index, fixture.config)))
             entry.update(failing_run=run.index, reproduce=fixture.config.reproduce)
         record_entry(item, entry)
 
@@ -477,6 +471,13 @@ class ConcurrencySession:
         word = outcome_word(report)
         for entry in entries:
             self.entries.append({**entry, "outcome": word})
+
+    def record_harness_interrupt(self, item: pytest.Item, interrupt: BaseException) -> None:
+        """Ctrl-C or pytest.exit() in a harness test: no report follows, so its entry is made
+        here, while the fixture is still there."""
+        harness = harness_of(item)
+        if harness is not None:
+            record_entry(item, harness_entry(item, *harness, interrupt=interrupt))
 
     def collect_interrupted(self) -> None:
         """Ctrl-C: the running test gets no report; its entry (the runs it made, what cut them
@@ -593,6 +594,7 @@ class ItemHooks:
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         if call.when == "call":
             self.session.before_call_report(item, call)
+            self.session.running = None  # its entries go with this report
         rep = yield
         if call.when == "call" or rep.failed:
             entries = take_entries(item)
@@ -602,6 +604,15 @@ class ItemHooks:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.session.collect_entries(report)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True
+        try:
+            return (yield)
+        except (KeyboardInterrupt, pytest.exit.Exception) as interrupt:
+            self.session.record_harness_interrupt(item, interrupt)
+            raise
 
     def pytest_keyboard_interrupt(self) -> None:
         self.session.collect_interrupted()
@@ -798,6 +809,32 @@ def is_xdist_worker(config: pytest.Config) -> bool:
 
 
 OUTCOME_INTERRUPTED = "interrupted"
+
+
+def harness_of(item: pytest.Item) -> tuple[Concurrency, HarnessLoop] | None:
+    """The ``concurrency`` fixture of a test that ran ``concurrency.runs()`` (not a marked
+    test, whose entry the marker's series makes), with its loop."""
+    from .harness import Concurrency
+
+    fixture = getattr(item, "funcargs", {}).get("concurrency")
+    if not isinstance(fixture, Concurrency) or item.stash.get(SETTINGS_KEY, None):
+        return None
+    loop = fixture.active
+    return None if loop is None else (fixture, loop)
+
+
+def harness_entry(item: pytest.Item, fixture: Concurrency, loop: HarnessLoop, *,
+                  interrupt: BaseException | None = None) -> dict[str, Any]:
+    """The entry of a harness test; ``interrupt``: what cut it short outside a series."""
+    from . import report
+
+    outcome = loop.outcome
+    if interrupt is not None and outcome.interrupt is None:
+        outcome.interrupt = interrupt
+    return report.concurrent_entry(
+        outcome, nodeid=item.nodeid,
+        reproduce=fixture.config.reproduce if outcome.failed else None,
+        shard=fixture.config.shard)
 
 
 def outcome_word(rep: pytest.TestReport) -> str:

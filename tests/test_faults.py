@@ -558,6 +558,7 @@ def test_bad_input_gets_a_message_that_names_the_fix(
     text = " ".join(result.stdout.str().split())
     pattern = " ".join(expected.split())
     assert fnmatch_anywhere(text, pattern), f"{pattern!r} not in:\n{result.stdout.str()}"
+    assert "interrupted" not in text  # a usage error is the test's failure, not an interrupt
     assert "Traceback (most recent call last)" not in text.split("Traceback in worker")[0]
     assert_clean_exit(result, pid_dir, workers=False)
 

@@ -123,6 +123,17 @@ async def test_asyncio():
 def test_harness(concurrency):
     for run in concurrency.runs(100_000):
         run(lambda: time.sleep(0.002), workers=2)
+
+@pytest.mark.timeout(1, method="signal")
+def test_harness_checks(concurrency):
+    for run in concurrency.runs(100_000):
+        run(lambda: None, workers=2)
+        time.sleep(0.01)  # the check between runs, where the timeout most likely lands
+
+@pytest.mark.timeout(1, method="signal")
+async def test_async_harness(concurrency):
+    for run in concurrency.runs(100_000, mode="asyncio"):
+        await run(lambda: asyncio.sleep(0.002), workers=2)
 """
 
 
@@ -132,27 +143,29 @@ def test_pytest_timeout_ending_healthy_runs_is_its_failure_and_the_runs_are_kept
     """pytest-timeout ends a long series of runs that are all fine: the failure shows no
     plugin or standard-library frames, no task is blamed as a leak, and the summary, the
     JSON report and the JUnit verdict keep the test with what cut it short."""
-    pytester.makepyfile(CUT_BY_PYTEST_TIMEOUT)
+    test_file = pytester.makepyfile(CUT_BY_PYTEST_TIMEOUT)
     result = run_subprocess("-p", "timeout", "--concurrency-json=out.json", "--junitxml=j.xml")
-    result.assert_outcomes(failed=4)
+    result.assert_outcomes(failed=6)
     failures = result.stdout.str().split("= concurrency =")[0]
-    assert failures.count("All traceback entries are hidden") == 3  # the marker, every mode
-    result.stdout.fnmatch_lines(["*run(lambda: time.sleep(0.002), workers=2)",
-                                 "E *Failed: Timeout (>1.0s) from pytest-timeout."])
+    assert failures.count("All traceback entries are hidden") == 4  # marker, async harness
     located = re.findall(r"^(\S+\.py):\d+: Failed", failures, re.MULTILINE)
-    assert located == [f"{pytester.path.name.removesuffix('0')}.py"]  # the harness test's line
+    assert located == [test_file.name] * 2  # sync harness: the test's line, nothing below
     assert "leak" not in result.stdout.str()
-    result.stdout.fnmatch_lines(["4 concurrent tests, * runs, * calls; 0 with failures, 4 interrupted"])
+    result.stdout.fnmatch_lines(["6 concurrent tests, * runs, * calls; 0 with failures, "
+                                 "6 interrupted"])
     for name, mode, seconds in [("test_threads", "threads", 1), ("test_processes", "processes", 2),
-                                ("test_asyncio", "asyncio", 1), ("test_harness", "threads", 1)]:
+                                ("test_asyncio", "asyncio", 1), ("test_harness", "threads", 1),
+                                ("test_harness_checks", "threads", 1),
+                                ("test_async_harness", "asyncio", 1)]:
         result.stdout.fnmatch_lines([f"  *::{name}: interrupted after * runs ({mode}, 2 workers): "
                                      f"Failed: Timeout (>{seconds}.0s) from pytest-timeout."])
+    assert "the check after the run failed" not in result.stdout.str()
     entries = json.loads((pytester.path / "out.json").read_text())["tests"]
-    assert [entry["interrupted"].startswith("Failed: Timeout") for entry in entries] == [True] * 4
+    assert [entry["interrupted"].startswith("Failed: Timeout") for entry in entries] == [True] * 6
     assert all(entry["failing_run"] is None for entry in entries)
     verdicts = re.findall(r'name="concurrency_verdict" value="([^"]+)"',
                           (pytester.path / "j.xml").read_text())
-    assert verdicts == ["interrupted"] * 4
+    assert verdicts == ["interrupted"] * 6
 
 
 LEAKY_TASKS = """

@@ -175,15 +175,24 @@ def test_a_worker_interrupt_ends_the_session_and_restores(pytester, run_subproce
     assert (pytester.path / "restore-report.txt").read_text() == "[]"
 
 
+LONG_RUNS = {
+    "marker": "@pytest.mark.concurrent(workers=4, budget=120)\n"
+              "def test_long(concurrency):\n"
+              "    pathlib.Path({started!r}).touch()\n"
+              "    sum(range(1000))\n",
+    "harness": "def test_long(concurrency):\n"
+               "    for run in concurrency.runs(budget=120):\n"
+               "        run(lambda: pathlib.Path({started!r}).touch(), workers=4)\n",
+}
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_ctrl_c_during_a_long_run_exits_promptly_leaving_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", list(LONG_RUNS))
+def test_ctrl_c_during_a_long_run_exits_promptly_leaving_nothing(tmp_path: Path,
+                                                                 form: str) -> None:
     started = tmp_path / "started"
     (tmp_path / "test_long.py").write_text(
-        "import pathlib, pytest\n"
-        "@pytest.mark.concurrent(workers=4, budget=120)\n"
-        "def test_long(concurrency):\n"
-        f"    pathlib.Path({str(started)!r}).touch()\n"
-        "    sum(range(1000))\n"
+        "import pathlib, pytest\n" + LONG_RUNS[form].format(started=str(started))
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:run-parallel",

@@ -11,11 +11,12 @@ import multiprocessing
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 
 import pytest
 
-from pytest_concurrency import scaling
+from pytest_concurrency import scaling, scaling_hooks
 from pytest_concurrency.cores import CoreBudget, core_budget, gil_enabled
 from pytest_concurrency.scaling import (
     VERDICTS,
@@ -243,3 +244,46 @@ def test_threads_scaling_on_a_free_threaded_build_is_said_to_come_from_the_build
     free = simulated_two_cores(False, True)
     assert free.verdict == "scales", free.summary()
     assert "threads scale on this free-threaded build" in free.reasons[0]
+
+
+# -- which tracer makes timings unreliable ------------------------------------------------------
+
+
+def test_a_trace_function_is_named_by_its_module() -> None:
+    class CoverageTracer:  # coverage's C tracer type lives in coverage.tracer
+        __module__ = "coverage.tracer"
+
+    def other(frame: object, event: str, arg: object) -> None:
+        return None
+
+    assert scaling_hooks._trace_function_owner(CoverageTracer()) == "coverage"
+    assert scaling_hooks._trace_function_owner(other) == f"sys.settrace ({__name__})"
+
+
+def test_coverage_without_a_trace_function_is_still_a_tracer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """coverage's sys.monitoring core (3.12+) sets no trace function: asked directly."""
+    fake = types.SimpleNamespace(Coverage=types.SimpleNamespace(current=lambda: object()))
+    monkeypatch.setattr(sys, "gettrace", lambda: None)
+    monkeypatch.setitem(sys.modules, "coverage", fake)
+    assert scaling_hooks.active_tracer() == "coverage"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sys.monitoring is 3.12+")
+def test_another_monitoring_tool_is_a_tracer_and_ours_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "gettrace", lambda: None)
+    monkeypatch.delitem(sys.modules, "coverage", raising=False)
+    free = next(t for t in (3, 4, 5) if sys.monitoring.get_tool(t) is None)
+    sys.monitoring.use_tool_id(free, scaling_hooks.OWN_MONITORING_TOOL)
+    try:
+        assert scaling_hooks.active_tracer() is None
+    finally:
+        sys.monitoring.free_tool_id(free)
+    sys.monitoring.use_tool_id(free, "a profiler")
+    try:
+        assert scaling_hooks.active_tracer() == "sys.monitoring tool 'a profiler'"
+    finally:
+        sys.monitoring.free_tool_id(free)

@@ -44,7 +44,7 @@ from .. import messages
 from ..context import CURRENT, WorkerContext
 from ..harness import ConcurrencyUsageError
 from ..leaks import note_leftover_tasks
-from ..outcomes import CallFailure, CallKind, RunRecord, classify
+from ..outcomes import CallFailure, CallKind, RunRecord, classify, without_traceback
 from ..seeds import derive_seed, run_seed
 from .base import BARRIER_ABORTED, BarrierAborted, Series, drop_collateral
 
@@ -247,10 +247,13 @@ class LoopHost:
         self.loop.call_soon_threadsafe(self._start, coroutine, context, done)
         try:
             return self._wait(done)
-        except BaseException:  # pytest-timeout's failure, Ctrl-C: the loop's tasks end here
-            if not done.done() and not self.abandoned:
+        except BaseException as exc:
+            if done.done():
+                raise  # the coroutine's own outcome
+            # raised into the wait (pytest-timeout's failure, Ctrl-C): the loop's tasks end here
+            if not self.abandoned and self._died is None and self.loop.is_running():
                 self._wait_bounded(self._cancel_all(), CANCEL_SECONDS)
-            raise
+            raise without_traceback(exc)  # noqa: B904 (the same exception)
 
     def _start(self, coroutine: Coroutine[Any, Any, T], context: contextvars.Context,
                done: concurrent.futures.Future[T]) -> None:
@@ -335,12 +338,8 @@ class LoopHost:
 
     async def _shutdown(self) -> None:
         current = asyncio.current_task()
-        leftovers = [task for task in asyncio.all_tasks() if task is not current]
-        note_leftover_tasks(leftovers)  # reported as the test's leak, then cancelled
-        for task in leftovers:
-            task.cancel()
-        if leftovers:
-            await asyncio.wait(leftovers, timeout=CANCEL_SECONDS)
+        note_leftover_tasks([task for task in asyncio.all_tasks() if task is not current])
+        await self._cancel_all()  # the leftovers: reported as the test's leak, then cancelled
         await self.loop.shutdown_asyncgens()
 
 

@@ -623,9 +623,10 @@ def _kill_pool(pool: _Pool) -> None:
 
 
 def _stop_pool(pool: _Pool) -> None:
+    stop = pickled((child.STOP,))
     for worker in pool.children:
         with contextlib.suppress(OSError, ValueError):
-            worker.conn.send_bytes(pickled((child.STOP,)))
+            worker.conn.send_bytes(stop)
     deadline = time.monotonic() + STOP_SECONDS
     for worker in pool.children:
         worker.process.join(max(0.0, deadline - time.monotonic()))
