@@ -269,7 +269,6 @@ class _ThreadState(threading.local):
     worker: int = -1
     run: int = -1
     run_seed: int = 0
-    previous_trace: Any = None
 
 
 class _TraceLayer(threading.local):
@@ -281,8 +280,9 @@ class _TraceLayer(threading.local):
 
 
 TRACE_LAYER = _TraceLayer()
-"""Read by the controlled primitives: they run the plugin's own code with our tracer taken off
-and the one beneath kept, so that coverage still measures it."""
+"""Where the tracer beneath ours is kept, to be put back when a call ends or its budget is
+spent. The controlled primitives read it too: they run the plugin's own code with our tracer
+taken off and the one beneath kept, so that coverage still measures it."""
 
 
 class SeededPerturbation:
@@ -386,7 +386,6 @@ class TracePerturbation(SeededPerturbation):
 
     def _activate(self) -> None:
         previous = sys.gettrace()
-        self._thread.previous_trace = previous
         ours = self._on_call if previous is None else self._chained(previous)
         TRACE_LAYER.ours, TRACE_LAYER.beneath = ours, previous
         sys.settrace(ours)
@@ -417,9 +416,7 @@ class TracePerturbation(SeededPerturbation):
         return entry[1]
 
     def _deactivate(self) -> None:
-        state = self._thread
-        sys.settrace(state.previous_trace)
-        state.previous_trace = None
+        sys.settrace(TRACE_LAYER.beneath)
         TRACE_LAYER.ours = TRACE_LAYER.beneath = None
 
     def _on_call(self, frame: FrameType, event: str, arg: Any) -> TraceFunction | None:
@@ -453,7 +450,7 @@ class TracePerturbation(SeededPerturbation):
                     frame.f_trace_opcodes = False
                     if schedule is not None:  # budget spent: the rest of the call is untraced
                         state.schedule = None
-                        sys.settrace(state.previous_trace)
+                        sys.settrace(TRACE_LAYER.beneath)
             return on_opcode
 
         return on_opcode

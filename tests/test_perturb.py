@@ -109,6 +109,34 @@ def run_once(
         raise errors[0]
 
 
+def in_a_thread(function: Callable[[], object]) -> None:
+    """Run ``function`` in a thread of its own: it may change that thread's trace function."""
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            function()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            sys.settrace(None)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def in_a_series_thread(perturbation: Perturbation, function: Callable[[], object]) -> None:
+    """:func:`in_a_thread` between the series' start and finish, as one worker of a run."""
+    perturbation.series_started()
+    try:
+        in_a_thread(function)
+    finally:
+        perturbation.series_finished()
+
+
 def lost_update() -> tuple[Callable[[], object], Callable[[], bool]]:
     counter = Counter()
     return counter.increment, lambda: counter.n == WORKERS
@@ -322,13 +350,7 @@ def test_the_workers_own_trace_function_is_put_back() -> None:
         seen.append(sys.gettrace())
         sys.settrace(None)
 
-    perturbation.series_started()
-    try:
-        thread = threading.Thread(target=work)
-        thread.start()
-        thread.join()
-    finally:
-        perturbation.series_finished()
+    in_a_series_thread(perturbation, work)
     assert seen == [own_tracer]
 
 
@@ -417,13 +439,7 @@ def test_an_attached_hook_sees_every_point_in_the_users_frame() -> None:
             perturbation.detach()
 
     before = hooks()
-    perturbation.series_started()
-    try:
-        thread = threading.Thread(target=work)
-        thread.start()
-        thread.join()
-    finally:
-        perturbation.series_finished()
+    in_a_series_thread(perturbation, work)
     assert hook.functions.count("increment") == 2  # LOAD_ATTR n, STORE_ATTR n
     assert perturbation.stats.points == 0  # a hook draws nothing
     assert hooks() == before
@@ -478,25 +494,6 @@ def fake_frame(code: Any, lasti: int = 0) -> Any:
                                  f_trace_lines=True)
 
 
-def in_a_thread(function: Callable[[], object]) -> None:
-    """Run ``function`` in a thread of its own: it may change that thread's trace function."""
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            function()
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            sys.settrace(None)
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-
-
 def test_a_call_into_user_code_turns_on_its_opcode_events_only(
     user_root: Path, increment: Any
 ) -> None:
@@ -524,13 +521,14 @@ def test_the_opcode_tracer_stops_at_shared_state_instructions_only(
 
 
 def test_a_spent_budget_turns_the_frames_opcodes_off_and_restores_the_tracer(
-    user_root: Path, increment: Any
+    user_root: Path, increment: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tracing = perturb.TracePerturbation([user_root], 1)
     state = tracing._thread
     hook = Points(stop_at=1)
     before = sys.gettrace()
-    state.schedule, state.previous_trace = hook, before
+    state.schedule = hook
+    monkeypatch.setattr(perturb.TRACE_LAYER, "beneath", before)  # as call_started leaves it
     on_opcode = tracing._opcode_tracer(increment)
     frame = fake_frame(increment, shared(increment)[0])
     frame.f_trace_opcodes = True
