@@ -35,11 +35,11 @@ from unittest import mock
 
 from bench_common import PytestMarker
 
-from pytest_concurrency.harness import Concurrency, HarnessConfig
-from pytest_concurrency.outcomes import SeriesOutcome
+from pytest_concurrency.driver.harness import Concurrency, HarnessConfig
+from pytest_concurrency.driver.series import run_series
+from pytest_concurrency.engine.outcomes import SeriesOutcome
 from pytest_concurrency.runners import aio
 from pytest_concurrency.runners.base import Runner, RunPlan
-from pytest_concurrency.series import run_series
 
 SEED = 1
 MARKER_TEST = """\
@@ -51,8 +51,18 @@ import pytest
 async def test_tasks():
     await asyncio.sleep(0)
 """
-PYTEST_ARGS = ("-q", "-p", "no:cacheprovider", "-p", "no:run-parallel", "-p", "no:randomly",
-               "-p", "no:asyncio", f"--concurrency-seed={SEED}")
+PYTEST_ARGS = (
+    "-q",
+    "-p",
+    "no:cacheprovider",
+    "-p",
+    "no:run-parallel",
+    "-p",
+    "no:randomly",
+    "-p",
+    "no:asyncio",
+    f"--concurrency-seed={SEED}",
+)
 
 
 async def body() -> None:
@@ -84,12 +94,14 @@ def ours_runner(workers: int, runs: int, *, fifo: bool = False) -> float:
     outcome = SeriesOutcome(mode="asyncio", workers=workers, runs_planned=runs, seed=SEED)
     order = (lambda index, seed: aio.FIFO) if fifo else aio.order_for_run
     try:
-        run_series(runner, [body] * workers, outcome=outcome, plan=RunPlan(count=1),
-                   timeout=60)  # start the loop thread
+        run_series(
+            runner, [body] * workers, outcome=outcome, plan=RunPlan(count=1), timeout=60
+        )  # start the loop thread
         with mock.patch.object(aio, "order_for_run", order):
             start = time.perf_counter()
-            run_series(runner, [body] * workers, outcome=outcome, plan=RunPlan(count=runs),
-                       timeout=60)
+            run_series(
+                runner, [body] * workers, outcome=outcome, plan=RunPlan(count=runs), timeout=60
+            )
             elapsed = time.perf_counter() - start
     finally:
         runner.close()
@@ -98,8 +110,16 @@ def ours_runner(workers: int, runs: int, *, fifo: bool = False) -> float:
 
 
 def ours_async_harness(workers: int, runs: int) -> float:
-    config = HarnessConfig(mode="asyncio", workers=workers, runs=runs, seed=SEED, timeout=60,
-                           budget=None, reproduce="", reproduce_seed=SEED)
+    config = HarnessConfig(
+        mode="asyncio",
+        workers=workers,
+        runs=runs,
+        seed=SEED,
+        timeout=60,
+        budget=None,
+        reproduce="",
+        reproduce_seed=SEED,
+    )
 
     def factory(mode: str, count: int, *rest: object) -> Runner:
         return aio.AsyncioRunner(count)
@@ -125,17 +145,25 @@ HAND = "hand-written: gather, one loop"
 
 def table(per_run: dict[str, list[float]], runs: dict[str, int]) -> list[str]:
     hand = per_run[HAND]
-    lines = ["| arm | runs R | µs per run, median | p25-p75 | ours / gather on one loop "
-             "(paired) |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| arm | runs R | µs per run, median | p25-p75 | ours / gather on one loop (paired) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, values in per_run.items():
         median = statistics.median(values)
-        q = statistics.quantiles(values, n=4) if len(values) >= 4 else [min(values), 0,
-                                                                          max(values)]
-        ratio = "—" if name == HAND else (
-            f"{median / statistics.median(hand):.2f} "
-            f"({statistics.median(o / h for o, h in zip(values, hand, strict=True)):.2f})")
-        lines.append(f"| {name} | {runs[name]} | {median * 1e6:.0f} | "
-                     f"{q[0] * 1e6:.0f}-{q[2] * 1e6:.0f} | {ratio} |")
+        q = statistics.quantiles(values, n=4) if len(values) >= 4 else [min(values), 0, max(values)]
+        ratio = (
+            "—"
+            if name == HAND
+            else (
+                f"{median / statistics.median(hand):.2f} "
+                f"({statistics.median(o / h for o, h in zip(values, hand, strict=True)):.2f})"
+            )
+        )
+        lines.append(
+            f"| {name} | {runs[name]} | {median * 1e6:.0f} | "
+            f"{q[0] * 1e6:.0f}-{q[2] * 1e6:.0f} | {ratio} |"
+        )
     return lines
 
 
@@ -154,13 +182,21 @@ def main(argv: list[str] | None = None) -> int:
         arms: dict[str, tuple[int, Callable[[], float]]] = {
             HAND: (runs, lambda: gather_one_loop(w, runs) / runs),
             "hand-written: asyncio.run(gather) per run": (
-                runs, lambda: gather_fresh_loops(w, runs) / runs),
+                runs,
+                lambda: gather_fresh_loops(w, runs) / runs,
+            ),
             "ours: AsyncioRunner + run_series (seeded order)": (
-                runs, lambda: ours_runner(w, runs) / runs),
+                runs,
+                lambda: ours_runner(w, runs) / runs,
+            ),
             "ours: AsyncioRunner, FIFO order in every run": (
-                runs, lambda: ours_runner(w, runs, fifo=True) / runs),
+                runs,
+                lambda: ours_runner(w, runs, fifo=True) / runs,
+            ),
             "ours: async harness, await run(...)": (
-                runs, lambda: ours_async_harness(w, runs) / runs),
+                runs,
+                lambda: ours_async_harness(w, runs) / runs,
+            ),
             "ours: pytest, @concurrent async def": (runs, lambda: marker.per_run(runs)),
         }
         per_run: dict[str, list[float]] = {name: [] for name in arms}
@@ -169,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in names if rep % 2 == 0 else names[::-1]:
                 per_run[name].append(arms[name][1]())
             print(f"  repetition {rep + 1}/{reps}", file=sys.stderr, flush=True)
-    print(f"{w} tasks per run, each awaiting sleep(0) once; {reps} repetitions; "
-          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(
+        f"{w} tasks per run, each awaiting sleep(0) once; {reps} repetitions; "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
     print("\n".join(table(per_run, {name: arm[0] for name, arm in arms.items()})))
     return 0
 

@@ -51,21 +51,25 @@ from pathlib import Path
 import pytest
 from bench_common import cpu_model
 
-from pytest_concurrency.harness import Concurrency, HarnessConfig
-from pytest_concurrency.outcomes import SeriesOutcome
+from pytest_concurrency.driver.harness import Concurrency, HarnessConfig
+from pytest_concurrency.driver.series import run_series
+from pytest_concurrency.engine.outcomes import SeriesOutcome
 from pytest_concurrency.runners.base import Runner, RunPlan
 from pytest_concurrency.runners.threads import SWITCH_INTERVAL, ThreadRunner
-from pytest_concurrency.series import run_series
 
 WORKERS = 8
 TIMEOUT = 60.0
 SEED = 1
 PYTEST_ARGS = (
-    "-q", "-p", "no:cacheprovider",
+    "-q",
+    "-p",
+    "no:cacheprovider",
     # pytest-run-parallel registers its entry point as "run-parallel": "no:run_parallel"
     # does not disable it.
-    "-p", "no:run-parallel",
-    "--concurrency-perturb=false", f"--concurrency-seed={SEED}",
+    "-p",
+    "no:run-parallel",
+    "--concurrency-perturb=false",
+    f"--concurrency-seed={SEED}",
 )
 LOCK_TRACKING_OFF = ("--concurrency-lock-order=off",)
 MARKER_TEST = """\
@@ -167,8 +171,9 @@ def direct_marker(runs: int) -> float:
     runner = ThreadRunner(WORKERS)
     outcome = new_outcome(runs)
     try:
-        run_series(runner, [empty] * WORKERS, outcome=outcome, plan=RunPlan(count=runs),
-                   timeout=TIMEOUT)
+        run_series(
+            runner, [empty] * WORKERS, outcome=outcome, plan=RunPlan(count=runs), timeout=TIMEOUT
+        )
     finally:
         runner.close()
     elapsed = time.perf_counter() - start
@@ -184,8 +189,14 @@ def direct_harness(runs: int) -> float:
     calls = [empty] * WORKERS
     try:
         for index in range(runs):
-            run_series(runner, calls, outcome=outcome, timeout=TIMEOUT, keep_results=True,
-                       plan=RunPlan(count=1, first_index=index))
+            run_series(
+                runner,
+                calls,
+                outcome=outcome,
+                timeout=TIMEOUT,
+                keep_results=True,
+                plan=RunPlan(count=1, first_index=index),
+            )
     finally:
         runner.close()
     elapsed = time.perf_counter() - start
@@ -200,8 +211,16 @@ def thread_runner_factory(mode: str, workers: int, *rest: object) -> Runner:
 
 def fixture_harness(runs: int) -> float:
     """The ``concurrency`` fixture's object, used as in a test body, without pytest around it."""
-    config = HarnessConfig(mode="threads", workers=WORKERS, runs=runs, seed=SEED,
-                           timeout=TIMEOUT, budget=None, reproduce="", reproduce_seed=SEED)
+    config = HarnessConfig(
+        mode="threads",
+        workers=WORKERS,
+        runs=runs,
+        seed=SEED,
+        timeout=TIMEOUT,
+        budget=None,
+        reproduce="",
+        reproduce_seed=SEED,
+    )
     start = time.perf_counter()
     concurrency = Concurrency(config, thread_runner_factory)
     try:
@@ -248,16 +267,25 @@ class PytestArm:
     def __call__(self, runs: int) -> float:
         path = self.path(runs)
         times = CallTimes()
-        args = [str(path), "-c", str(self.directory / "pytest.ini"),
-                "--rootdir", str(self.directory), *PYTEST_ARGS, *other_plugins_off(),
-                *self.extra]
+        args = [
+            str(path),
+            "-c",
+            str(self.directory / "pytest.ini"),
+            "--rootdir",
+            str(self.directory),
+            *PYTEST_ARGS,
+            *other_plugins_off(),
+            *self.extra,
+        ]
         output = io.StringIO()
         start = time.perf_counter()
         with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
             code = pytest.main(args, plugins=[times])
         elapsed = time.perf_counter() - start
-        check(code == 0 and len(times.calls) == 1,
-              f"pytest on {path.name} exited {code}:\n{output.getvalue()}")
+        check(
+            code == 0 and len(times.calls) == 1,
+            f"pytest on {path.name} exited {code}:\n{output.getvalue()}",
+        )
         self.call_times[runs] = times.calls[0]
         return elapsed
 
@@ -318,21 +346,49 @@ def build_arms(directory: Path, marker_runs: int, harness_runs: int) -> list[Arm
     untracked_harness = PytestArm(directory, HARNESS_TEST, "harness", LOCK_TRACKING_OFF)
     m, h = marker_runs, harness_runs
     return [
-        Arm("hand-written, Barrier(8) once per run", "marker",
-            lambda r: hand_barrier8(r, None), m, hand=True),
-        Arm("hand-written, Barrier(8), switch interval 1 µs", "marker",
-            lambda r: hand_barrier8(r, SWITCH_INTERVAL), m, hand=True),
+        Arm(
+            "hand-written, Barrier(8) once per run",
+            "marker",
+            lambda r: hand_barrier8(r, None),
+            m,
+            hand=True,
+        ),
+        Arm(
+            "hand-written, Barrier(8), switch interval 1 µs",
+            "marker",
+            lambda r: hand_barrier8(r, SWITCH_INTERVAL),
+            m,
+            hand=True,
+        ),
         Arm("ours: pytest, @concurrent marker (defaults)", "marker", pytest_marker, m),
-        Arm("ours: pytest, @concurrent marker, --concurrency-lock-order=off", "marker",
-            untracked_marker, m),
+        Arm(
+            "ours: pytest, @concurrent marker, --concurrency-lock-order=off",
+            "marker",
+            untracked_marker,
+            m,
+        ),
         Arm("ours: ThreadRunner + run_series", "marker", direct_marker, m),
-        Arm("hand-written, Barrier(9) twice per run", "harness",
-            lambda r: hand_barrier9(r, None), h, hand=True),
-        Arm("hand-written, Barrier(9), switch interval 1 µs", "harness",
-            lambda r: hand_barrier9(r, SWITCH_INTERVAL), h, hand=True),
+        Arm(
+            "hand-written, Barrier(9) twice per run",
+            "harness",
+            lambda r: hand_barrier9(r, None),
+            h,
+            hand=True,
+        ),
+        Arm(
+            "hand-written, Barrier(9), switch interval 1 µs",
+            "harness",
+            lambda r: hand_barrier9(r, SWITCH_INTERVAL),
+            h,
+            hand=True,
+        ),
         Arm("ours: pytest, concurrency.runs() harness (defaults)", "harness", pytest_harness, h),
-        Arm("ours: pytest, concurrency.runs() harness, --concurrency-lock-order=off", "harness",
-            untracked_harness, h),
+        Arm(
+            "ours: pytest, concurrency.runs() harness, --concurrency-lock-order=off",
+            "harness",
+            untracked_harness,
+            h,
+        ),
         Arm("ours: Concurrency object, no pytest", "harness", fixture_harness, h),
         Arm("ours: ThreadRunner + run_series(count=1) per run", "harness", direct_harness, h),
     ]
@@ -347,8 +403,11 @@ def measure(arms: list[Arm], reps: int, progress: bool) -> None:
         for arm in order:
             arm.repeat()
         if progress:
-            print(f"  repetition {rep + 1}/{reps}: {time.perf_counter() - started:.1f}s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  repetition {rep + 1}/{reps}: {time.perf_counter() - started:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 # -- reporting --------------------------------------------------------------------------------
@@ -385,20 +444,28 @@ def table(arms: list[Arm], form: str) -> list[str]:
         if arm.hand:
             ratio = fast = "—"
         else:
-            ratio = (f"{median / statistics.median(default_hand.per_run):.2f} "
-                     f"(paired {paired_ratio(arm, default_hand):.2f})")
-            fast = (f"{median / statistics.median(fast_hand.per_run):.2f} "
-                    f"(paired {paired_ratio(arm, fast_hand):.2f})")
+            ratio = (
+                f"{median / statistics.median(default_hand.per_run):.2f} "
+                f"(paired {paired_ratio(arm, default_hand):.2f})"
+            )
+            fast = (
+                f"{median / statistics.median(fast_hand.per_run):.2f} "
+                f"(paired {paired_ratio(arm, fast_hand):.2f})"
+            )
         cpu = us(statistics.median(arm.cpu_per_run))
-        lines.append(f"| {arm.label} | {arm.runs} | {us(median)} | {us(low)}-{us(high)} | "
-                     f"{ratio} | {fast} | {cpu} |")
+        lines.append(
+            f"| {arm.label} | {arm.runs} | {us(median)} | {us(low)}-{us(high)} | "
+            f"{ratio} | {fast} | {cpu} |"
+        )
         if arm.call_per_run:
             call = statistics.median(arm.call_per_run)
             low, high = quartiles(arm.call_per_run)
             ratio = f"{call / statistics.median(default_hand.per_run):.2f}"
             fast = f"{call / statistics.median(fast_hand.per_run):.2f}"
-            lines.append(f"| … same, call phase only (report.duration) | {arm.runs} | "
-                         f"{us(call)} | {us(low)}-{us(high)} | {ratio} | {fast} | |")
+            lines.append(
+                f"| … same, call phase only (report.duration) | {arm.runs} | "
+                f"{us(call)} | {us(low)}-{us(high)} | {ratio} | {fast} | |"
+            )
     return lines
 
 
@@ -420,14 +487,20 @@ def main(argv: list[str] | None = None) -> int:
         measure(arms, reps, progress=True)
     total = time.perf_counter() - started
 
-    print(f"machine: {os.cpu_count()} CPUs online, usable {len(os.sched_getaffinity(0))}; "
-          f"{cpu_model()}; Python {platform.python_version()}; pytest {pytest.__version__}")
+    print(
+        f"machine: {os.cpu_count()} CPUs online, usable {len(os.sched_getaffinity(0))}; "
+        f"{cpu_model()}; Python {platform.python_version()}; pytest {pytest.__version__}"
+    )
     print(f"command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip())
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; {reps} interleaved repetitions; "
-          f"{total:.0f}s in all")
-    print("per run = (T(R) - T(1)) / (R - 1), wall time; 8 workers, empty body, perturbation "
-          "off; ratio = ratio of medians (median of the per-repetition ratios); CPU = this "
-          "process's CPU time per run, same subtraction")
+    print(
+        f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; {reps} interleaved repetitions; "
+        f"{total:.0f}s in all"
+    )
+    print(
+        "per run = (T(R) - T(1)) / (R - 1), wall time; 8 workers, empty body, perturbation "
+        "off; ratio = ratio of medians (median of the per-repetition ratios); CPU = this "
+        "process's CPU time per run, same subtraction"
+    )
     print()
     print("Marker form: `@pytest.mark.concurrent(workers=8, runs=R, perturb=False)`")
     print()

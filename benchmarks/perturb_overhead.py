@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pytest_concurrency import perturb
-from pytest_concurrency.perturb import RunProfile, SeededPerturbation, seeded_perturbation
+from pytest_concurrency.races import perturb
+from pytest_concurrency.races.perturb import RunProfile, SeededPerturbation, seeded_perturbation
 
 HERE = Path(__file__).resolve().parent
 NEVER_GIVE_WAY = RunProfile(give_way_rate=0.0, sleep_share=0.0, longest_sleep=0.0)

@@ -37,10 +37,10 @@ from pathlib import Path
 
 from bench_common import PytestMarker
 
-from pytest_concurrency.outcomes import SeriesOutcome
+from pytest_concurrency.driver.series import run_series
+from pytest_concurrency.engine.outcomes import SeriesOutcome
 from pytest_concurrency.runners.base import RunPlan
 from pytest_concurrency.runners.processes import ProcessRunner, preload_forkserver
-from pytest_concurrency.series import run_series
 
 METHOD = "forkserver"
 SEED = 1
@@ -52,8 +52,19 @@ import pytest
 def test_empty():
     pass
 """
-PYTEST_ARGS = ("-q", "-p", "no:cacheprovider", "-p", "no:run-parallel", "-p", "no:randomly", "-p", "no:asyncio",
-               f"--concurrency-seed={SEED}", "--concurrency-lock-order=off")
+PYTEST_ARGS = (
+    "-q",
+    "-p",
+    "no:cacheprovider",
+    "-p",
+    "no:run-parallel",
+    "-p",
+    "no:randomly",
+    "-p",
+    "no:asyncio",
+    f"--concurrency-seed={SEED}",
+    "--concurrency-lock-order=off",
+)
 
 
 def empty() -> None:
@@ -71,8 +82,7 @@ def hand_written(workers: int, runs: int) -> float:
     """R runs of W persistent processes meeting the parent at a Barrier(W+1) twice per run."""
     context = multiprocessing.get_context(METHOD)
     barrier = context.Barrier(workers + 1)
-    processes = [context.Process(target=hand_worker, args=(barrier, runs))
-                 for _ in range(workers)]
+    processes = [context.Process(target=hand_worker, args=(barrier, runs)) for _ in range(workers)]
     for process in processes:
         process.start()
     barrier.wait()
@@ -96,11 +106,17 @@ class OurPool:
         self.series(10)  # start the pool
 
     def series(self, runs: int) -> float:
-        outcome = SeriesOutcome(mode="processes", workers=self.workers, runs_planned=runs,
-                                seed=SEED)
+        outcome = SeriesOutcome(
+            mode="processes", workers=self.workers, runs_planned=runs, seed=SEED
+        )
         start = time.perf_counter()
-        run_series(self.runner, [empty] * self.workers, outcome=outcome,
-                   plan=RunPlan(count=runs), timeout=60)
+        run_series(
+            self.runner,
+            [empty] * self.workers,
+            outcome=outcome,
+            plan=RunPlan(count=runs),
+            timeout=60,
+        )
         elapsed = time.perf_counter() - start
         assert outcome.runs_done == runs and not outcome.failed
         return elapsed
@@ -118,17 +134,25 @@ def measure(arms: dict[str, Callable[[], float]], reps: int) -> dict[str, list[f
 
 def table(per_run: dict[str, list[float]], runs: dict[str, int]) -> list[str]:
     hand = per_run["hand-written"]
-    lines = ["| arm | runs R | µs per run, median | p25-p75 | ours / hand-written (paired) |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| arm | runs R | µs per run, median | p25-p75 | ours / hand-written (paired) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, values in per_run.items():
         median = statistics.median(values)
-        q = statistics.quantiles(values, n=4) if len(values) >= 4 else [min(values), 0,
-                                                                          max(values)]
-        ratio = "—" if name == "hand-written" else (
-            f"{median / statistics.median(hand):.2f} "
-            f"({statistics.median(o / h for o, h in zip(values, hand, strict=True)):.2f})")
-        lines.append(f"| {name} | {runs[name]} | {median * 1e6:.0f} | "
-                     f"{q[0] * 1e6:.0f}-{q[2] * 1e6:.0f} | {ratio} |")
+        q = statistics.quantiles(values, n=4) if len(values) >= 4 else [min(values), 0, max(values)]
+        ratio = (
+            "—"
+            if name == "hand-written"
+            else (
+                f"{median / statistics.median(hand):.2f} "
+                f"({statistics.median(o / h for o, h in zip(values, hand, strict=True)):.2f})"
+            )
+        )
+        lines.append(
+            f"| {name} | {runs[name]} | {median * 1e6:.0f} | "
+            f"{q[0] * 1e6:.0f}-{q[2] * 1e6:.0f} | {ratio} |"
+        )
     return lines
 
 
@@ -148,13 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     ours = OurPool(workers, jitter=False)
     jittered = OurPool(workers, jitter=True)
     with tempfile.TemporaryDirectory() as directory:
-        marker = PytestMarker(Path(directory), workers, MARKER_TEST, "test_empty_processes", PYTEST_ARGS)
+        marker = PytestMarker(
+            Path(directory), workers, MARKER_TEST, "test_empty_processes", PYTEST_ARGS
+        )
         arms: dict[str, Callable[[], float]] = {
             "hand-written": lambda: hand_written(workers, runs) / runs,
             "ours: ProcessRunner + run_series": lambda: ours.series(runs) / runs,
             "ours: same, seeded start jitter on": lambda: jittered.series(runs) / runs,
-            "ours: pytest, @concurrent(mode='processes', perturb=False)":
-                lambda: marker.per_run(pytest_runs),
+            "ours: pytest, @concurrent(mode='processes', perturb=False)": lambda: marker.per_run(
+                pytest_runs
+            ),
         }
         counts = {name: runs for name in arms}
         counts["ours: pytest, @concurrent(mode='processes', perturb=False)"] = pytest_runs
@@ -163,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             ours.runner.close()
             jittered.runner.close()
-    print(f"{workers} worker processes, {METHOD}, empty body; {reps} repetitions; "
-          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(
+        f"{workers} worker processes, {METHOD}, empty body; {reps} repetitions; "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
     print("\n".join(table(per_run, counts)))
     return 0
 

@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TEST = '''
+TEST = """
 import random
 import threading
 
@@ -87,9 +87,9 @@ def test_ledger_pays_at_most_the_balance(concurrency):
 
         run(customer, workers=2)
         assert ledger.paid <= 100, f"paid out {{ledger.paid}} from a balance of 100"
-'''
+"""
 
-CONFTEST = '''
+CONFTEST = """
 import os
 import time
 
@@ -101,7 +101,7 @@ def pytest_runtest_logreport(report):
         _DONE.append(True)
         with open(os.environ["SHARDS_DETECTED"], "w") as out:
             out.write(repr(time.time()))
-'''
+"""
 
 ARMS = {
     "one": (),
@@ -110,23 +110,46 @@ ARMS = {
 SESSION_TIMEOUT = 600.0
 
 
-def run_arm(project: Path, arm: str, seed: int,
-            module: str = "test_ledger.py") -> tuple[float, bool, float]:
+def run_arm(
+    project: Path, arm: str, seed: int, module: str = "test_ledger.py"
+) -> tuple[float, bool, float]:
     """(seconds to first detection or to the end, found?, runs per second of the session)."""
     detected = project / f"detected-{arm}-{seed}"
     detected.unlink(missing_ok=True)
     report = project / f"report-{arm}-{seed}.json"
     env = {**os.environ, "SHARDS_DETECTED": str(detected)}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-               "-p", "no:randomly", "-p", "no:run-parallel", f"--concurrency-seed={seed}",
-               f"--concurrency-json={report}", *ARMS[arm], module]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        "-p",
+        "no:run-parallel",
+        f"--concurrency-seed={seed}",
+        f"--concurrency-json={report}",
+        *ARMS[arm],
+        module,
+    ]
     start = time.time()
-    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True,
-                            timeout=SESSION_TIMEOUT, check=False)
+    result = subprocess.run(
+        command,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SESSION_TIMEOUT,
+        check=False,
+    )
     end = time.time()
     if result.returncode not in (0, 1) or not report.exists():
-        raise RuntimeError(f"{arm} seed {seed}: pytest exited {result.returncode}\n"
-                           f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{arm} seed {seed}: pytest exited {result.returncode}\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     runs = sum(entry["runs_done"] for entry in json.loads(report.read_text())["tests"])
     rate = runs / (end - start)
     if detected.exists():
@@ -145,11 +168,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--runs", type=int, default=30000, help="the budget, in runs")
-    parser.add_argument("--rarity", type=int, default=1000,
-                        help="one input in this many takes the racy path")
+    parser.add_argument(
+        "--rarity", type=int, default=1000, help="one input in this many takes the racy path"
+    )
     parser.add_argument("--first-seed", type=int, default=1)
-    parser.add_argument("--clean-runs", type=int, default=4000,
-                        help="runs of the race-free twin that measure each arm's hunting rate")
+    parser.add_argument(
+        "--clean-runs",
+        type=int,
+        default=4000,
+        help="runs of the race-free twin that measure each arm's hunting rate",
+    )
     args = parser.parse_args()
 
     load_before = load_average()
@@ -159,15 +187,19 @@ def main() -> None:
     found: dict[str, int] = dict.fromkeys(ARMS, 0)
     with tempfile.TemporaryDirectory(prefix="shards-bench-") as directory:
         project = Path(directory)
-        (project / "test_ledger.py").write_text(TEST.format(rarity=args.rarity, runs=args.runs,
-                                                            racy=True))
-        (project / "test_clean.py").write_text(TEST.format(rarity=args.rarity,
-                                                           runs=args.clean_runs, racy=False))
+        (project / "test_ledger.py").write_text(
+            TEST.format(rarity=args.rarity, runs=args.runs, racy=True)
+        )
+        (project / "test_clean.py").write_text(
+            TEST.format(rarity=args.rarity, runs=args.clean_runs, racy=False)
+        )
         for arm in [*ARMS, *reversed(ARMS)]:  # the hunting rate, on the race-free twin
             seconds, _, rate = run_arm(project, arm, 0, "test_clean.py")
             clean[arm].append(rate)
-            print(f"clean twin, {args.clean_runs} runs: {arm} {seconds:6.2f}s "
-                  f"({rate:.0f} runs/s)", flush=True)
+            print(
+                f"clean twin, {args.clean_runs} runs: {arm} {seconds:6.2f}s ({rate:.0f} runs/s)",
+                flush=True,
+            )
         (project / "conftest.py").write_text(CONFTEST)
         (project / "pytest.ini").write_text("[pytest]\n")
         for number in range(args.seeds):
@@ -179,30 +211,41 @@ def main() -> None:
                 times[arm].append(seconds)
                 rates[arm].append(rate)
                 found[arm] += hit
-                row.append(f"{arm} {seconds:6.2f}s {'found' if hit else 'MISSED'} "
-                           f"({rate:.0f} runs/s)")
+                row.append(
+                    f"{arm} {seconds:6.2f}s {'found' if hit else 'MISSED'} ({rate:.0f} runs/s)"
+                )
             print(f"seed {seed:3d}: " + "; ".join(row), flush=True)
 
     ratios = [one / shards for one, shards in zip(times["one"], times["shards"], strict=True)]
     print()
-    print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-          f"{platform.python_implementation()} {platform.python_version()}; "
-          f"{os.cpu_count()} CPUs; load average before {load_before}, after {load_average()}")
-    print(f"command: python benchmarks/shards.py --seeds {args.seeds} --runs {args.runs} "
-          f"--rarity {args.rarity} --first-seed {args.first_seed} "
-          f"--clean-runs {args.clean_runs}")
+    print(
+        f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"{platform.python_implementation()} {platform.python_version()}; "
+        f"{os.cpu_count()} CPUs; load average before {load_before}, after {load_average()}"
+    )
+    print(
+        f"command: python benchmarks/shards.py --seeds {args.seeds} --runs {args.runs} "
+        f"--rarity {args.rarity} --first-seed {args.first_seed} "
+        f"--clean-runs {args.clean_runs}"
+    )
     print()
-    print("| arm | found | median time to detection | mean | min | max | hunting rate, clean twin |")
+    print(
+        "| arm | found | median time to detection | mean | min | max | hunting rate, clean twin |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for arm, extra in ARMS.items():
         values = times[arm]
         label = "one worker" if not extra else "`" + " ".join(extra) + "`"
-        print(f"| {label} | {found[arm]} of {len(values)} | {statistics.median(values):.2f} s | "
-              f"{statistics.mean(values):.2f} s | {min(values):.2f} s | {max(values):.2f} s | "
-              f"{' and '.join(f'{rate:.0f}' for rate in clean[arm])} runs/s |")
+        print(
+            f"| {label} | {found[arm]} of {len(values)} | {statistics.median(values):.2f} s | "
+            f"{statistics.mean(values):.2f} s | {min(values):.2f} s | {max(values):.2f} s | "
+            f"{' and '.join(f'{rate:.0f}' for rate in clean[arm])} runs/s |"
+        )
     print()
-    print(f"per-seed ratio one/shards: median {statistics.median(ratios):.2f}, "
-          f"sharded faster on {sum(ratio > 1 for ratio in ratios)} of {len(ratios)} seeds")
+    print(
+        f"per-seed ratio one/shards: median {statistics.median(ratios):.2f}, "
+        f"sharded faster on {sum(ratio > 1 for ratio in ratios)} of {len(ratios)} seeds"
+    )
 
 
 if __name__ == "__main__":

@@ -32,11 +32,11 @@ from collections.abc import Callable
 
 import pytest  # noqa: F401 - the parent is a pytest process: fork children inherit pytest
 
-from pytest_concurrency.outcomes import SeriesOutcome
+from pytest_concurrency.driver.series import run_series
+from pytest_concurrency.engine.outcomes import SeriesOutcome
 from pytest_concurrency.runners.base import Runner, RunPlan
 from pytest_concurrency.runners.processes import ProcessRunner, preload_forkserver
 from pytest_concurrency.runners.threads import ThreadRunner
-from pytest_concurrency.series import run_series
 
 METHODS = ("fork", "forkserver", "spawn")
 THREAD = "thread: start + join"
@@ -73,8 +73,9 @@ def pool_once(make: Callable[[], Runner], workers: int) -> Callable[[], None]:
         runner = make()
         outcome = SeriesOutcome(mode=runner.mode, workers=workers, runs_planned=1, seed=1)
         try:
-            run_series(runner, [nothing] * workers, outcome=outcome, plan=RunPlan(count=1),
-                       timeout=60)
+            run_series(
+                runner, [nothing] * workers, outcome=outcome, plan=RunPlan(count=1), timeout=60
+            )
         finally:
             runner.close()
         assert outcome.runs_done == 1 and not outcome.failed
@@ -88,11 +89,14 @@ def kinds(workers: int) -> dict[str, Callable[[], None]]:
     for method in (m for m in METHODS if m in available):
         found[f"process, {method}: start + join"] = process_starter(method, nothing)
         found[f"process, {method}: start + import pytest + join"] = process_starter(
-            method, import_pytest)
+            method, import_pytest
+        )
     found[f"ThreadRunner pool of {workers}: start, 1 run, close"] = pool_once(
-        lambda: ThreadRunner(workers), workers)
+        lambda: ThreadRunner(workers), workers
+    )
     found[f"ProcessRunner pool of {workers} (forkserver): start, 1 run, close"] = pool_once(
-        lambda: ProcessRunner(workers, start_method="forkserver"), workers)
+        lambda: ProcessRunner(workers, start_method="forkserver"), workers
+    )
     return found
 
 
@@ -121,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     print("| start | median ms | p25-p75 ms | / thread start (paired) |")
     print("|---|---:|---:|---:|")
     for name, values in seconds.items():
-        q = statistics.quantiles(values, n=4) if len(values) >= 4 else [min(values), 0,
-                                                                          max(values)]
+        q = statistics.quantiles(values, n=4) if len(values) >= 4 else [min(values), 0, max(values)]
         paired = statistics.median(v / t for v, t in zip(values, thread, strict=True))
-        print(f"| {name} | {statistics.median(values) * 1e3:.2f} | {q[0] * 1e3:.2f}-"
-              f"{q[2] * 1e3:.2f} | {'—' if name == THREAD else f'{paired:,.0f}x'} |")
+        print(
+            f"| {name} | {statistics.median(values) * 1e3:.2f} | {q[0] * 1e3:.2f}-"
+            f"{q[2] * 1e3:.2f} | {'—' if name == THREAD else f'{paired:,.0f}x'} |"
+        )
     return 0
 
 

@@ -48,10 +48,13 @@ TARGET = 0.03
 FILES = 20
 PACKAGE_DIR = "pytest_concurrency"
 BASE_ARGS = (
-    "-q", "-p", "no:cacheprovider",
+    "-q",
+    "-p",
+    "no:cacheprovider",
     # pytest-run-parallel registers its entry point as "run-parallel": "no:run_parallel"
     # does not disable it, so both arms name it the way pytest knows it.
-    "-p", "no:run-parallel",
+    "-p",
+    "no:run-parallel",
 )
 PLUGIN_OFF = ("-p", "no:concurrency")
 TEST = """\
@@ -81,16 +84,25 @@ class Setup:
     pycache: Path | None = None  # a private bytecode cache; None: the environment's setting
 
     def command(self, plugin: bool) -> list[str]:
-        return [sys.executable, "-m", "pytest", *BASE_ARGS, *self.extra_args,
-                *(() if plugin else PLUGIN_OFF)]
+        return [
+            sys.executable,
+            "-m",
+            "pytest",
+            *BASE_ARGS,
+            *self.extra_args,
+            *(() if plugin else PLUGIN_OFF),
+        ]
 
     def env(self) -> dict[str, str]:
         """The environment without our settings and pytest's addopts; with a private
         bytecode cache unless told otherwise, as on a user's machine (this one may set
         PYTHONDONTWRITEBYTECODE, which makes every run recompile and re-rewrite every
         plugin module)."""
-        env = {key: value for key, value in os.environ.items() if not key.startswith(
-            ("PYTEST_CONCURRENCY_", "PYTEST_ADDOPTS", "PYTEST_PLUGINS"))}
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("PYTEST_CONCURRENCY_", "PYTEST_ADDOPTS", "PYTEST_PLUGINS"))
+        }
         if self.pycache is not None:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = str(self.pycache)
@@ -112,24 +124,33 @@ def run_once(setup: Setup, directory: Path, plugin: bool, tests: int) -> tuple[f
     """Wall time and CPU time (user + system) of one pytest run in a fresh interpreter."""
     cpu = children_cpu()
     start = time.perf_counter()
-    done = subprocess.run(setup.command(plugin), cwd=directory, capture_output=True, text=True,
-                          env=setup.env())
+    done = subprocess.run(
+        setup.command(plugin), cwd=directory, capture_output=True, text=True, env=setup.env()
+    )
     elapsed = time.perf_counter() - start
     cpu = children_cpu() - cpu
     if done.returncode != 0 or f"{tests} passed" not in done.stdout:
-        raise SystemExit(f"unmarked_suite: pytest exited {done.returncode}:\n{done.stdout}\n"
-                         f"{done.stderr}")
+        raise SystemExit(
+            f"unmarked_suite: pytest exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        )
     return elapsed, cpu
 
 
 def check_arms(setup: Setup, directory: Path) -> None:
     """The installed arm loads our plugin and the other does not (its marker is the witness)."""
     for plugin in (True, False):
-        done = subprocess.run([*setup.command(plugin), "--markers"], cwd=directory,
-                              capture_output=True, text=True, env=setup.env())
+        done = subprocess.run(
+            [*setup.command(plugin), "--markers"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            env=setup.env(),
+        )
         if ("@pytest.mark.concurrent" in done.stdout) != plugin:
-            raise SystemExit(f"unmarked_suite: the arm with plugin={plugin} is not what it "
-                             f"claims:\n{done.stdout}\n{done.stderr}")
+            raise SystemExit(
+                f"unmarked_suite: the arm with plugin={plugin} is not what it "
+                f"claims:\n{done.stdout}\n{done.stderr}"
+            )
 
 
 Times = dict[bool, list[tuple[float, float]]]  # plugin installed? -> (wall, cpu) per run
@@ -144,16 +165,25 @@ def measure(setup: Setup, directory: Path, reps: int, tests: int) -> Times:
         order = (True, False) if rep % 2 == 0 else (False, True)
         for plugin in order:
             times[plugin].append(run_once(setup, directory, plugin, tests))
-        print(f"  repetition {rep + 1}/{reps}: with {times[True][-1][0]:.2f}s, "
-              f"without {times[False][-1][0]:.2f}s (wall)", file=sys.stderr, flush=True)
+        print(
+            f"  repetition {rep + 1}/{reps}: with {times[True][-1][0]:.2f}s, "
+            f"without {times[False][-1][0]:.2f}s (wall)",
+            file=sys.stderr,
+            flush=True,
+        )
     return times
 
 
 def instructions(setup: Setup, directory: Path, plugin: bool) -> int:
     """Instructions one pytest run executes, counted by cachegrind (no cache simulation)."""
     env = {**setup.env(), "PYTHONHASHSEED": "0"}
-    command = ["valgrind", "--tool=cachegrind", "--cache-sim=no",
-               "--cachegrind-out-file=/dev/null", *setup.command(plugin)]
+    command = [
+        "valgrind",
+        "--tool=cachegrind",
+        "--cache-sim=no",
+        "--cachegrind-out-file=/dev/null",
+        *setup.command(plugin),
+    ]
     done = subprocess.run(command, cwd=directory, capture_output=True, text=True, env=env)
     found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
     if done.returncode != 0 or found is None:
@@ -179,10 +209,18 @@ def instruction_lines(setup: Setup, directory: Path) -> list[str]:
 # -- where the plugin spends its time -------------------------------------------------------
 
 PER_TEST_HOOKS = (
-    "pytest_runtest_protocol", "pytest_runtest_logstart", "pytest_runtest_setup",
-    "pytest_runtest_call", "pytest_pyfunc_call", "pytest_runtest_teardown",
-    "pytest_runtest_makereport", "pytest_runtest_logreport", "pytest_runtest_logfinish",
-    "pytest_report_teststatus", "pytest_itemcollected", "pytest_collection_modifyitems",
+    "pytest_runtest_protocol",
+    "pytest_runtest_logstart",
+    "pytest_runtest_setup",
+    "pytest_runtest_call",
+    "pytest_pyfunc_call",
+    "pytest_runtest_teardown",
+    "pytest_runtest_makereport",
+    "pytest_runtest_logreport",
+    "pytest_runtest_logfinish",
+    "pytest_report_teststatus",
+    "pytest_itemcollected",
+    "pytest_collection_modifyitems",
 )
 PHASES = ("setup", "call", "teardown")
 IMPORT_SNIPPET = (
@@ -197,8 +235,13 @@ def import_cost(setup: Setup, repeats: int = 5) -> float:
     standard modules)."""
     times = []
     for _ in range(repeats + 1):  # the first one fills the bytecode cache
-        done = subprocess.run([sys.executable, "-c", IMPORT_SNIPPET], capture_output=True,
-                              text=True, check=True, env=setup.env())
+        done = subprocess.run(
+            [sys.executable, "-c", IMPORT_SNIPPET],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=setup.env(),
+        )
         times.append(float(done.stdout.strip()))
     return statistics.median(times[1:])
 
@@ -218,42 +261,66 @@ class HookTimer:
         from _pytest.runner import CallInfo
 
         items = list(session.items)
-        calls = {phase: CallInfo.from_call(lambda: None, when=phase)  # type: ignore[arg-type]
-                 for phase in PHASES}
-        reports = {item: {phase: TestReport.from_item_and_call(item, calls[phase])
-                          for phase in PHASES} for item in items}
+        calls = {
+            phase: CallInfo.from_call(lambda: None, when=phase)  # type: ignore[arg-type]
+            for phase in PHASES
+        }
+        reports = {
+            item: {phase: TestReport.from_item_and_call(item, calls[phase]) for phase in PHASES}
+            for item in items
+        }
         for hook_name in PER_TEST_HOOKS:
             hook = getattr(session.config.hook, hook_name, None)
             for impl in hook.get_hookimpls() if hook is not None else ():
                 if not is_ours(impl.plugin):
                     continue
                 per_item = hook_name != "pytest_collection_modifyitems"
-                phases = PHASES if hook_name in (
-                    "pytest_runtest_makereport", "pytest_runtest_logreport",
-                    "pytest_report_teststatus") else (None,)
+                phases = (
+                    PHASES
+                    if hook_name
+                    in (
+                        "pytest_runtest_makereport",
+                        "pytest_runtest_logreport",
+                        "pytest_report_teststatus",
+                    )
+                    else (None,)
+                )
 
-                def one_pass(impl: Any = impl, phases: tuple[str | None, ...] = phases,
-                             per_item: bool = per_item) -> None:
+                def one_pass(
+                    impl: Any = impl,
+                    phases: tuple[str | None, ...] = phases,
+                    per_item: bool = per_item,
+                ) -> None:
                     if not per_item:
-                        call_impl(impl, {"session": session, "config": session.config,
-                                         "items": list(items)})
+                        call_impl(
+                            impl,
+                            {"session": session, "config": session.config, "items": list(items)},
+                        )
                         return
                     for item in items:
                         for phase in phases:
                             report = reports[item][phase or "call"]
-                            call_impl(impl, {
-                                "item": item, "pyfuncitem": item, "nextitem": None,
-                                "call": calls[phase or "call"], "report": report,
-                                "nodeid": item.nodeid, "location": item.location,
-                                "config": session.config, "session": session,
-                            }, result=report)
+                            call_impl(
+                                impl,
+                                {
+                                    "item": item,
+                                    "pyfuncitem": item,
+                                    "nextitem": None,
+                                    "call": calls[phase or "call"],
+                                    "report": report,
+                                    "nodeid": item.nodeid,
+                                    "location": item.location,
+                                    "config": session.config,
+                                    "session": session,
+                                },
+                                result=report,
+                            )
 
                 first = timed(one_pass)
                 best = min([first, *(timed(one_pass) for _ in range(self.repeats - 1))])
                 self.first_extra += first - best
                 label = f"{hook_name} ({plugin_label(impl.plugin)})"
-                self.rows.append((label, len(phases) if per_item else 0,
-                                  best / len(items) * 1e6))
+                self.rows.append((label, len(phases) if per_item else 0, best / len(items) * 1e6))
         session.items[:] = []  # collection only: nothing runs
         del pytest
 
@@ -300,9 +367,18 @@ def hook_costs(setup: Setup, directory: Path, repeats: int = 5) -> HookTimer:
         sys.dont_write_bytecode = False
         sys.pycache_prefix = str(setup.pycache)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        pytest.main([str(directory), "-c", str(directory / "pytest.ini"),
-                     "--rootdir", str(directory), *BASE_ARGS, *setup.extra_args],
-                    plugins=[timer])
+        pytest.main(
+            [
+                str(directory),
+                "-c",
+                str(directory / "pytest.ini"),
+                "--rootdir",
+                str(directory),
+                *BASE_ARGS,
+                *setup.extra_args,
+            ],
+            plugins=[timer],
+        )
     return timer
 
 
@@ -327,18 +403,22 @@ def estimate(setup: Setup, directory: Path, tests: int, baseline_cpu: float) -> 
     ]
     for label, calls, cost in sorted(rows, key=lambda row: -row[2]):
         ms = cost * tests / 1e3
-        lines.append(f"| {label} | {calls or 'once'} | {cost:.2f} | {ms:.1f} | "
-                     f"{ms / 1e3 / baseline_cpu:.2%} |")
-    lines.append(f"| **total** | | {per_test:.2f} | {total * 1e3:.1f} | "
-                 f"**{total / baseline_cpu:.2%}** |")
+        lines.append(
+            f"| {label} | {calls or 'once'} | {cost:.2f} | {ms:.1f} | "
+            f"{ms / 1e3 / baseline_cpu:.2%} |"
+        )
+    lines.append(
+        f"| **total** | | {per_test:.2f} | {total * 1e3:.1f} | **{total / baseline_cpu:.2%}** |"
+    )
     return lines
 
 
 def profile(setup: Setup, directory: Path, top: int) -> list[str]:
     out = directory / "suite.prof"
     command = [sys.executable, "-m", "cProfile", "-o", str(out), *setup.command(True)[1:]]
-    subprocess.run(command, cwd=directory, capture_output=True, text=True, env=setup.env(),
-                   check=True)
+    subprocess.run(
+        command, cwd=directory, capture_output=True, text=True, env=setup.env(), check=True
+    )
     entries = pstats.Stats(str(out)).stats  # type: ignore[attr-defined]
     total = max(value[3] for value in entries.values())
 
@@ -355,8 +435,11 @@ def profile(setup: Setup, directory: Path, top: int) -> list[str]:
     # Entry points: our functions that code outside our package calls (hooks, fixtures).
     # Module bodies are left out: every import is called from importlib, so nested imports
     # would count twice; the import of plugin.py covers everything imported at start-up.
-    roots = {key: value for key, value in own.items() if key[2] != "<module>"
-             and any(not ours(caller) for caller in value[4])}
+    roots = {
+        key: value
+        for key, value in own.items()
+        if key[2] != "<module>" and any(not ours(caller) for caller in value[4])
+    }
     hooks = sum(value[3] for value in roots.values())
     modules = [value[3] for key, value in own.items() if key[2] == "<module>"]
     plugin_import = max(modules, default=0.0)
@@ -376,15 +459,20 @@ def profile(setup: Setup, directory: Path, top: int) -> list[str]:
         "| function | calls | cumulative ms | own ms |",
         "|---|---:|---:|---:|",
     ]
-    for key, (_, calls, tottime, cumtime, _) in sorted(
-        roots.items(), key=lambda item: -item[1][3]
-    )[:top]:
+    for key, (_, calls, tottime, cumtime, _) in sorted(roots.items(), key=lambda item: -item[1][3])[
+        :top
+    ]:
         lines.append(f"| {name(key)} | {calls} | {cumtime * 1e3:.1f} | {tottime * 1e3:.1f} |")
-    lines += ["", f"top {top} of our functions by own time (module bodies included):", "",
-              "| function | calls | own ms | cumulative ms |", "|---|---:|---:|---:|"]
-    for key, (_, calls, tottime, cumtime, _) in sorted(
-        own.items(), key=lambda item: -item[1][2]
-    )[:top]:
+    lines += [
+        "",
+        f"top {top} of our functions by own time (module bodies included):",
+        "",
+        "| function | calls | own ms | cumulative ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, (_, calls, tottime, cumtime, _) in sorted(own.items(), key=lambda item: -item[1][2])[
+        :top
+    ]:
         lines.append(f"| {name(key)} | {calls} | {tottime * 1e3:.1f} | {cumtime * 1e3:.1f} |")
     return lines
 
@@ -399,8 +487,7 @@ def summarize(times: Times, index: int) -> str:
     ratio = statistics.median(with_plugin) / statistics.median(without)
     paired = statistics.median(a / b for a, b in zip(with_plugin, without, strict=True))
     verdict = "met" if ratio - 1 <= TARGET else "NOT met"
-    return (f"{spread(with_plugin)} | {spread(without)} | {ratio:.3f} | {paired:.3f} | "
-            f"{verdict}")
+    return f"{spread(with_plugin)} | {spread(without)} | {ratio:.3f} | {paired:.3f} | {verdict}"
 
 
 def spread(values: list[float]) -> str:
@@ -418,13 +505,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests", type=int, help="tests in the suite (default 2000, quick 200)")
     parser.add_argument("--top", type=int, default=10, help="rows of each profile table")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
-    parser.add_argument("--instructions", action="store_true",
-                        help="also count each arm's instructions under valgrind's cachegrind")
-    parser.add_argument("--bare", action="store_true",
-                        help="disable every other installed pytest plugin in both arms")
-    parser.add_argument("--no-bytecode-cache", action="store_true",
-                        help="keep the environment's bytecode setting instead of a private "
-                             "bytecode cache (PYTHONPYCACHEPREFIX)")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count each arm's instructions under valgrind's cachegrind",
+    )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="disable every other installed pytest plugin in both arms",
+    )
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="keep the environment's bytecode setting instead of a private "
+        "bytecode cache (PYTHONPYCACHEPREFIX)",
+    )
     args = parser.parse_args(argv)
     reps = args.reps or (3 if args.quick else 7)
     tests = args.tests or (200 if args.quick else 2000)
@@ -433,8 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="unmarked-suite-") as tmp:
         directory = Path(tmp)
         write_suite(directory, tests)
-        setup = Setup(extra_args=other_plugins_off() if args.bare else (),
-                      pycache=None if args.no_bytecode_cache else directory / "pycache")
+        setup = Setup(
+            extra_args=other_plugins_off() if args.bare else (),
+            pycache=None if args.no_bytecode_cache else directory / "pycache",
+        )
         times = measure(setup, directory, reps, tests)
         baseline_cpu = statistics.median(run[1] for run in times[False])
         estimate_lines = estimate(setup, directory, tests, baseline_cpu)
@@ -443,18 +541,30 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - started
 
     rows = {metric: summarize(times, index) for index, metric in enumerate(("wall", "CPU"))}
-    print(f"machine: {os.cpu_count()} CPUs online, usable {len(os.sched_getaffinity(0))}; "
-          f"{cpu_model()}; Python {platform.python_version()}")
+    print(
+        f"machine: {os.cpu_count()} CPUs online, usable {len(os.sched_getaffinity(0))}; "
+        f"{cpu_model()}; Python {platform.python_version()}"
+    )
     print(f"command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip())
     print(f"each run: {' '.join(['python', *setup.command(True)[1:]])} [-p no:concurrency]")
-    print("bytecode: " + ("as the environment says" if setup.pycache is None else
-                          "a private cache (PYTHONPYCACHEPREFIX), warmed before timing"))
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; {tests} tests; {reps} interleaved "
-          f"repetitions; {total:.0f}s in all")
+    print(
+        "bytecode: "
+        + (
+            "as the environment says"
+            if setup.pycache is None
+            else "a private cache (PYTHONPYCACHEPREFIX), warmed before timing"
+        )
+    )
+    print(
+        f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; {tests} tests; {reps} interleaved "
+        f"repetitions; {total:.0f}s in all"
+    )
     print()
-    print("| time | plugin installed, median s (p25-p75) | -p no:concurrency, median s "
-          "(p25-p75) | with / without | paired ratios, median | target ≤ "
-          f"{1 + TARGET:.2f} |")
+    print(
+        "| time | plugin installed, median s (p25-p75) | -p no:concurrency, median s "
+        "(p25-p75) | with / without | paired ratios, median | target ≤ "
+        f"{1 + TARGET:.2f} |"
+    )
     print("|---|---:|---:|---:|---:|---|")
     for metric, row in rows.items():
         print(f"| {metric} | {row} |")

@@ -95,9 +95,7 @@ UNPICKLABLE_RESULT = (
     "callable run in mode='processes'"
 )
 CHILD_TRACEBACK = "Traceback in worker process {worker}:"
-WORKER_CRASHED = (
-    "worker {worker} (pid {pid}) {how} during run {run}; the worker pool was restarted"
-)
+WORKER_CRASHED = "worker {worker} (pid {pid}) {how} during run {run}; the worker pool was restarted"
 CRASH_SIGNAL = "was killed by signal {signal} ({number})"
 CRASH_EXIT = "exited with code {code} (os._exit() in the body or in code it calls?)"
 CRASH_NO_ANSWER = "stopped answering"
@@ -141,9 +139,7 @@ LOOP_BLOCKED = (
     "the event loop was blocked for {seconds:g}s by a synchronous call (time.sleep, a blocking "
     "socket or lock, a busy loop) in worker {worker}: it is abandoned with its thread"
 )
-RUNS_BAD_MODE = (
-    "pytest-concurrency: concurrency.runs(mode={mode!r}): mode must be one of {modes}"
-)
+RUNS_BAD_MODE = "pytest-concurrency: concurrency.runs(mode={mode!r}): mode must be one of {modes}"
 
 # -- the controlled scheduler, deadlocks and lock order (issue 5) ------------------------------
 
@@ -248,6 +244,5 @@ UNKNOWN_MARKER_ARGUMENT = (
     "pytest-concurrency: unknown argument {key}= in {where}.{hint} Known arguments: {known}"
 )
 INTERRUPTED_SUMMARY = (
-    "  {nodeid}: interrupted after {runs_done} runs ({mode}, {workers} workers): "
-    "{interrupted}"
+    "  {nodeid}: interrupted after {runs_done} runs ({mode}, {workers} workers): {interrupted}"
 )

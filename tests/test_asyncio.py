@@ -82,8 +82,11 @@ def test_check_then_act_across_an_await_is_found_gathered_and_staggered(pytester
     index = int(failing[0].rsplit(" ", 1)[1])
     assert index >= 2 and index % 2 == 0
     # the printed line replays the same schedule: the same run fails again
-    seed = next(line for line in result.stdout.lines
-                if "reproduce: pytest test_shop.py::test_staggered" in line).rsplit("=", 1)[1]
+    seed = next(
+        line
+        for line in result.stdout.lines
+        if "reproduce: pytest test_shop.py::test_staggered" in line
+    ).rsplit("=", 1)[1]
     again = run(f"--concurrency-seed={seed}", "test_shop.py::test_staggered")
     again.assert_outcomes(failed=1)
     again.stdout.fnmatch_lines([f"*AssertionError: oversold in run {index}"])
@@ -204,9 +207,17 @@ def test_with_pytest_asyncio_no_double_run_and_no_unawaited_coroutine(
     pytest.importorskip("pytest_asyncio")
     pytester.makepyfile(ASYNCIO_PLUGIN)
     result = pytester.runpytest(
-        "-p", "no:run-parallel", "-p", "no:cacheprovider", "-p", "no:randomly",
-        f"--asyncio-mode={mode}", "-o", "asyncio_default_fixture_loop_scope=function",
-        "-W", "error",
+        "-p",
+        "no:run-parallel",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        f"--asyncio-mode={mode}",
+        "-o",
+        "asyncio_default_fixture_loop_scope=function",
+        "-W",
+        "error",
     )
     result.assert_outcomes(passed=3)
     assert "never awaited" not in result.stdout.str()
@@ -397,21 +408,40 @@ def test_pytest_asyncio_tests_behave_as_without_us_and_ours_run_once_per_worker(
 ) -> None:
     pytest.importorskip("pytest_asyncio")
     pytester.makepyfile(THEIRS_AND_OURS)
-    args = ("-p", "no:run-parallel", "-p", "no:cacheprovider", f"--asyncio-mode={mode}",
-            "-o", "asyncio_default_fixture_loop_scope=function", "-W", "error", "-rA")
+    args = (
+        "-p",
+        "no:run-parallel",
+        "-p",
+        "no:cacheprovider",
+        f"--asyncio-mode={mode}",
+        "-o",
+        "asyncio_default_fixture_loop_scope=function",
+        "-W",
+        "error",
+        "-rA",
+    )
     with_us = pytester.runpytest_subprocess(*args)
-    without_us = pytester.runpytest_subprocess(*args, "-p", "no:concurrency", "-k", "theirs",
-                                               "-W", "ignore::pytest.PytestUnknownMarkWarning")
+    without_us = pytester.runpytest_subprocess(
+        *args,
+        "-p",
+        "no:concurrency",
+        "-k",
+        "theirs",
+        "-W",
+        "ignore::pytest.PytestUnknownMarkWarning",
+    )
 
     def outcome(result: pytest.RunResult, name: str) -> str:
-        line = next(line for line in result.stdout.lines if line.endswith(f"::{name}")
-                    or f"::{name} " in line)
+        line = next(
+            line
+            for line in result.stdout.lines
+            if line.endswith(f"::{name}") or f"::{name} " in line
+        )
         return line.split()[0]
 
     for name in ("test_theirs_marked", "test_theirs_unmarked"):
         assert outcome(with_us, name) == outcome(without_us, name), name
-    assert outcome(with_us, "test_theirs_unmarked") == ("PASSED" if mode == "auto"
-                                                        else "FAILED")
+    assert outcome(with_us, "test_theirs_unmarked") == ("PASSED" if mode == "auto" else "FAILED")
     for name in ("test_both_markers", "test_ours_with_their_async_fixture", "test_count"):
         assert outcome(with_us, name) == "PASSED", name
     assert "never awaited" not in with_us.stdout.str() + with_us.stderr.str()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pytest_concurrency.outcomes import RunRecord, SeriesOutcome
-from pytest_concurrency.progress import LiveProgress
+from pytest_concurrency.driver.progress import LiveProgress
+from pytest_concurrency.engine.outcomes import RunRecord, SeriesOutcome
 
 
 def test_budget_replaces_the_run_count(pytester, run) -> None:
@@ -79,8 +79,13 @@ def test_progress_is_silent_for_short_series_then_throttled() -> None:
     clock = FakeClock()
     lines: list[tuple[str, bool, bool]] = []
     outcome = SeriesOutcome(mode="threads", workers=2, runs_planned=100, seed=1)
-    progress = LiveProgress(lambda line, first, last: lines.append((line, first, last)),
-                            label="test_x", outcome=outcome, deadline=None, clock=clock)
+    progress = LiveProgress(
+        lambda line, first, last: lines.append((line, first, last)),
+        label="test_x",
+        outcome=outcome,
+        deadline=None,
+        clock=clock,
+    )
     record = RunRecord(index=0, seed=0, workers=2)
     for _ in range(10):
         clock.now += 0.05
@@ -104,8 +109,13 @@ def test_progress_counts_down_a_budget() -> None:
     clock = FakeClock()
     lines: list[str] = []
     outcome = SeriesOutcome(mode="threads", workers=2, runs_planned=None, seed=1, budget=10)
-    progress = LiveProgress(lambda line, first, last: lines.append(line), label="t",
-                            outcome=outcome, deadline=clock.now + 10, clock=clock)
+    progress = LiveProgress(
+        lambda line, first, last: lines.append(line),
+        label="t",
+        outcome=outcome,
+        deadline=clock.now + 10,
+        clock=clock,
+    )
     clock.now += 4
     progress.update(RunRecord(index=0, seed=0, workers=2))
     assert lines[-1].endswith("no failure 6s left")

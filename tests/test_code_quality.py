@@ -15,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_tool(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} is not installed: pip install '.[lint]'")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_ruff_is_clean() -> None:

@@ -7,12 +7,15 @@ import re
 
 import pytest
 
-from pytest_concurrency import messages, report
+from pytest_concurrency import messages
+from pytest_concurrency.engine import report
 
 
 def test_marker_fixture_and_options_are_documented(run) -> None:
     markers = run("--markers")
-    markers.stdout.fnmatch_lines(["@pytest.mark.concurrent(workers=*", "@pytest.mark.not_concurrent*"])
+    markers.stdout.fnmatch_lines(
+        ["@pytest.mark.concurrent(workers=*", "@pytest.mark.not_concurrent*"]
+    )
     fixtures = run("--fixtures")
     fixtures.stdout.fnmatch_lines(["concurrency*", "*Who am I*"])
     helptext = run("--help")
@@ -279,10 +282,13 @@ def test_header_names_seed_defaults_cores_and_gil(pytester, run) -> None:
 @pytest.mark.parametrize(
     ("marker", "expected"),
     [
-        ("workers=-3", "*invalid workers=-3 in @pytest.mark.concurrent on *: expected a whole "
-                       "number from 1 to 4096*"),
+        (
+            "workers=-3",
+            "*invalid workers=-3 in @pytest.mark.concurrent on *: expected a whole "
+            "number from 1 to 4096*",
+        ),
         ("mode='thread'", "*invalid mode='thread'*did you mean \"threads\"?*"),
-        ("wrokers=3", "*unknown argument wrokers=*Did you mean \"workers=\"?*"),
+        ("wrokers=3", '*unknown argument wrokers=*Did you mean "workers="?*'),
         ("runs=0", "*invalid runs=0*"),
         ("timeout='soon'", "*invalid timeout='soon'*seconds greater than 0*"),
         ("8", "*takes keyword arguments only*"),
@@ -310,8 +316,11 @@ def test_bad_marker_arguments_are_clear_errors(pytester, run, marker: str, expec
     [
         (["--concurrency-workers=0"], {}, "*invalid --concurrency-workers=0*"),
         (["--concurrency-mode=fibers"], {}, "*invalid --concurrency-mode=fibers*one of threads*"),
-        ([], {"PYTEST_CONCURRENCY_RUNS": "many"},
-         "*invalid environment variable PYTEST_CONCURRENCY_RUNS=many*"),
+        (
+            [],
+            {"PYTEST_CONCURRENCY_RUNS": "many"},
+            "*invalid environment variable PYTEST_CONCURRENCY_RUNS=many*",
+        ),
         (["--concurrency-seed=last"], {}, "*" + messages.SEED_LAST_MISSING[:40] + "*"),
         (["--concurrency-budget=-1"], {}, "*invalid --concurrency-budget=-1*"),
     ],
@@ -335,8 +344,9 @@ def test_bad_ini_value_names_the_ini_key(pytester, run) -> None:
 
 
 def test_precedence_marker_over_cli_over_env_over_ini(pytester, run, monkeypatch) -> None:
-    pytester.makeini("[pytest]\nconcurrency_workers = 2\nconcurrency_runs = 2\n"
-                     "concurrency_mode = threads\n")
+    pytester.makeini(
+        "[pytest]\nconcurrency_workers = 2\nconcurrency_runs = 2\nconcurrency_mode = threads\n"
+    )
     pytester.makepyfile(
         """
         import pytest
@@ -381,13 +391,25 @@ def test_json_report_has_one_entry_per_concurrent_test(pytester, run) -> None:
     assert document["seed"] == 7
     assert {"python", "gil_enabled", "usable_cores"} <= set(document)
     tests = {entry["nodeid"]: entry for entry in document["tests"]}
-    assert set(tests) == {"test_json_report_has_one_entry_per_concurrent_test.py::test_ok",
-                          "test_json_report_has_one_entry_per_concurrent_test.py::test_bad"}
+    assert set(tests) == {
+        "test_json_report_has_one_entry_per_concurrent_test.py::test_ok",
+        "test_json_report_has_one_entry_per_concurrent_test.py::test_bad",
+    }
     ok = tests["test_json_report_has_one_entry_per_concurrent_test.py::test_ok"]
-    assert (ok["mode"], ok["workers"], ok["runs_done"], ok["outcome"]) == ("threads", 3, 4, "passed")
+    assert (ok["mode"], ok["workers"], ok["runs_done"], ok["outcome"]) == (
+        "threads",
+        3,
+        4,
+        "passed",
+    )
     assert ok["failures"] == []
     bad = tests["test_json_report_has_one_entry_per_concurrent_test.py::test_bad"]
-    assert (bad["seed"], bad["runs_done"], bad["failing_run"], bad["outcome"]) == (99, 3, 2, "failed")
+    assert (bad["seed"], bad["runs_done"], bad["failing_run"], bad["outcome"]) == (
+        99,
+        3,
+        2,
+        "failed",
+    )
     assert bad["failures"][0]["exception"] == "AssertionError"
     assert bad["failures"][0]["count"] == 2
     assert "--concurrency-seed=99" in bad["reproduce"]
@@ -422,8 +444,9 @@ def test_no_section_and_no_change_when_nothing_is_concurrent(pytester, run) -> N
     assert "= concurrency =" not in result.stdout.str()
 
 
-def test_hang_is_reported_with_the_stuck_stack_and_does_not_hang_pytest(pytester,
-                                                                          run_subprocess) -> None:
+def test_hang_is_reported_with_the_stuck_stack_and_does_not_hang_pytest(
+    pytester, run_subprocess
+) -> None:
     pytester.makepyfile(
         """
         import threading
@@ -523,11 +546,13 @@ def test_unsafe_fixture_list_is_configurable(pytester, run) -> None:
 
 def test_seed_last_replays_the_previous_session_seed(pytester) -> None:
     pytester.makepyfile("def test_nothing(): pass")
-    first = pytester.runpytest("-p", "no:run-parallel", "-p", "no:asyncio",
-                               "--concurrency-seed=31337")
+    first = pytester.runpytest(
+        "-p", "no:run-parallel", "-p", "no:asyncio", "--concurrency-seed=31337"
+    )
     first.assert_outcomes(passed=1)
-    again = pytester.runpytest("-p", "no:run-parallel", "-p", "no:asyncio",
-                               "--concurrency-seed=last")
+    again = pytester.runpytest(
+        "-p", "no:run-parallel", "-p", "no:asyncio", "--concurrency-seed=last"
+    )
     again.stdout.fnmatch_lines(["concurrency: seed 31337 *"])
 
 
@@ -539,7 +564,8 @@ def test_reproduce_line_is_relative_to_where_pytest_was_started(pytester, run) -
         "def test_x():\n    assert False\n"
     )
     result = run("sub")
-    result.stdout.fnmatch_lines(["*rootdir: *sub*", "*reproduce: pytest sub/test_inner.py::test_x "
-                                 "--concurrency-seed=*"])
+    result.stdout.fnmatch_lines(
+        ["*rootdir: *sub*", "*reproduce: pytest sub/test_inner.py::test_x --concurrency-seed=*"]
+    )
     line = next(x for x in result.stdout.lines if "reproduce: pytest" in x).split("pytest ", 1)[1]
     run(*line.split()).assert_outcomes(failed=1)

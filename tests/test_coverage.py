@@ -91,18 +91,28 @@ def body_lines(source: str) -> set[int]:
     return {number for number, line in enumerate(lines, 1) if line.startswith("    ")}
 
 
-BODIES = {"only_in_children.py": body_lines(ONLY_IN_CHILDREN),
-          "only_in_threads.py": body_lines(ONLY_IN_THREADS),
-          "only_in_tasks.py": body_lines(ONLY_IN_TASKS)}
+BODIES = {
+    "only_in_children.py": body_lines(ONLY_IN_CHILDREN),
+    "only_in_threads.py": body_lines(ONLY_IN_THREADS),
+    "only_in_tasks.py": body_lines(ONLY_IN_TASKS),
+}
 
 
 @pytest.fixture
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    for name in ("COVERAGE_RCFILE", "COVERAGE_FILE", "COVERAGE_PROCESS_START",
-                 "COVERAGE_PROCESS_CONFIG"):
+    for name in (
+        "COVERAGE_RCFILE",
+        "COVERAGE_FILE",
+        "COVERAGE_PROCESS_START",
+        "COVERAGE_PROCESS_CONFIG",
+    ):
         monkeypatch.delenv(name, raising=False)  # the inner runs measure as a user's would
-    pytester.makepyfile(only_in_children=ONLY_IN_CHILDREN, only_in_threads=ONLY_IN_THREADS,
-                        only_in_tasks=ONLY_IN_TASKS, test_suite=SUITE)
+    pytester.makepyfile(
+        only_in_children=ONLY_IN_CHILDREN,
+        only_in_threads=ONLY_IN_THREADS,
+        only_in_tasks=ONLY_IN_TASKS,
+        test_suite=SUITE,
+    )
     pytester.syspathinsert()
     return pytester
 
@@ -112,12 +122,19 @@ def executed_lines(path) -> dict[str, list[int]]:
     return {name: data["executed_lines"] for name, data in files.items()}
 
 
-def test_one_xdist_cov_json_run_has_every_mode_and_counts_child_lines(project,
-                                                                      run_subprocess) -> None:
+def test_one_xdist_cov_json_run_has_every_mode_and_counts_child_lines(
+    project, run_subprocess
+) -> None:
     report = project.path / "concurrency.json"
-    result = run_subprocess("-n", "2", "--cov=.", "--cov-report=json:cov.json",
-                            "--concurrency-seed=3", f"--concurrency-json={report}",
-                            timeout=300)
+    result = run_subprocess(
+        "-n",
+        "2",
+        "--cov=.",
+        "--cov-report=json:cov.json",
+        "--concurrency-seed=3",
+        f"--concurrency-json={report}",
+        timeout=300,
+    )
     result.assert_outcomes(passed=6, failed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     document = json.loads(report.read_text())
@@ -135,14 +152,32 @@ def test_one_xdist_cov_json_run_has_every_mode_and_counts_child_lines(project,
 
 
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
-def test_coverage_run_counts_child_and_thread_lines_with_no_combine(project, start_method,
-                                                                    monkeypatch) -> None:
+def test_coverage_run_counts_child_and_thread_lines_with_no_combine(
+    project, start_method, monkeypatch
+) -> None:
     """``coverage run -m pytest`` then ``coverage json``: no config file, no combine step."""
     project.makefile(".cfg", setup="[tool:pytest]\n")  # the rootdir, so no outer config
     monkeypatch.setenv("PYTEST_CONCURRENCY_START_METHOD", start_method)
-    result = project.run(sys.executable, "-m", "coverage", "run", "--source=.", "-m", "pytest",
-                         "-p", "no:cacheprovider", "-p", "no:asyncio", "-p", "no:run-parallel",
-                         "-p", "no:xdist", "-k", "not scaling", timeout=300)
+    result = project.run(
+        sys.executable,
+        "-m",
+        "coverage",
+        "run",
+        "--source=.",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:asyncio",
+        "-p",
+        "no:run-parallel",
+        "-p",
+        "no:xdist",
+        "-k",
+        "not scaling",
+        timeout=300,
+    )
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
     result.stdout.fnmatch_lines(["*1 failed, 5 passed, 1 deselected*"])
     assert [path.name for path in project.path.glob(".coverage*")] == [".coverage"]
@@ -171,10 +206,11 @@ class FakeCoverage:
 
 
 def test_parent_spec_falls_back_to_the_options_an_older_coverage_can_take(
-        monkeypatch, tmp_path) -> None:
+    monkeypatch, tmp_path
+) -> None:
     from types import SimpleNamespace
 
-    from pytest_concurrency import child_coverage
+    from pytest_concurrency.runners import child_coverage
 
     monkeypatch.setitem(sys.modules, "coverage", SimpleNamespace(Coverage=FakeCoverage))
     monkeypatch.setattr(FakeCoverage, "started", None)
@@ -183,13 +219,16 @@ def test_parent_spec_falls_back_to_the_options_an_older_coverage_can_take(
     (tmp_path / "src").mkdir()
     monkeypatch.setattr(FakeCoverage, "started", FakeCoverage(FakeConfig()))
     assert child_coverage.parent_spec() == {
-        "data_file": str(tmp_path / ".coverage"), "suffix": child_coverage.SUFFIX_PREFIX,
-        "config_file": "/project/.coveragerc", "source": ["pkg", str(tmp_path / "src")],
-        "branch": True}
+        "data_file": str(tmp_path / ".coverage"),
+        "suffix": child_coverage.SUFFIX_PREFIX,
+        "config_file": "/project/.coveragerc",
+        "source": ["pkg", str(tmp_path / "src")],
+        "branch": True,
+    }
 
 
 def test_a_child_that_cannot_start_coverage_says_so_and_runs_on(capsys) -> None:
-    from pytest_concurrency import child_coverage
+    from pytest_concurrency.runners import child_coverage
 
     assert child_coverage.start(None) is None
     assert child_coverage.start({"suffix": "x", "no_such_option": 1}) is None
@@ -200,7 +239,7 @@ def test_a_child_that_cannot_start_coverage_says_so_and_runs_on(capsys) -> None:
 STARTUP = """
 import sys
 
-from pytest_concurrency import child_coverage
+from pytest_concurrency.runners import child_coverage
 
 
 def child_entry():
@@ -229,12 +268,21 @@ def test_run_measured_counts_the_target_from_its_first_line(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
     done = subprocess.run(
         [sys.executable, str(script), str(tmp_path / ".coverage"), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     (data_file,) = tmp_path.glob(".coverage.startup.*")
     data = CoverageData(basename=str(data_file))
     data.read()
-    first = STARTUP.splitlines().index("    first = 1  # the target's first line: measured "
-                                       "only if coverage started before this frame") + 1
+    first = (
+        STARTUP.splitlines().index(
+            "    first = 1  # the target's first line: measured "
+            "only if coverage started before this frame"
+        )
+        + 1
+    )
     assert first in (data.lines(str(script)) or [])

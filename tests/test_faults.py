@@ -192,20 +192,36 @@ def test_six_faults_in_one_run_are_six_clear_failures_and_nothing_is_left(
         where="workers='eight' in @pytest.mark.concurrent on test_six.py::test_bad_marker",
         expected="expected a whole number",
     )
-    result.stdout.fnmatch_lines([f"*DeadlockError: {deadlock}*",
-                                 "*worker * waits for Lock#* at test_six.py:*; it is held by*"])
+    result.stdout.fnmatch_lines(
+        [
+            f"*DeadlockError: {deadlock}*",
+            "*worker * waits for Lock#* at test_six.py:*; it is held by*",
+        ]
+    )
     result.stdout.fnmatch_lines([f"*{inversion}*"])
     result.stdout.fnmatch_lines([f"*WorkerCrashed: worker 1 (pid *) {crashed} during run 0*"])
-    result.stdout.fnmatch_lines(["*HANG in run 0 of 5 (2 processes, seed *): worker 0 did not "
-                                 "finish within 1s*",
-                                 "*worker 0 is stuck here:*",
-                                 '*File "*test_six.py", line * in test_process_hangs*'])
+    result.stdout.fnmatch_lines(
+        [
+            "*HANG in run 0 of 5 (2 processes, seed *): worker 0 did not finish within 1s*",
+            "*worker 0 is stuck here:*",
+            '*File "*test_six.py", line * in test_process_hangs*',
+        ]
+    )
     assert bad_marker in text
-    result.stdout.fnmatch_lines(["*the fixture or argument 'open_file' (TextIOWrapper) cannot be "
-                                 "sent to a worker process*",
-                                 "*Fix: " + messages.UNPICKLABLE_VALUE_FIX[:50] + "*"])
-    for nodeid in ("test_deadlock", "test_lock_order_inversion", "test_process_killed",
-                   "test_process_hangs", "test_unpicklable_fixture"):
+    result.stdout.fnmatch_lines(
+        [
+            "*the fixture or argument 'open_file' (TextIOWrapper) cannot be "
+            "sent to a worker process*",
+            "*Fix: " + messages.UNPICKLABLE_VALUE_FIX[:50] + "*",
+        ]
+    )
+    for nodeid in (
+        "test_deadlock",
+        "test_lock_order_inversion",
+        "test_process_killed",
+        "test_process_hangs",
+        "test_unpicklable_fixture",
+    ):
         result.stdout.fnmatch_lines([f"FAILED test_six.py::{nodeid} - *"])
     result.stdout.fnmatch_lines(["ERROR test_six.py::test_bad_marker - *"])
     assert_clean_exit(result, pid_dir)
@@ -247,8 +263,11 @@ def test_hung_threads_fail_with_stack_and_lock_and_are_named_abandoned(
     result = run_subprocess()
     result.assert_outcomes(failed=2, passed=1)
     wait_line = messages.HANG_WAITS_ON_LOCK.format(
-        what="Lock (test_hung.HELD)", site="test_hung.py:14", holder="worker 0",
-        taken_at="test_hung.py:11").strip()
+        what="Lock (test_hung.HELD)",
+        site="test_hung.py:14",
+        holder="worker 0",
+        taken_at="test_hung.py:11",
+    ).strip()
     result.stdout.fnmatch_lines(
         [
             "*HANG in run 0 of 3 (3 threads, seed *): worker 2 did not finish within 0.5s",
@@ -321,14 +340,25 @@ def test_crashed_and_hung_processes_name_the_worker_and_how_and_leave_nothing(
         (0, messages.CRASH_SIGNAL.format(signal="SIGKILL", number=9)),
         (1, messages.CRASH_SIGNAL.format(signal="SIGSEGV", number=11)),
     ):
-        result.stdout.fnmatch_lines([f"*WorkerCrashed: worker {worker} (pid *) {how} during "
-                                     "run 0; the worker pool was restarted*"])
-    result.stdout.fnmatch_lines(["*Fatal Python error: Segmentation fault*",
-                                 '*File "*test_crashes.py", line * in test_segfault*'])
-    result.stdout.fnmatch_lines(["*HANG in run 0 of 3 (2 processes, seed *): worker 1 did not "
-                                 "finish within 1s*",
-                                 "*worker 1 is stuck here:*",
-                                 '*File "*test_crashes.py", line * in test_hangs*'])
+        result.stdout.fnmatch_lines(
+            [
+                f"*WorkerCrashed: worker {worker} (pid *) {how} during "
+                "run 0; the worker pool was restarted*"
+            ]
+        )
+    result.stdout.fnmatch_lines(
+        [
+            "*Fatal Python error: Segmentation fault*",
+            '*File "*test_crashes.py", line * in test_segfault*',
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*HANG in run 0 of 3 (2 processes, seed *): worker 1 did not finish within 1s*",
+            "*worker 1 is stuck here:*",
+            '*File "*test_crashes.py", line * in test_hangs*',
+        ]
+    )
     result.stdout.fnmatch_lines(["*::test_the_next_process_test_runs PASSED*"])
     assert_clean_exit(result, pid_dir)
 
@@ -395,9 +425,22 @@ def default_sigint() -> None:
 
 def popen_pytest(pytester: pytest.Pytester, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:run-parallel",
-         "-p", "no:asyncio", *args],
-        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:run-parallel",
+            "-p",
+            "no:asyncio",
+            *args,
+        ],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         preexec_fn=default_sigint,
     )
 
@@ -497,19 +540,24 @@ BAD_INPUTS = {
         "@pytest.mark.concurrent(runs='lots')\ndef test_bad():\n    pass\n",
         messages.INVALID_SETTING.format(
             where="runs='lots' in @pytest.mark.concurrent on test_bad_input.py::test_bad",
-            expected="expected a whole number from 1 to 10000000, e.g. 100"),
+            expected="expected a whole number from 1 to 10000000, e.g. 100",
+        ),
     ),
     "marker argument out of range": (
         "@pytest.mark.concurrent(workers=0)\ndef test_bad():\n    pass\n",
         messages.INVALID_SETTING.format(
             where="workers=0 in @pytest.mark.concurrent on test_bad_input.py::test_bad",
-            expected="expected a whole number from 1 to 4096, e.g. 4 (or auto)"),
+            expected="expected a whole number from 1 to 4096, e.g. 4 (or auto)",
+        ),
     ),
     "unknown marker argument": (
         "@pytest.mark.concurrent(worker=3)\ndef test_bad():\n    pass\n",
         messages.UNKNOWN_MARKER_ARGUMENT.format(
-            key="worker", where="@pytest.mark.concurrent on test_bad_input.py::test_bad",
-            hint=' Did you mean "workers="?', known="*"),
+            key="worker",
+            where="@pytest.mark.concurrent on test_bad_input.py::test_bad",
+            hint=' Did you mean "workers="?',
+            known="*",
+        ),
     ),
     "positional marker argument": (
         "@pytest.mark.concurrent(8)\ndef test_bad():\n    pass\n",
@@ -524,7 +572,8 @@ BAD_INPUTS = {
         "    for run in concurrency.runs(1, mode='processes'):\n"
         "        run(lambda: None, workers=2)\n",
         "*the function test_bad.<locals>.<lambda> (function) cannot be sent to a worker process*"
-        + messages.UNPICKLABLE_FUNCTION_FIX[:40] + "*",
+        + messages.UNPICKLABLE_FUNCTION_FIX[:40]
+        + "*",
     ),
     "unpicklable result": (
         "def test_bad(concurrency):\n"
@@ -572,20 +621,37 @@ def fnmatch_anywhere(text: str, pattern: str) -> bool:
 @pytest.mark.parametrize(
     ("option", "expected"),
     [
-        ("--concurrency-workers=0", messages.INVALID_SETTING.format(
-            where="--concurrency-workers=0",
-            expected="expected a whole number from 1 to 4096, e.g. 4 (or auto)")),
-        ("--concurrency-runs=-5", messages.INVALID_SETTING.format(
-            where="--concurrency-runs=-5", expected="expected a whole number from 1 to")),
-        ("--concurrency-timeout=0", messages.INVALID_SETTING.format(
-            where="--concurrency-timeout=0",
-            expected="expected a number of seconds greater than 0, e.g. 30")),
-        ("--concurrency-leaks=loud", messages.INVALID_SETTING.format(
-            where="--concurrency-leaks=loud", expected="expected one of warn, fail, off")),
+        (
+            "--concurrency-workers=0",
+            messages.INVALID_SETTING.format(
+                where="--concurrency-workers=0",
+                expected="expected a whole number from 1 to 4096, e.g. 4 (or auto)",
+            ),
+        ),
+        (
+            "--concurrency-runs=-5",
+            messages.INVALID_SETTING.format(
+                where="--concurrency-runs=-5", expected="expected a whole number from 1 to"
+            ),
+        ),
+        (
+            "--concurrency-timeout=0",
+            messages.INVALID_SETTING.format(
+                where="--concurrency-timeout=0",
+                expected="expected a number of seconds greater than 0, e.g. 30",
+            ),
+        ),
+        (
+            "--concurrency-leaks=loud",
+            messages.INVALID_SETTING.format(
+                where="--concurrency-leaks=loud", expected="expected one of warn, fail, off"
+            ),
+        ),
     ],
 )
-def test_options_out_of_range_are_usage_errors(run, pytester: pytest.Pytester, option: str,
-                                               expected: str) -> None:
+def test_options_out_of_range_are_usage_errors(
+    run, pytester: pytest.Pytester, option: str, expected: str
+) -> None:
     pytester.makepyfile("def test_nothing(): pass")
     result = run(option)
     assert result.ret == pytest.ExitCode.USAGE_ERROR

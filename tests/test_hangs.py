@@ -1,4 +1,4 @@
-"""What the report says a hung worker waits on (pytest_concurrency.hangs), branch by branch.
+"""What the report says a hung worker waits on (pytest_concurrency.runners.hangs), branch by branch.
 
 The common case, a worker waiting on a lock another worker holds, is shown end to end by the
 hang tests in test_faults.py; these cover the other holders with the tracker's answer faked.
@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from pytest_concurrency import hangs, messages, primitives
+from pytest_concurrency import messages
+from pytest_concurrency.races import primitives
+from pytest_concurrency.runners import hangs
 
 SITE = ("/work/app/store.py", 12)
 TAKEN_AT = ("/work/app/store.py", 30)
@@ -42,7 +44,7 @@ def test_no_wait_line_for_a_thread_that_waits_on_no_tracked_lock(
 
 
 def test_no_wait_line_when_lock_tracking_never_ran(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "pytest_concurrency.primitives")
+    monkeypatch.delitem(sys.modules, "pytest_concurrency.races.primitives")
     assert hangs.lock_wait(ME, {}) is None
 
 

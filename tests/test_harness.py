@@ -103,11 +103,12 @@ def test_observations_are_printed_on_failure_and_kept_in_json(pytester, run) -> 
     [
         ("concurrency.barrier()", messages.BARRIER_OUTSIDE_RUN),
         ("concurrency.worker", messages.WORKER_OUTSIDE_RUN.format(name="worker")),
-        ("[r(lambda: [x for x in concurrency.runs(2)], workers=2) for r in concurrency.runs(1)]",
-         messages.NESTED_RUN),
+        (
+            "[r(lambda: [x for x in concurrency.runs(2)], workers=2) for r in concurrency.runs(1)]",
+            messages.NESTED_RUN,
+        ),
         ("[r() for r in concurrency.runs(1)]", messages.RUN_NEEDS_CALLABLES),
-        ("[r(len, len, workers=3) for r in concurrency.runs(1)]",
-         messages.RUN_WORKERS_WITH_ACTORS),
+        ("[r(len, len, workers=3) for r in concurrency.runs(1)]", messages.RUN_WORKERS_WITH_ACTORS),
         ("[r(len, workers=0) for r in concurrency.runs(1)]", "run(fn, workers=N) takes a whole"),
         ("list(concurrency.runs(0))", "runs() takes a whole number >= 1"),
         ("[r for r in concurrency.runs(1)][0](lambda: 1)", messages.RUN_AFTER_LOOP),

@@ -70,7 +70,9 @@ def test_leak_checks_can_be_off(pytester, run_subprocess) -> None:
 def test_bad_leaks_value_is_a_usage_error(pytester, run) -> None:
     pytester.makepyfile("def test_nothing(): pass")
     result = run("--concurrency-leaks=loud")
-    result.stderr.fnmatch_lines(["*invalid --concurrency-leaks=loud: expected one of warn, fail, off"])
+    result.stderr.fnmatch_lines(
+        ["*invalid --concurrency-leaks=loud: expected one of warn, fail, off"]
+    )
 
 
 def test_run_deadline_fits_inside_pytest_timeout(pytester, run_subprocess) -> None:
@@ -93,8 +95,10 @@ def test_run_deadline_fits_inside_pytest_timeout(pytester, run_subprocess) -> No
     result = run_subprocess("-p", "timeout")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*HANG in run 0 of 3 (2 threads, seed *): worker 0 did not finish within 1.6s*",
-         "*NEVER.wait(30)*"]
+        [
+            "*HANG in run 0 of 3 (2 threads, seed *): worker 0 did not finish within 1.6s*",
+            "*NEVER.wait(30)*",
+        ]
     )
     assert "Timeout" not in result.stdout.str().split("short test summary")[0].split("HANG")[0]
 
@@ -151,20 +155,30 @@ def test_pytest_timeout_ending_healthy_runs_is_its_failure_and_the_runs_are_kept
     located = re.findall(r"^(\S+\.py):\d+: Failed", failures, re.MULTILINE)
     assert located == [test_file.name] * 2  # sync harness: the test's line, nothing below
     assert "leak" not in result.stdout.str()
-    result.stdout.fnmatch_lines(["6 concurrent tests, * runs, * calls; 0 with failures, "
-                                 "6 interrupted"])
-    for name, mode, seconds in [("test_threads", "threads", 1), ("test_processes", "processes", 2),
-                                ("test_asyncio", "asyncio", 1), ("test_harness", "threads", 1),
-                                ("test_harness_checks", "threads", 1),
-                                ("test_async_harness", "asyncio", 1)]:
-        result.stdout.fnmatch_lines([f"  *::{name}: interrupted after * runs ({mode}, 2 workers): "
-                                     f"Failed: Timeout (>{seconds}.0s) from pytest-timeout."])
+    result.stdout.fnmatch_lines(
+        ["6 concurrent tests, * runs, * calls; 0 with failures, 6 interrupted"]
+    )
+    for name, mode, seconds in [
+        ("test_threads", "threads", 1),
+        ("test_processes", "processes", 2),
+        ("test_asyncio", "asyncio", 1),
+        ("test_harness", "threads", 1),
+        ("test_harness_checks", "threads", 1),
+        ("test_async_harness", "asyncio", 1),
+    ]:
+        result.stdout.fnmatch_lines(
+            [
+                f"  *::{name}: interrupted after * runs ({mode}, 2 workers): "
+                f"Failed: Timeout (>{seconds}.0s) from pytest-timeout."
+            ]
+        )
     assert "the check after the run failed" not in result.stdout.str()
     entries = json.loads((pytester.path / "out.json").read_text())["tests"]
     assert [entry["interrupted"].startswith("Failed: Timeout") for entry in entries] == [True] * 6
     assert all(entry["failing_run"] is None for entry in entries)
-    verdicts = re.findall(r'name="concurrency_verdict" value="([^"]+)"',
-                          (pytester.path / "j.xml").read_text())
+    verdicts = re.findall(
+        r'name="concurrency_verdict" value="([^"]+)"', (pytester.path / "j.xml").read_text()
+    )
     assert verdicts == ["interrupted"] * 6
 
 
@@ -201,10 +215,13 @@ def test_leftover_asyncio_tasks_are_reported(pytester, run_subprocess, mode: str
     expected = [
         messages.LEAK_MESSAGE.format(
             nodeid=f"test_leftover_asyncio_tasks_are_reported.py::{name}",
-            what="1 asyncio task", names=f"task {task!r} (poll_forever at "
-            "test_leftover_asyncio_tasks_are_reported.py:6)")
-        for name, task in (("test_leaves_a_task", "poller"),
-                           ("test_harness_leaves_a_task", "harness-poller"))
+            what="1 asyncio task",
+            names=f"task {task!r} (poll_forever at test_leftover_asyncio_tasks_are_reported.py:6)",
+        )
+        for name, task in (
+            ("test_leaves_a_task", "poller"),
+            ("test_harness_leaves_a_task", "harness-poller"),
+        )
     ]
     text = " ".join(result.stdout.str().split())
     if mode == "off":

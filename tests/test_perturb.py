@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 import pytest_concurrency
-from pytest_concurrency import codefilter, perturb
-from pytest_concurrency.codefilter import CodeFilter, shared_state_offsets
-from pytest_concurrency.perturb import (
+from pytest_concurrency.engine.seeds import run_seed
+from pytest_concurrency.races import codefilter, perturb
+from pytest_concurrency.races.codefilter import CodeFilter, shared_state_offsets
+from pytest_concurrency.races.perturb import (
     NO_PERTURBATION,
     Action,
     CallDecisions,
@@ -30,7 +31,6 @@ from pytest_concurrency.perturb import (
     seeded_perturbation,
     worker_seed,
 )
-from pytest_concurrency.seeds import run_seed
 
 HERE = Path(__file__).resolve().parent
 WORKERS = 4
@@ -376,7 +376,7 @@ def test_user_code_is_code_under_the_roots() -> None:
 
 @pytest.mark.parametrize(
     "function",
-    [json.dumps, pytest.fixture, pytest_concurrency.perturb.make_perturbation],
+    [json.dumps, pytest.fixture, pytest_concurrency.races.perturb.make_perturbation],
     ids=["stdlib", "pytest", "plugin"],
 )
 def test_tooling_is_never_user_code(function: Callable[..., object]) -> None:
@@ -490,8 +490,9 @@ class Points:
 
 
 def fake_frame(code: Any, lasti: int = 0) -> Any:
-    return types.SimpleNamespace(f_code=code, f_lasti=lasti, f_trace_opcodes=False,
-                                 f_trace_lines=True)
+    return types.SimpleNamespace(
+        f_code=code, f_lasti=lasti, f_trace_opcodes=False, f_trace_lines=True
+    )
 
 
 def test_a_call_into_user_code_turns_on_its_opcode_events_only(

@@ -8,20 +8,20 @@ import ast
 
 import pytest
 
-from pytest_concurrency.outcomes import RunRecord
+from pytest_concurrency.engine.outcomes import RunRecord
 from pytest_concurrency.runners.base import RunPlan, Series
 from pytest_concurrency.runners.threads import ThreadRunner
 
 MACHINERY = (
-    "pytest_concurrency.harness",
+    "pytest_concurrency.driver.harness",
     "pytest_concurrency.runners",
-    "pytest_concurrency.perturb",
-    "pytest_concurrency.leaks",
-    "pytest_concurrency.series",
-    "pytest_concurrency.outcomes",
-    "pytest_concurrency.lockwatch",
-    "pytest_concurrency.primitives",
-    "pytest_concurrency.scheduler",
+    "pytest_concurrency.races.perturb",
+    "pytest_concurrency.engine.leaks",
+    "pytest_concurrency.driver.series",
+    "pytest_concurrency.engine.outcomes",
+    "pytest_concurrency.plugin.lockwatch",
+    "pytest_concurrency.races.primitives",
+    "pytest_concurrency.races.scheduler",
 )
 WITNESS_CONFTEST = f"""
 import sys
@@ -76,14 +76,18 @@ def test_an_unmarked_suite_gets_no_per_test_hooks_and_imports_no_machinery(
         "        run(lambda: None, workers=2)\n",
         # rounds=1, a bad value: the per-test hooks say so; force=True, or a tracer (the
         # suite's coverage run) would skip the test before the hooks look at the value
-        "@pytest.mark.scaling(rounds=1, force=True)\n"
-        "def test_scaling_marker():\n    pass\n",
+        "@pytest.mark.scaling(rounds=1, force=True)\ndef test_scaling_marker():\n    pass\n",
         "@pytest.mark.concurrent(workers=2, runs=2)\n"
         "class TestMarked:\n    def test_in_class(self):\n        pass\n",
         "pytestmark = pytest.mark.concurrent(workers=2, runs=2)\n",
     ],
-    ids=["concurrent-marker", "concurrency-fixture", "scaling-marker", "class-marker",
-         "module-marker"],
+    ids=[
+        "concurrent-marker",
+        "concurrency-fixture",
+        "scaling-marker",
+        "class-marker",
+        "module-marker",
+    ],
 )
 def test_a_test_that_needs_them_gets_the_per_test_hooks(
     pytester: pytest.Pytester, run_subprocess, test: str
@@ -112,14 +116,18 @@ def test_concurrency_all_gets_them_for_an_unmarked_suite(
     assert witness(pytester)["item_hooks"] is True
 
 
-def series_of(calls: int, count: int, go_on_until: int,
-              seen: list[RunRecord]) -> Series:
+def series_of(calls: int, count: int, go_on_until: int, seen: list[RunRecord]) -> Series:
     def on_run_done(record: RunRecord) -> bool:
         seen.append(record)
         return record.index < go_on_until
 
-    return Series(calls=[lambda: None] * calls, plan=RunPlan(count=count), seed=3,
-                  timeout=30, on_run_done=on_run_done)
+    return Series(
+        calls=[lambda: None] * calls,
+        plan=RunPlan(count=count),
+        seed=3,
+        timeout=30,
+        on_run_done=on_run_done,
+    )
 
 
 def test_a_clean_run_is_counted_while_the_next_one_runs_and_a_stop_still_stops() -> None:

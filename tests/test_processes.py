@@ -16,10 +16,10 @@ import time
 import pytest
 
 from pytest_concurrency import messages
-from pytest_concurrency.outcomes import SeriesOutcome
+from pytest_concurrency.driver.series import run_series
+from pytest_concurrency.engine.outcomes import SeriesOutcome
 from pytest_concurrency.runners import processes
 from pytest_concurrency.runners.base import RunPlan
-from pytest_concurrency.series import run_series
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses fcntl and POSIX signals")
 
@@ -110,7 +110,7 @@ def test_file_counter_and_sqlite_races_are_found_and_their_fixed_twins_pass(
     result.assert_outcomes(failed=2, passed=2)
     result.stdout.fnmatch_lines(["*FAILED after run * of 300 (4 processes, seed *)*"])
     result.stdout.re_match_lines(  # every call fails when all the inserts land before a check
-        [                           # (often so when the children are slowed, under coverage)
+        [  # (often so when the children are slowed, under coverage)
             r".*(RACE DETECTED|FAILED) in run \d+ of 300 \(4 processes, seed \d+\).*",
             r".*AssertionError at test_signup\.py:.*",
             r".*assert [234] == 1.*",
@@ -266,7 +266,7 @@ def test_crashes_and_hangs_name_the_worker_and_leave_no_process(
             "*worker 1 (pid *) was killed by signal SIGSEGV (11)*",
             "*Fatal Python error: Segmentation fault*",
             '*File "*test_crashes.py", line * in test_segfault*',
-        "*WorkerCrashed at test_crashes.py:* (1 call: worker 1)*",
+            "*WorkerCrashed at test_crashes.py:* (1 call: worker 1)*",
         ]
     )
     result.stdout.fnmatch_lines(

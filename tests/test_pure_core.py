@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_concurrency import cores, report, seeds
-from pytest_concurrency.outcomes import (
+from pytest_concurrency.driver.series import failure_exception
+from pytest_concurrency.engine import cores, report, seeds
+from pytest_concurrency.engine.outcomes import (
     CallFailure,
     CallKind,
     RunRecord,
@@ -17,9 +18,8 @@ from pytest_concurrency.outcomes import (
     group_failures,
     origin_of,
 )
+from pytest_concurrency.engine.settings import Settings, SettingsError, auto_workers, resolve
 from pytest_concurrency.runners.base import RunPlan
-from pytest_concurrency.series import failure_exception
-from pytest_concurrency.settings import Settings, SettingsError, auto_workers, resolve
 
 # -- settings ---------------------------------------------------------------------------------
 
@@ -73,8 +73,9 @@ def test_workers_auto_depends_on_mode_and_cores() -> None:
 
 
 def test_bool_and_number_spellings() -> None:
-    settings = resolve(cli={}, env={"PYTEST_CONCURRENCY_PERTURB": "off",
-                                    "PYTEST_CONCURRENCY_SEED": "0x10"}, ini={})
+    settings = resolve(
+        cli={}, env={"PYTEST_CONCURRENCY_PERTURB": "off", "PYTEST_CONCURRENCY_SEED": "0x10"}, ini={}
+    )
     assert settings.perturb is False
     assert settings.seed == 16
 
@@ -98,8 +99,13 @@ def test_seed_derivation_is_stable_and_distinct() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("max 100000", None), ("200000 100000", 2.0), ("150000 100000", 1.5), ("junk", None),
-     ("-1 100000", None)],
+    [
+        ("max 100000", None),
+        ("200000 100000", 2.0),
+        ("150000 100000", 1.5),
+        ("junk", None),
+        ("-1 100000", None),
+    ],
 )
 def test_cgroup_v2_quota(text: str, expected: float | None) -> None:
     assert cores.parse_cgroup_v2_max(text) == expected
@@ -185,8 +191,15 @@ def failed_outcome() -> SeriesOutcome:
         CallFailure.from_exception(raise_here(AssertionError("lost update")), worker=w, run=4)
         for w in (0, 2)
     ]
-    outcome = SeriesOutcome(mode="threads", workers=3, runs_planned=10, seed=5, runs_done=5,
-                            calls=15, failing_run=record)
+    outcome = SeriesOutcome(
+        mode="threads",
+        workers=3,
+        runs_planned=10,
+        seed=5,
+        runs_done=5,
+        calls=15,
+        failing_run=record,
+    )
     outcome.observations.add(2)
     outcome.observations.add(2)
     outcome.observations.add(3)
@@ -194,8 +207,9 @@ def failed_outcome() -> SeriesOutcome:
 
 
 def test_failure_report_text() -> None:
-    lines = report.failure_report(failed_outcome(), timeout=60, reproduce="pytest t.py::x "
-                                  "--concurrency-seed=5", seed=5)
+    lines = report.failure_report(
+        failed_outcome(), timeout=60, reproduce="pytest t.py::x --concurrency-seed=5", seed=5
+    )
     assert lines[0] == "RACE DETECTED in run 4 of 10 (3 threads, seed 5): 2 of 15 calls failed"
     assert lines[1].startswith("  AssertionError at test_pure_core.py:")
     assert lines[1].endswith("(2 calls: workers 0, 2)")

@@ -53,7 +53,9 @@ def reproduce_line(result: pytest.RunResult) -> str:
     return found.group(1)
 
 
-def test_the_printed_line_replays_a_perturbation_race(pytester: pytest.Pytester, run_subprocess) -> None:
+def test_the_printed_line_replays_a_perturbation_race(
+    pytester: pytest.Pytester, run_subprocess
+) -> None:
     pytester.makepyfile(test_counter=COUNTER)
     first = run_subprocess()
     first.assert_outcomes(failed=1)
@@ -70,9 +72,13 @@ def test_the_printed_line_replays_a_perturbation_race(pytester: pytest.Pytester,
         assert reproduce_line(again) == line  # the same seed, printed the same way
 
 
-@pytest.mark.skipif(not getattr(sys, "_is_gil_enabled", lambda: True)(),
-                    reason="without the GIL plain threads interleave inside the window")
-def test_without_perturbation_the_same_race_hides(pytester: pytest.Pytester, run_subprocess) -> None:
+@pytest.mark.skipif(
+    not getattr(sys, "_is_gil_enabled", lambda: True)(),
+    reason="without the GIL plain threads interleave inside the window",
+)
+def test_without_perturbation_the_same_race_hides(
+    pytester: pytest.Pytester, run_subprocess
+) -> None:
     """The control: what finds the race above is the perturbation, not luck of the OS scheduler."""
     pytester.makepyfile(test_counter=COUNTER.replace("runs=200", "runs=20"))
     run_subprocess("--concurrency-perturb=false", "--concurrency-seed=1").assert_outcomes(passed=1)

@@ -177,27 +177,40 @@ def test_a_worker_interrupt_ends_the_session_and_restores(pytester, run_subproce
 
 LONG_RUNS = {
     "marker": "@pytest.mark.concurrent(workers=4, budget=120)\n"
-              "def test_long(concurrency):\n"
-              "    pathlib.Path({started!r}).touch()\n"
-              "    sum(range(1000))\n",
+    "def test_long(concurrency):\n"
+    "    pathlib.Path({started!r}).touch()\n"
+    "    sum(range(1000))\n",
     "harness": "def test_long(concurrency):\n"
-               "    for run in concurrency.runs(budget=120):\n"
-               "        run(lambda: pathlib.Path({started!r}).touch(), workers=4)\n",
+    "    for run in concurrency.runs(budget=120):\n"
+    "        run(lambda: pathlib.Path({started!r}).touch(), workers=4)\n",
 }
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("form", list(LONG_RUNS))
-def test_ctrl_c_during_a_long_run_exits_promptly_leaving_nothing(tmp_path: Path,
-                                                                 form: str) -> None:
+def test_ctrl_c_during_a_long_run_exits_promptly_leaving_nothing(tmp_path: Path, form: str) -> None:
     started = tmp_path / "started"
     (tmp_path / "test_long.py").write_text(
         "import pathlib, pytest\n" + LONG_RUNS[form].format(started=str(started))
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:run-parallel",
-         "-p", "no:asyncio", str(tmp_path / "test_long.py"), "--concurrency-json=out.json"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:run-parallel",
+            "-p",
+            "no:asyncio",
+            str(tmp_path / "test_long.py"),
+            "--concurrency-json=out.json",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         preexec_fn=default_sigint,  # as a terminal delivers it, however this run was started
     )
     try:
@@ -215,8 +228,12 @@ def test_ctrl_c_during_a_long_run_exits_promptly_leaving_nothing(tmp_path: Path,
     assert "KeyboardInterrupt" in output
     assert "INTERNALERROR" not in output
     # the interrupted test keeps its runs in the summary and the JSON report
-    assert re.search(r"^  test_long\.py::test_long: interrupted after \d+ runs \(threads, 4 "
-                     r"workers\): KeyboardInterrupt$", output, re.MULTILINE), output
+    assert re.search(
+        r"^  test_long\.py::test_long: interrupted after \d+ runs \(threads, 4 "
+        r"workers\): KeyboardInterrupt$",
+        output,
+        re.MULTILINE,
+    ), output
     (entry,) = json.loads((tmp_path / "out.json").read_text())["tests"]
     assert (entry["outcome"], entry["interrupted"]) == ("interrupted", "KeyboardInterrupt")
     assert not Path(f"/proc/{proc.pid}").exists() or os.waitpid(proc.pid, os.WNOHANG)

@@ -35,8 +35,10 @@ def test_publish_reaches_subscriber():
 
 def test_run_all_finds_iterate_while_mutating_in_a_plain_suite(pytester, run) -> None:
     pytester.makepyfile(bus=BUS)
-    pytester.makepyfile(test_racy=PLAIN_TEST.format(publish="publish"),
-                        test_fixed=PLAIN_TEST.format(publish="publish_safely"))
+    pytester.makepyfile(
+        test_racy=PLAIN_TEST.format(publish="publish"),
+        test_fixed=PLAIN_TEST.format(publish="publish_safely"),
+    )
     assert run().ret == 0  # the plain suite passes on its own
     result = run("--concurrency-all", "--concurrency-seed=1")
     result.assert_outcomes(passed=1, failed=1)
@@ -44,7 +46,6 @@ def test_run_all_finds_iterate_while_mutating_in_a_plain_suite(pytester, run) ->
         [
             "*RuntimeError: dictionary changed size during iteration*",
             "*RuntimeError at bus.py:* (* call*",
-            "*reproduce: pytest test_racy.py::test_publish_reaches_subscriber "
-            "--concurrency-seed=1",
+            "*reproduce: pytest test_racy.py::test_publish_reaches_subscriber --concurrency-seed=1",
         ]
     )

@@ -17,14 +17,16 @@ from pathlib import Path
 import pytest
 from conftest import ISOLATION_ARGS
 
-from pytest_concurrency import plot, scaling, scaling_hooks
+from pytest_concurrency.plugin import scaling_hooks
+from pytest_concurrency.scaling import api as scaling
+from pytest_concurrency.scaling import plot
 
 VERDICT_PATTERN = "|".join(scaling.VERDICTS)
 
 UNITS = """
 import sys
 import pytest
-from pytest_concurrency.scaling_hooks import active_tracer
+from pytest_concurrency.plugin.scaling_hooks import active_tracer
 
 # Under coverage (the suite's coverage run traces these inner sessions too) measure anyway.
 FORCE = active_tracer() is not None
@@ -139,7 +141,7 @@ def test_marker_failures_show_the_table_or_name_the_fix(
         import time
 
         import pytest
-        from pytest_concurrency.scaling_hooks import active_tracer
+        from pytest_concurrency.plugin.scaling_hooks import active_tracer
 
         FORCE = active_tracer() is not None
 

@@ -16,16 +16,17 @@ from collections.abc import Callable
 
 import pytest
 
-from pytest_concurrency import scaling, scaling_hooks
-from pytest_concurrency.cores import CoreBudget, core_budget, gil_enabled
-from pytest_concurrency.scaling import (
+from pytest_concurrency.engine.cores import CoreBudget, core_budget, gil_enabled
+from pytest_concurrency.plugin import scaling_hooks
+from pytest_concurrency.scaling import api as scaling
+from pytest_concurrency.scaling.api import (
     VERDICTS,
     ScalingMeasurementError,
     ScalingReport,
     ScalingWorkError,
     measure_scaling,
 )
-from pytest_concurrency.scaling_runner import Unit, WaitSampler, WorkerSample, run_thread_round
+from pytest_concurrency.scaling.measure import Unit, WaitSampler, WorkerSample, run_thread_round
 
 CALLS_IN_THIS_PROCESS = [0]
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from pytest_concurrency import plot
-from pytest_concurrency.scaling import MeasurementContext, RoundRecord, analyze
-from pytest_concurrency.scaling_runner import WorkerSample
+from pytest_concurrency.scaling import plot
+from pytest_concurrency.scaling.api import MeasurementContext, RoundRecord, analyze
+from pytest_concurrency.scaling.measure import WorkerSample
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from pytest_concurrency import scaling
-from pytest_concurrency.scaling import (
+from pytest_concurrency.scaling import api as scaling
+from pytest_concurrency.scaling.api import (
     MeasurementContext,
     RoundRecord,
     ScalingUsageError,
@@ -19,7 +19,7 @@ from pytest_concurrency.scaling import (
     format_scaling_table,
     median_interval,
 )
-from pytest_concurrency.scaling_runner import WaitSite, WorkerSample
+from pytest_concurrency.scaling.measure import WaitSite, WorkerSample
 
 ROUNDS = 9
 BATCH = 0.1

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from pytest_concurrency import report
+from pytest_concurrency.engine import report
 
 SUITE = """
 import pytest
@@ -49,17 +49,23 @@ def test_xdist_merges_every_test_into_one_json_and_summary(pytester, run_subproc
     assert document["oversubscription"]["xdist_workers"] == 2
     text = result.stdout.str()
     assert text.count("concurrency: seed 77") == 1  # the header is printed once
-    result.stdout.fnmatch_lines(["concurrency: pytest-xdist -n 2: up to 2 x 4 = 8 busy workers*",
-                                 "*= concurrency =*", "7 concurrent tests, *; 1 with failures",
-                                 "pytest-xdist -n 2: up to 2 x 4 = 8 busy workers*"])
+    result.stdout.fnmatch_lines(
+        [
+            "concurrency: pytest-xdist -n 2: up to 2 x 4 = 8 busy workers*",
+            "*= concurrency =*",
+            "7 concurrent tests, *; 1 with failures",
+            "pytest-xdist -n 2: up to 2 x 4 = 8 busy workers*",
+        ]
+    )
     # Every worker used the controller's seed: the same per-test seeds as a plain run.
     plain = pytester.path / "plain.json"
     run_subprocess("--concurrency-seed=77", f"--concurrency-json={plain}")
     assert seeds_by_test(plain) == seeds_by_test(merged)
 
 
-def test_shards_split_one_hunt_into_items_and_the_failing_shard_replays(pytester,
-                                                                        run_subprocess) -> None:
+def test_shards_split_one_hunt_into_items_and_the_failing_shard_replays(
+    pytester, run_subprocess
+) -> None:
     pytester.makepyfile(
         test_rare="""
         import pytest
@@ -70,8 +76,9 @@ def test_shards_split_one_hunt_into_items_and_the_failing_shard_replays(pytester
         """
     )
     out = pytester.path / "r.json"
-    result = run_subprocess("-n", "2", "--concurrency-shards=4", "--concurrency-seed=5",
-                            f"--concurrency-json={out}")
+    result = run_subprocess(
+        "-n", "2", "--concurrency-shards=4", "--concurrency-seed=5", f"--concurrency-json={out}"
+    )
     entries = json.loads(out.read_text())["tests"]
     assert sorted(entry["shard"] for entry in entries) == [0, 1, 2, 3]
     assert {entry["base_nodeid"] for entry in entries} == {"test_rare.py::test_rare"}
@@ -79,8 +86,9 @@ def test_shards_split_one_hunt_into_items_and_the_failing_shard_replays(pytester
     assert all(entry["runs_planned"] == 100 for entry in entries)
     failed = [entry for entry in entries if entry["failing_run"] is not None]
     assert failed, "a 1-in-53 failure over 400 runs"
-    result.stdout.fnmatch_lines(["sharded test_rare.py::test_rare: 4 of 4 shards, * runs; "
-                                 "failed in shard *"])
+    result.stdout.fnmatch_lines(
+        ["sharded test_rare.py::test_rare: 4 of 4 shards, * runs; failed in shard *"]
+    )
     replay = failed[0]["reproduce"].split(" ", 1)[1]
     args = [arg.strip("'") for arg in replay.split()]
     again = run_subprocess(*args)
@@ -89,8 +97,10 @@ def test_shards_split_one_hunt_into_items_and_the_failing_shard_replays(pytester
 
 
 def junit_properties(xml) -> dict[str, dict[str, str]]:
-    return {case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
-            for case in ET.parse(xml).getroot().iter("testcase")}
+    return {
+        case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+        for case in ET.parse(xml).getroot().iter("testcase")
+    }
 
 
 @pytest.mark.parametrize("xdist", [False, True], ids=["plain", "xdist"])
@@ -100,8 +110,11 @@ def test_junit_xml_carries_concurrency_properties(pytester, run_subprocess, xdis
     run_subprocess(*(("-n", "2") if xdist else ()), f"--junitxml={xml}")
     cases = junit_properties(xml)
     assert cases["test_b"] == {
-        "concurrency_mode": "threads", "concurrency_workers": "3", "concurrency_runs": "5",
-        "concurrency_seed": cases["test_b"]["concurrency_seed"], "concurrency_failures": "3",
+        "concurrency_mode": "threads",
+        "concurrency_workers": "3",
+        "concurrency_runs": "5",
+        "concurrency_seed": cases["test_b"]["concurrency_seed"],
+        "concurrency_failures": "3",
         "concurrency_verdict": report.VERDICT_RACE,
     }
     assert cases["test_b"]["concurrency_seed"].isdigit()
@@ -110,26 +123,48 @@ def test_junit_xml_carries_concurrency_properties(pytester, run_subprocess, xdis
     assert cases["test_harness"]["concurrency_runs"] == "3"  # the harness too
     assert cases["test_harness"]["concurrency_verdict"] == report.VERDICT_CLEAN
     assert len([name for name in cases if name.startswith("test_c")]) == 4
-    assert all(cases[name]["concurrency_workers"] == "2" for name in cases
-               if name.startswith("test_c"))
+    assert all(
+        cases[name]["concurrency_workers"] == "2" for name in cases if name.startswith("test_c")
+    )
 
 
 def test_junit_verdicts_for_a_failed_check_a_hang_and_a_scaling_entry() -> None:
-    base = {"kind": report.KIND_CONCURRENT, "mode": "threads", "workers": 2, "runs_done": 4,
-            "seed": 9, "failures": [], "hung_workers": [], "failing_run": None}
+    base = {
+        "kind": report.KIND_CONCURRENT,
+        "mode": "threads",
+        "workers": 2,
+        "runs_done": 4,
+        "seed": 9,
+        "failures": [],
+        "hung_workers": [],
+        "failing_run": None,
+    }
     assert report.concurrent_verdict(base) == report.VERDICT_CLEAN
     assert report.concurrent_verdict({**base, "failing_run": 3}) == report.VERDICT_CHECK_FAILED
     assert report.concurrent_verdict({**base, "failing_run": 3, "hung_workers": [1]}) == (
-        report.VERDICT_HUNG)
+        report.VERDICT_HUNG
+    )
     sharded = dict(report.junit_properties({**base, "shard": 1, "shards": 4}))
     assert sharded["concurrency_shard"] == "1 of 4"
-    scaling = dict(report.junit_properties({
-        "kind": report.KIND_SCALING, "verdict": "gil-bound", "seed": 5,
-        "judged_workers": {"threads": 2, "processes": 2},
-        "levels": [{"rounds": 3}, {"rounds": 4}]}))
-    assert scaling == {"concurrency_mode": "threads,processes", "concurrency_workers": 2,
-                       "concurrency_runs": 7, "concurrency_seed": 5, "concurrency_failures": 0,
-                       "concurrency_verdict": "gil-bound"}
+    scaling = dict(
+        report.junit_properties(
+            {
+                "kind": report.KIND_SCALING,
+                "verdict": "gil-bound",
+                "seed": 5,
+                "judged_workers": {"threads": 2, "processes": 2},
+                "levels": [{"rounds": 3}, {"rounds": 4}],
+            }
+        )
+    )
+    assert scaling == {
+        "concurrency_mode": "threads,processes",
+        "concurrency_workers": 2,
+        "concurrency_runs": 7,
+        "concurrency_seed": 5,
+        "concurrency_failures": 0,
+        "concurrency_verdict": "gil-bound",
+    }
     assert report.junit_properties({"kind": report.KIND_SERIAL}) == []
 
 

@@ -31,8 +31,8 @@ sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
 from cases import CASES, Case  # noqa: E402
 
-from pytest_concurrency.cores import core_budget, describe_interpreter  # noqa: E402
-from pytest_concurrency.scaling import measure_scaling  # noqa: E402
+from pytest_concurrency.engine.cores import core_budget, describe_interpreter  # noqa: E402
+from pytest_concurrency.scaling.api import measure_scaling  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -185,7 +185,7 @@ def main() -> int:
     for row in rows:
         print("| " + " | ".join(row) + " |")
     if args.charts is not None:
-        from pytest_concurrency.plot import write_charts
+        from pytest_concurrency.scaling.plot import write_charts
 
         for path in write_charts(charts, args.charts):
             print(f"chart: {path}")

@@ -10,14 +10,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..perturb import NO_PERTURBATION, Perturbation
-from .base import Runner
+from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation
+from pytest_concurrency.runners.base import Runner
 
 
 def make_perturbation(*, enabled: bool, roots: Sequence[Path], seed: int) -> Perturbation:
     if not enabled:
         return NO_PERTURBATION
-    from .. import perturb
+    from pytest_concurrency.races import perturb
 
     factory = getattr(perturb, "make_perturbation", None)
     if factory is None:
@@ -26,20 +26,25 @@ def make_perturbation(*, enabled: bool, roots: Sequence[Path], seed: int) -> Per
     return result
 
 
-def make_runner(mode: str, workers: int, *, perturbation: Perturbation = NO_PERTURBATION,
-                options: Mapping[str, Any] | None = None) -> Runner:
+def make_runner(
+    mode: str,
+    workers: int,
+    *,
+    perturbation: Perturbation = NO_PERTURBATION,
+    options: Mapping[str, Any] | None = None,
+) -> Runner:
     """A runner for ``mode`` with ``workers`` workers (``options``: mode-specific knobs)."""
     if mode == "threads":
-        from .threads import ThreadRunner
+        from pytest_concurrency.runners.threads import ThreadRunner
 
         return ThreadRunner(workers, perturbation)
     if mode == "processes":
-        from .processes import ProcessRunner  # type: ignore[import-not-found,unused-ignore]
+        from pytest_concurrency.runners.processes import ProcessRunner  # type: ignore[import-not-found,unused-ignore]
 
         runner: Runner = ProcessRunner(workers, perturbation=perturbation, **(options or {}))
         return runner
     if mode == "asyncio":
-        from .aio import AsyncioRunner  # type: ignore[import-not-found,unused-ignore]
+        from pytest_concurrency.runners.aio import AsyncioRunner  # type: ignore[import-not-found,unused-ignore]
 
         runner = AsyncioRunner(workers, **(options or {}))
         return runner

@@ -40,13 +40,19 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol, TypeVar
 
-from .. import messages
-from ..context import CURRENT, WorkerContext
-from ..harness import ConcurrencyUsageError
-from ..leaks import note_leftover_tasks
-from ..outcomes import CallFailure, CallKind, RunRecord, classify, without_traceback
-from ..seeds import derive_seed, run_seed
-from .base import BARRIER_ABORTED, BarrierAborted, Series, drop_collateral
+from pytest_concurrency import messages
+from pytest_concurrency.driver.harness import ConcurrencyUsageError
+from pytest_concurrency.engine.context import CURRENT, WorkerContext
+from pytest_concurrency.engine.leaks import note_leftover_tasks
+from pytest_concurrency.engine.outcomes import (
+    CallFailure,
+    CallKind,
+    RunRecord,
+    classify,
+    without_traceback,
+)
+from pytest_concurrency.engine.seeds import derive_seed, run_seed
+from pytest_concurrency.runners.base import BARRIER_ABORTED, BarrierAborted, Series, drop_collateral
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
@@ -255,8 +261,12 @@ class LoopHost:
                 self._wait_bounded(self._cancel_all(), CANCEL_SECONDS)
             raise without_traceback(exc)  # noqa: B904 (the same exception)
 
-    def _start(self, coroutine: Coroutine[Any, Any, T], context: contextvars.Context,
-               done: concurrent.futures.Future[T]) -> None:
+    def _start(
+        self,
+        coroutine: Coroutine[Any, Any, T],
+        context: contextvars.Context,
+        done: concurrent.futures.Future[T],
+    ) -> None:
         task = context.run(self.loop.create_task, coroutine)
         task.add_done_callback(lambda finished: _settle(finished, done))
 
@@ -272,8 +282,9 @@ class LoopHost:
             if watch is not None and self._blocked(watch):
                 self._report_blocked(watch)
                 workers = ", ".join(map(str, watch.record.hung_workers))
-                raise LoopBlocked(messages.LOOP_BLOCKED.format(seconds=watch.timeout,
-                                                               worker=workers), self.thread)
+                raise LoopBlocked(
+                    messages.LOOP_BLOCKED.format(seconds=watch.timeout, worker=workers), self.thread
+                )
 
     def _blocked(self, watch: RunWatch) -> bool:
         now = time.monotonic()
@@ -290,15 +301,17 @@ class LoopHost:
         except RuntimeError:
             current = None
         blocking = watch.tasks.get(current) if current is not None else None
-        record.hung_workers = sorted(index for task, index in watch.tasks.items()
-                                     if not task.done())
+        record.hung_workers = sorted(
+            index for task, index in watch.tasks.items() if not task.done()
+        )
         for task, index in watch.tasks.items():
             if not task.done() and index != blocking:
                 record.stacks[index] = task_stack(task)
         frame = sys._current_frames().get(self.thread.ident or -1)
         if blocking is not None and frame is not None:
             record.stacks[blocking] = (
-                messages.LOOP_BLOCKED.format(seconds=watch.timeout, worker=blocking) + "\n"
+                messages.LOOP_BLOCKED.format(seconds=watch.timeout, worker=blocking)
+                + "\n"
                 + user_stack(frame)
             )
         watch.on_run_done(record)
@@ -382,8 +395,11 @@ def task_stack(task: asyncio.Task[Any]) -> str:
 def user_stack(frame: FrameType) -> str:
     summary = traceback.StackSummary.extract(traceback.walk_stack(frame))
     summary.reverse()
-    kept = [entry for entry in summary if not _is_own_frame(entry.filename)
-            and "threading.py" not in entry.filename]
+    kept = [
+        entry
+        for entry in summary
+        if not _is_own_frame(entry.filename) and "threading.py" not in entry.filename
+    ]
     return "".join(traceback.StackSummary.from_list(kept).format())
 
 
@@ -481,8 +497,7 @@ class AsyncioRunner:
         if not isinstance(loop, ScheduledEventLoop):
             raise ConcurrencyUsageError(messages.FOREIGN_EVENT_LOOP.format(loop=type(loop)))
         if series.workers != self.workers:
-            raise ValueError(f"this runner has {self.workers} workers, the series "
-                             f"{series.workers}")
+            raise ValueError(f"this runner has {self.workers} workers, the series {series.workers}")
         index = series.plan.first_index
         while series.plan.has_run(index):
             watch = await self._one_run(loop, series, index)
@@ -500,8 +515,12 @@ class AsyncioRunner:
 
     async def _one_run(self, loop: ScheduledEventLoop, series: Series, index: int) -> RunWatch:
         seed = run_seed(series.seed, index)
-        record = RunRecord(index=index, seed=seed, workers=self.workers,
-                           results=[None] * self.workers if series.keep_results else [])
+        record = RunRecord(
+            index=index,
+            seed=seed,
+            workers=self.workers,
+            results=[None] * self.workers if series.keep_results else [],
+        )
         barrier = TaskBarrier(self.workers)
         watch = RunWatch(record, {}, time.monotonic(), series.timeout, series.on_run_done)
         loop.use_order(order_for_run(index, seed))
@@ -518,10 +537,19 @@ class AsyncioRunner:
             loop.watch = None
         return watch
 
-    async def _call(self, worker: int, record: RunRecord, series: Series,
-                    barrier: TaskBarrier) -> None:
-        CURRENT.set(WorkerContext(worker=worker, run=record.index, workers=self.workers,
-                                  mode=MODE, seed=record.seed, wait_at_barrier=barrier.wait))
+    async def _call(
+        self, worker: int, record: RunRecord, series: Series, barrier: TaskBarrier
+    ) -> None:
+        CURRENT.set(
+            WorkerContext(
+                worker=worker,
+                run=record.index,
+                workers=self.workers,
+                mode=MODE,
+                seed=record.seed,
+                wait_at_barrier=barrier.wait,
+            )
+        )
         call = series.calls[worker]
         try:
             awaitable = call()
@@ -539,19 +567,21 @@ class AsyncioRunner:
             if series.keep_results:
                 record.results[worker] = result
 
-    def _sync_call(self, call: Callable[[], object], value: object,
-                   barrier: TaskBarrier) -> None:
+    def _sync_call(self, call: Callable[[], object], value: object, barrier: TaskBarrier) -> None:
         barrier.abort()
         if self._usage_error is None:
-            self._usage_error = ConcurrencyUsageError(messages.SYNC_CALL_IN_ASYNCIO.format(
-                name=callable_name(call), type=type(value).__qualname__))
+            self._usage_error = ConcurrencyUsageError(
+                messages.SYNC_CALL_IN_ASYNCIO.format(
+                    name=callable_name(call), type=type(value).__qualname__
+                )
+            )
 
-    def _record_exception(self, record: RunRecord, worker: int, exc: BaseException,
-                          barrier: TaskBarrier) -> None:
+    def _record_exception(
+        self, record: RunRecord, worker: int, exc: BaseException, barrier: TaskBarrier
+    ) -> None:
         kind = classify(exc)
         if kind is CallKind.FAILED:
-            record.failures.append(CallFailure.from_exception(exc, worker=worker,
-                                                              run=record.index))
+            record.failures.append(CallFailure.from_exception(exc, worker=worker, run=record.index))
             barrier.abort()
         elif kind is CallKind.INTERRUPTED:
             record.interrupt = exc
@@ -559,8 +589,12 @@ class AsyncioRunner:
         else:
             record.signals.append((worker, exc))
 
-    async def _give_up_on(self, record: RunRecord, pending: set[asyncio.Task[None]],
-                          tasks: dict[asyncio.Task[None], int]) -> None:
+    async def _give_up_on(
+        self,
+        record: RunRecord,
+        pending: set[asyncio.Task[None]],
+        tasks: dict[asyncio.Task[None], int],
+    ) -> None:
         """Tasks past the deadline: record where each waits, then cancel them."""
         record.hung_workers = sorted(tasks[task] for task in pending)
         for task in pending:

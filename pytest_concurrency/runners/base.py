@@ -2,7 +2,7 @@
 
 A *call* is a zero-argument callable (the test body with its fixture values bound, or a
 harness callable). A *run* starts every call together, waits for all of them, and yields a
-:class:`~pytest_concurrency.outcomes.RunRecord`. A *series* repeats runs until its plan is
+:class:`~pytest_concurrency.engine.outcomes.RunRecord`. A *series* repeats runs until its plan is
 done or the caller says stop (for instance at the first failing run).
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..outcomes import RunRecord
+from pytest_concurrency.engine.outcomes import RunRecord
 
 WorkerCall = Callable[[], object]
 RunDone = Callable[[RunRecord], bool]
@@ -89,7 +89,11 @@ BARRIER_ABORTED = (
 
 def drop_collateral(record: RunRecord) -> None:
     """Keep barrier-abandoned failures only when nothing else failed: they are consequences."""
-    real = [f for f in record.failures if f.origin.exc_type != BarrierAborted.__qualname__
-            and not f.origin.exc_type.endswith(".BarrierAborted")]
+    real = [
+        f
+        for f in record.failures
+        if f.origin.exc_type != BarrierAborted.__qualname__
+        and not f.origin.exc_type.endswith(".BarrierAborted")
+    ]
     if real:
         record.failures = real

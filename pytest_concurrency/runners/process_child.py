@@ -2,9 +2,9 @@
 
 A child is started once per test item (see :mod:`.processes`) and then serves runs over one
 :class:`multiprocessing.connection.Connection` until told to stop or its parent goes away. It
-imports only the standard library, :mod:`pytest_concurrency.context` (so that the
+imports only the standard library, :mod:`pytest_concurrency.engine.context` (so that the
 ``concurrency`` fixture answers ``.worker``, ``.run`` and ``.barrier()`` in the child) and the
-pure :mod:`pytest_concurrency.outcomes`; pytest itself only if the test module imports it.
+pure :mod:`pytest_concurrency.engine.outcomes`; pytest itself only if the test module imports it.
 Everything it sends back is plain data: tuples of strings, numbers and pickled bytes.
 
 The protocol, one tuple per message, tag first:
@@ -43,10 +43,10 @@ from threading import BrokenBarrierError
 from types import ModuleType, TracebackType
 from typing import Any, Protocol
 
-from .. import child_coverage
-from ..context import CURRENT, WorkerContext
-from ..outcomes import CallKind, classify, first_line, origin_of
-from .base import BARRIER_ABORTED, BarrierAborted
+from pytest_concurrency.engine.context import CURRENT, WorkerContext
+from pytest_concurrency.engine.outcomes import CallKind, classify, first_line, origin_of
+from pytest_concurrency.runners import child_coverage
+from pytest_concurrency.runners.base import BARRIER_ABORTED, BarrierAborted
 
 LOAD = "load"
 RUN = "run"
@@ -268,8 +268,14 @@ def busy_wait(seconds: float) -> None:
 class ChildWorker:
     """One worker process: loads calls, runs them when told, reports plain data."""
 
-    def __init__(self, boot: dict[str, Any], conn: Connection, start_barrier: BarrierLike,
-                 user_barrier: BarrierLike, inherited: Sequence[Callable[[], object]] | None):
+    def __init__(
+        self,
+        boot: dict[str, Any],
+        conn: Connection,
+        start_barrier: BarrierLike,
+        user_barrier: BarrierLike,
+        inherited: Sequence[Callable[[], object]] | None,
+    ):
         self.index: int = boot["worker"]
         self.conn = conn
         self.start_barrier = start_barrier
@@ -281,7 +287,11 @@ class ChildWorker:
         self.timeout: float = boot["timeout"]
         self.perturbation: Any = None
         self.context = WorkerContext(
-            worker=self.index, run=-1, workers=boot["workers"], mode=MODE, seed=0,
+            worker=self.index,
+            run=-1,
+            workers=boot["workers"],
+            mode=MODE,
+            seed=0,
             wait_at_barrier=self.wait_at_user_barrier,
         )
 
@@ -300,9 +310,16 @@ class ChildWorker:
             else:
                 return
 
-    def load(self, payload: bytes | None, modules: Sequence[tuple[str, str | None]],
-             rewrite: bool, keep_results: bool, timeout: float, jitter: bool,
-             perturbation: tuple[list[str], int] | None) -> None:
+    def load(
+        self,
+        payload: bytes | None,
+        modules: Sequence[tuple[str, str | None]],
+        rewrite: bool,
+        keep_results: bool,
+        timeout: float,
+        jitter: bool,
+        perturbation: tuple[list[str], int] | None,
+    ) -> None:
         try:
             import_user_modules(modules, rewrite)
             calls = self.inherited if payload is None else pickle.loads(payload)
@@ -370,7 +387,7 @@ def _make_perturbation(spec: tuple[list[str], int] | None) -> Any:
         return None
     from pathlib import Path
 
-    from ..perturb import make_perturbation
+    from pytest_concurrency.races.perturb import make_perturbation
 
     roots, seed = spec
     perturbation = make_perturbation(enabled=True, roots=[Path(r) for r in roots], seed=seed)
@@ -378,17 +395,27 @@ def _make_perturbation(spec: tuple[list[str], int] | None) -> Any:
     return perturbation
 
 
-def child_main(boot: dict[str, Any], conn: Connection, start_barrier: BarrierLike,
-               user_barrier: BarrierLike,
-               inherited: Sequence[Callable[[], object]] | None = None) -> None:
+def child_main(
+    boot: dict[str, Any],
+    conn: Connection,
+    start_barrier: BarrierLike,
+    user_barrier: BarrierLike,
+    inherited: Sequence[Callable[[], object]] | None = None,
+) -> None:
     """Entry point of a worker process (the target given to ``multiprocessing.Process``):
     measured by coverage when the parent is, start-up included."""
-    child_coverage.run_measured(boot.get("coverage"), _serve, boot, conn, start_barrier,
-                                user_barrier, inherited)
+    child_coverage.run_measured(
+        boot.get("coverage"), _serve, boot, conn, start_barrier, user_barrier, inherited
+    )
 
 
-def _serve(boot: dict[str, Any], conn: Connection, start_barrier: BarrierLike,
-           user_barrier: BarrierLike, inherited: Sequence[Callable[[], object]] | None) -> None:
+def _serve(
+    boot: dict[str, Any],
+    conn: Connection,
+    start_barrier: BarrierLike,
+    user_barrier: BarrierLike,
+    inherited: Sequence[Callable[[], object]] | None,
+) -> None:
     die_with_parent(boot["parent_pid"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     arm_stack_dumps(boot["stack_path"])

@@ -52,14 +52,15 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-from .. import child_coverage, messages
-from ..harness import ConcurrencyUsageError
-from ..outcomes import CallFailure, CallKind, FailureOrigin, RunRecord
-from ..perturb import NO_PERTURBATION, Perturbation, SeededPerturbation
-from ..seeds import run_seed
-from ..series import add_note
-from . import process_child as child
-from .base import Series, WorkerCall, drop_collateral
+from pytest_concurrency import messages
+from pytest_concurrency.driver.harness import ConcurrencyUsageError
+from pytest_concurrency.driver.series import add_note
+from pytest_concurrency.engine.outcomes import CallFailure, CallKind, FailureOrigin, RunRecord
+from pytest_concurrency.engine.seeds import run_seed
+from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation, SeededPerturbation
+from pytest_concurrency.runners import child_coverage
+from pytest_concurrency.runners import process_child as child
+from pytest_concurrency.runners.base import Series, WorkerCall, drop_collateral
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
@@ -123,8 +124,10 @@ def call_parts(call: object) -> Iterator[tuple[str, object]]:
     bound_to = getattr(call, "__self__", None)
     function = getattr(call, "__func__", None)
     if bound_to is not None and function is not None and not isinstance(bound_to, type):
-        yield f"the object {type(bound_to).__qualname__} that {function.__qualname__} is bound " \
-              "to", bound_to
+        yield (
+            f"the object {type(bound_to).__qualname__} that {function.__qualname__} is bound to",
+            bound_to,
+        )
         yield f"the function {function.__qualname__}", function
         return
     yield f"the function {getattr(call, '__qualname__', repr(call))}", call
@@ -145,9 +148,7 @@ def unpicklable_message(calls: Sequence[object], error: Exception, start_method:
     part = unpicklable_part(calls)
     what, value = ("the test body", calls[0]) if part is None else part[:2]
     reason = error if part is None else part[2]
-    local = what.startswith("the function") and (
-        "<locals>" in what or "<lambda>" in what
-    )
+    local = what.startswith("the function") and ("<locals>" in what or "<lambda>" in what)
     hint = messages.UNPICKLABLE_FUNCTION_FIX if local else messages.UNPICKLABLE_VALUE_FIX
     return messages.UNPICKLABLE.format(
         what=what, type=type(value).__qualname__, error=reason, method=start_method, fix=hint
@@ -179,8 +180,11 @@ def rewrites_asserts(modules: Sequence[tuple[str, str | None]]) -> bool:
 
 def same_calls(held: Sequence[WorkerCall] | None, wanted: Sequence[WorkerCall]) -> bool:
     """Whether a forked pool already holds these very calls (then it need not fork again)."""
-    return held is not None and len(held) == len(wanted) and all(
-        a is b for a, b in zip(held, wanted, strict=True))
+    return (
+        held is not None
+        and len(held) == len(wanted)
+        and all(a is b for a, b in zip(held, wanted, strict=True))
+    )
 
 
 def call_location(call: object) -> tuple[str, int]:
@@ -262,8 +266,11 @@ def describe_exit(exitcode: int | None) -> str:
 
 def user_stack(text: str) -> str:
     """A faulthandler dump without the frames of this plugin and of multiprocessing."""
-    lines = [line for line in text.splitlines()
-             if not any(marker in line for marker in OWN_FRAME_MARKERS)]
+    lines = [
+        line
+        for line in text.splitlines()
+        if not any(marker in line for marker in OWN_FRAME_MARKERS)
+    ]
     return "\n".join(lines).strip()
 
 
@@ -272,7 +279,7 @@ def stack_origin(stack: str) -> tuple[str, int] | None:
     for line in stack.splitlines():
         line = line.strip()
         if line.startswith('File "') and '", line ' in line:
-            filename, rest = line[len('File "'):].split('", line ', 1)
+            filename, rest = line[len('File "') :].split('", line ', 1)
             number = rest.split()[0]
             if number.isdigit() and not is_installed_code(filename):
                 return filename, int(number)
@@ -345,13 +352,20 @@ class ProcessRunner:
 
     mode = MODE
 
-    def __init__(self, workers: int, *, perturbation: Perturbation = NO_PERTURBATION,
-                 start_method: str | None = None, start_jitter: bool | None = None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        *,
+        perturbation: Perturbation = NO_PERTURBATION,
+        start_method: str | None = None,
+        start_jitter: bool | None = None,
+    ) -> None:
         self.workers = workers
         self.perturbation = perturbation
         # seeded start offsets are part of perturbing the schedule: off with perturb=False
-        self.start_jitter = (perturbation is not NO_PERTURBATION if start_jitter is None
-                             else start_jitter)
+        self.start_jitter = (
+            perturbation is not NO_PERTURBATION if start_jitter is None else start_jitter
+        )
         self.start_method = start_method or default_start_method()
         self._context = multiprocessing.get_context(self.start_method)
         self._pool: _Pool | None = None
@@ -384,17 +398,16 @@ class ProcessRunner:
 
     # -- before the first run -----------------------------------------------------------------
 
-    def _payload(self, calls: Sequence[WorkerCall]) -> tuple[bytes | None, Sequence[WorkerCall] |
-                                                                            None]:
+    def _payload(
+        self, calls: Sequence[WorkerCall]
+    ) -> tuple[bytes | None, Sequence[WorkerCall] | None]:
         """Pickled calls; with ``fork``, unpicklable calls are inherited by a new pool instead."""
         try:
             return pickled(list(calls)), None
         except Exception as error:
             if self.start_method == "fork":
                 return None, calls
-            raise ProcessModeError(
-                unpicklable_message(calls, error, self.start_method)
-            ) from None
+            raise ProcessModeError(unpicklable_message(calls, error, self.start_method)) from None
 
     def _ready_pool(self, inherited: Sequence[WorkerCall] | None, series: Series) -> _Pool:
         pool = self._pool
@@ -409,8 +422,9 @@ class ProcessRunner:
         if self.start_method == "forkserver":
             preload_forkserver(context)
         directory = tempfile.mkdtemp(prefix="pytest-concurrency-")
-        pool = _Pool([], context.Barrier(self.workers), context.Barrier(self.workers),
-                     directory, inherited)
+        pool = _Pool(
+            [], context.Barrier(self.workers), context.Barrier(self.workers), directory, inherited
+        )
         try:
             for index in range(self.workers):
                 pool.children.append(self._start_child(pool, index, series))
@@ -423,14 +437,20 @@ class ProcessRunner:
     def _start_child(self, pool: _Pool, index: int, series: Series) -> _Child:
         stack_path = os.path.join(pool.directory, f"worker-{index}.stack")
         boot = {
-            "worker": index, "workers": self.workers, "timeout": series.timeout,
-            "parent_pid": os.getpid(), "stack_path": stack_path, "sys_path": list(sys.path),
-            "cwd": os.getcwd(), "environ": dict(os.environ),
+            "worker": index,
+            "workers": self.workers,
+            "timeout": series.timeout,
+            "parent_pid": os.getpid(),
+            "stack_path": stack_path,
+            "sys_path": list(sys.path),
+            "cwd": os.getcwd(),
+            "environ": dict(os.environ),
             "coverage": child_coverage.parent_spec(),
         }
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(  # type: ignore[attr-defined]
-            target=child.child_main, name=WORKER_NAME.format(index),
+            target=child.child_main,
+            name=WORKER_NAME.format(index),
             args=(boot, child_end, pool.start_barrier, pool.user_barrier, pool.inherited),
         )
         process.start()
@@ -439,8 +459,16 @@ class ProcessRunner:
 
     def _load(self, pool: _Pool, payload: bytes | None, series: Series) -> None:
         modules = user_modules(series.calls) if payload is not None else []
-        message = (child.LOAD, payload, modules, rewrites_asserts(modules), series.keep_results,
-                   series.timeout, self.start_jitter, self._perturbation_spec())
+        message = (
+            child.LOAD,
+            payload,
+            modules,
+            rewrites_asserts(modules),
+            series.keep_results,
+            series.timeout,
+            self.start_jitter,
+            self._perturbation_spec(),
+        )
         data = pickled(message)
         for worker in pool.children:
             worker.conn.send_bytes(data)
@@ -460,18 +488,27 @@ class ProcessRunner:
                 pending.discard(index)
                 if message is None:
                     code = pool.children[index].process.exitcode
-                    raise ProcessModeError(messages.WORKER_DIED_AT_START.format(
-                        worker=index, how=describe_exit(code),
-                        stack=user_stack(pool.children[index].read_new_stack())))
+                    raise ProcessModeError(
+                        messages.WORKER_DIED_AT_START.format(
+                            worker=index,
+                            how=describe_exit(code),
+                            stack=user_stack(pool.children[index].read_new_stack()),
+                        )
+                    )
                 if message[0] == child.LOAD_ERROR:
-                    raise ProcessModeError(messages.WORKER_LOAD_FAILED.format(
-                        worker=index, text=message[1].rstrip()))
+                    raise ProcessModeError(
+                        messages.WORKER_LOAD_FAILED.format(worker=index, text=message[1].rstrip())
+                    )
             if pending and time.monotonic() >= deadline:
-                raise ProcessModeError(messages.WORKER_START_TIMEOUT.format(
-                    seconds=START_SECONDS, workers=", ".join(map(str, sorted(pending)))))
+                raise ProcessModeError(
+                    messages.WORKER_START_TIMEOUT.format(
+                        seconds=START_SECONDS, workers=", ".join(map(str, sorted(pending)))
+                    )
+                )
 
-    def _answers(self, pool: _Pool, pending: set[int],
-                 deadline: float) -> list[tuple[int, tuple[Any, ...] | None]]:
+    def _answers(
+        self, pool: _Pool, pending: set[int], deadline: float
+    ) -> list[tuple[int, tuple[Any, ...] | None]]:
         """Answers that arrived before ``deadline``; None for a child that died instead."""
         children = [pool.children[index] for index in sorted(pending)]
         handles: list[Any] = [worker.conn for worker in children]
@@ -502,8 +539,12 @@ class ProcessRunner:
 
     def _one_run(self, pool: _Pool, series: Series, index: int) -> tuple[RunRecord, bool]:
         seed = run_seed(series.seed, index)
-        record = RunRecord(index=index, seed=seed, workers=self.workers,
-                           results=[None] * self.workers if series.keep_results else [])
+        record = RunRecord(
+            index=index,
+            seed=seed,
+            workers=self.workers,
+            results=[None] * self.workers if series.keep_results else [],
+        )
         for barrier in (pool.start_barrier, pool.user_barrier):
             if barrier.broken:
                 barrier.reset()
@@ -532,8 +573,11 @@ class ProcessRunner:
         _, _, result_bytes, failure, result_error = answer
         if result_error is not None and worker < self._usage_worker:  # name the first worker
             self._usage_worker = worker
-            self._usage_error = ProcessModeError(messages.UNPICKLABLE_RESULT.format(
-                worker=worker, type=result_error[0], error=result_error[1]))
+            self._usage_error = ProcessModeError(
+                messages.UNPICKLABLE_RESULT.format(
+                    worker=worker, type=result_error[0], error=result_error[1]
+                )
+            )
         if result_bytes is not None:
             record.results[worker] = pickle.loads(result_bytes)
         if failure is None:
@@ -550,15 +594,21 @@ class ProcessRunner:
         worker.process.join(REAP_SECONDS)
         stack = user_stack(worker.read_new_stack())
         how = describe_exit(worker.process.exitcode)
-        text = messages.WORKER_CRASHED.format(worker=worker.index, pid=worker.process.pid,
-                                              how=how, run=run)
+        text = messages.WORKER_CRASHED.format(
+            worker=worker.index, pid=worker.process.pid, how=how, run=run
+        )
         exc = WorkerCrashed(text)
         if stack:
             add_note(exc, stack)
         filename, lineno = stack_origin(stack) or call_location(series.calls[worker.index])
-        return CallFailure(worker=worker.index, run=run,
-                           origin=FailureOrigin(WorkerCrashed.__qualname__, filename, lineno),
-                           message=text, exception=exc, traceback_text=stack)
+        return CallFailure(
+            worker=worker.index,
+            run=run,
+            origin=FailureOrigin(WorkerCrashed.__qualname__, filename, lineno),
+            message=text,
+            exception=exc,
+            traceback_text=stack,
+        )
 
     def _hang(self, pool: _Pool, record: RunRecord, pending: set[int]) -> None:
         """Ask each unfinished child for its stack (faulthandler), then stop the pool."""
@@ -646,4 +696,3 @@ def _reap(pool: _Pool) -> None:
             worker.process.close()
     shutil.rmtree(pool.directory, ignore_errors=True)
     child_coverage.merge_children(pids)  # the lines the children ran, measured in them
-

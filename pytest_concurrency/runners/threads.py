@@ -30,13 +30,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .. import cores
-from ..context import CURRENT, WorkerContext
-from ..hangs import describe_hung_thread
-from ..outcomes import CallFailure, CallKind, RunRecord, classify
-from ..perturb import NO_PERTURBATION, Perturbation
-from ..seeds import run_seed_base, run_seed_from
-from .base import BARRIER_ABORTED, BarrierAborted, Series, drop_collateral
+from pytest_concurrency.engine import cores
+from pytest_concurrency.engine.context import CURRENT, WorkerContext
+from pytest_concurrency.engine.outcomes import CallFailure, CallKind, RunRecord, classify
+from pytest_concurrency.engine.seeds import run_seed_base, run_seed_from
+from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation
+from pytest_concurrency.runners.base import BARRIER_ABORTED, BarrierAborted, Series, drop_collateral
+from pytest_concurrency.runners.hangs import describe_hung_thread
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
@@ -166,7 +166,9 @@ class ThreadRunner:
     def _start_threads(self) -> None:
         for index in range(self.workers):
             thread = threading.Thread(
-                target=self._worker_loop, args=(index,), name=WORKER_NAME.format(index),
+                target=self._worker_loop,
+                args=(index,),
+                name=WORKER_NAME.format(index),
                 daemon=True,
             )
             thread.start()
@@ -239,7 +241,11 @@ class ThreadRunner:
         arrivals = self._arrivals
         workers = self.workers
         context = WorkerContext(
-            worker=index, run=-1, workers=workers, mode=MODE, seed=0,
+            worker=index,
+            run=-1,
+            workers=workers,
+            mode=MODE,
+            seed=0,
             wait_at_barrier=self._wait_at_user_barrier,
         )
         CURRENT.set(context)
@@ -341,7 +347,9 @@ class ThreadRunner:
             barrier.reset()
         workers = self.workers
         record = RunRecord(
-            index=index, seed=run_seed_from(self._seed_base, index), workers=workers,
+            index=index,
+            seed=run_seed_from(self._seed_base, index),
+            workers=workers,
             results=[None] * workers if series.keep_results else [],
         )
         run = self._run = _Run(record, series, _monotonic(), [False] * workers)

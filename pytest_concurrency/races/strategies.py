@@ -1,6 +1,6 @@
 """Who runs next: the seeded choices of the controlled scheduler, and PCT's guarantee.
 
-The controlled scheduler (:mod:`pytest_concurrency.scheduler`) runs one worker at a time and,
+The controlled scheduler (:mod:`pytest_concurrency.races.scheduler`) runs one worker at a time and,
 at each *decision* (a scheduling point where two or more workers could run), asks its strategy
 which worker goes on. Two strategies:
 

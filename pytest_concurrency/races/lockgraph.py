@@ -22,7 +22,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from . import messages
+from pytest_concurrency import messages
 
 Site = tuple[str, int]
 """Where a lock was created, taken or waited for: (file name, line number)."""

@@ -47,7 +47,8 @@ def is_outside_interrupt(exc: BaseException) -> bool:
     if not is_pytest_outcome(exc):
         return False
     return "Exit" in {base.__name__ for base in type(exc).__mro__} or (
-        TIMEOUT_FAILURE_MARK in str(exc))
+        TIMEOUT_FAILURE_MARK in str(exc)
+    )
 
 
 def without_traceback(exc: BaseException) -> BaseException:

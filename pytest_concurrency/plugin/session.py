@@ -2,7 +2,7 @@
 
 :class:`ConcurrencySession` is registered for every pytest session; its hooks run once per
 session or once per report. The per-test hooks (:class:`ItemHooks`, and the lock watch of
-:mod:`pytest_concurrency.lockwatch`) are registered only when collection finds a test that
+:mod:`pytest_concurrency.plugin.lockwatch`) are registered only when collection finds a test that
 needs them (see :func:`needs_item_hooks`), and the machinery they drive (harness, runners,
 perturbation, leak snapshots) is imported only then: a suite that never uses the plugin pays
 for one pass over its collected items and nothing per test.
@@ -23,18 +23,29 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import cores, messages
-from .entries import ENTRIES_KEY, REPORT_ATTRIBUTE, record_entry, take_entries
-from .settings import DEFAULT_SCHEDULE_DEPTH, DEFAULT_TIMEOUT, Settings, SettingsError
+from pytest_concurrency import messages
+from pytest_concurrency.engine import cores
+from pytest_concurrency.engine.settings import (
+    DEFAULT_SCHEDULE_DEPTH,
+    DEFAULT_TIMEOUT,
+    Settings,
+    SettingsError,
+)
+from pytest_concurrency.plugin.entries import (
+    ENTRIES_KEY,
+    REPORT_ATTRIBUTE,
+    record_entry,
+    take_entries,
+)
 
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from _pytest.nodes import Node
 
-    from .harness import Concurrency, HarnessConfig, HarnessLoop
-    from .leaks import Snapshot
-    from .outcomes import SeriesOutcome
-    from .progress import LiveProgress
-    from .runners.base import Runner, RunPlan
+    from pytest_concurrency.driver.harness import Concurrency, HarnessConfig, HarnessLoop
+    from pytest_concurrency.driver.progress import LiveProgress
+    from pytest_concurrency.engine.leaks import Snapshot
+    from pytest_concurrency.engine.outcomes import SeriesOutcome
+    from pytest_concurrency.runners.base import Runner, RunPlan
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SHARD_ARG = "concurrency_shard"
@@ -86,7 +97,10 @@ class ConcurrencySession:
         """Register the per-test hooks (once): collection found a test that needs them."""
         if self.item_hooks is not None:
             return
-        from .lockwatch import LOCKWATCH_NAME, LockWatch  # lock tracking, deadlocks (issue 5)
+        from pytest_concurrency.plugin.lockwatch import (  # lock tracking, deadlocks (issue 5)
+            LOCKWATCH_NAME,
+            LockWatch,
+        )
 
         self.item_hooks = ItemHooks(self)
         manager = self.config.pluginmanager
@@ -117,15 +131,22 @@ class ConcurrencySession:
             return None
         workers = self.settings.worker_count(self.budget.usable)
         busy = processes * workers
-        return {"xdist_workers": processes, "workers_per_test": workers,
-                "usable_cores": self.budget.usable, "ratio": round(busy / self.budget.usable, 2)}
+        return {
+            "xdist_workers": processes,
+            "workers_per_test": workers,
+            "usable_cores": self.budget.usable,
+            "ratio": round(busy / self.budget.usable, 2),
+        }
 
     def oversubscription_lines(self) -> list[str]:
         over = self.oversubscription()
         if over is None:
             return []
-        return [messages.OVERSUBSCRIBED.format(**over, busy=over["xdist_workers"]
-                                               * over["workers_per_test"])]
+        return [
+            messages.OVERSUBSCRIBED.format(
+                **over, busy=over["xdist_workers"] * over["workers_per_test"]
+            )
+        ]
 
     # -- collection -------------------------------------------------------------------------
 
@@ -135,8 +156,9 @@ class ConcurrencySession:
         if shards < 2 or not self.shardable(metafunc):
             return
         metafunc.fixturenames.append(SHARD_ARG)
-        metafunc.parametrize(SHARD_ARG, range(shards),
-                             ids=[f"shard{index}of{shards}" for index in range(shards)])
+        metafunc.parametrize(
+            SHARD_ARG, range(shards), ids=[f"shard{index}of{shards}" for index in range(shards)]
+        )
 
     def shardable(self, metafunc: pytest.Metafunc) -> bool:
         definition = metafunc.definition
@@ -188,13 +210,13 @@ class ConcurrencySession:
     def setup_item(self, item: pytest.Item) -> None:
         self.running = item
         if self.settings.leaks != "off" and is_concurrent(item):
-            from .leaks import take_snapshot
+            from pytest_concurrency.engine.leaks import take_snapshot
 
             item.stash[LEAK_SNAPSHOT_KEY] = take_snapshot()
         marker = item.get_closest_marker("concurrent")
         reason = item.stash.get(SERIAL_KEY, None)
         if reason is not None:
-            from .report import serial_entry
+            from pytest_concurrency.engine.report import serial_entry
 
             record_entry(item, serial_entry(item.nodeid, reason))
             return
@@ -203,9 +225,10 @@ class ConcurrencySession:
         if not isinstance(item, pytest.Function):
             pytest.fail(messages.NOT_A_FUNCTION.format(nodeid=item.nodeid), pytrace=False)
         if marker.args:
-            pytest.fail(messages.POSITIONAL_MARKER_ARGS.format(args=marker.args,
-                                                              nodeid=item.nodeid),
-                        pytrace=False)
+            pytest.fail(
+                messages.POSITIONAL_MARKER_ARGS.format(args=marker.args, nodeid=item.nodeid),
+                pytrace=False,
+            )
         settings_or_error = self.marker_settings(item, marker.kwargs)
         if isinstance(settings_or_error, SettingsError):
             pytest.fail(str(settings_or_error), pytrace=False)
@@ -213,13 +236,17 @@ class ConcurrencySession:
         if is_async_test(item) and "mode" not in marker.kwargs:
             settings = dataclasses.replace(settings, mode="asyncio")
         if is_async_test(item) != (settings.mode == "asyncio"):
-            template = (messages.SYNC_BODY_IN_ASYNCIO if settings.mode == "asyncio"
-                        else messages.ASYNC_BODY_IN_OTHER_MODE)
+            template = (
+                messages.SYNC_BODY_IN_ASYNCIO
+                if settings.mode == "asyncio"
+                else messages.ASYNC_BODY_IN_OTHER_MODE
+            )
             pytest.fail(template.format(nodeid=item.nodeid, mode=settings.mode), pytrace=False)
         item.stash[SETTINGS_KEY] = settings
 
-    def marker_settings(self, item: pytest.Item,
-                        kwargs: Mapping[str, Any]) -> Settings | SettingsError:
+    def marker_settings(
+        self, item: pytest.Item, kwargs: Mapping[str, Any]
+    ) -> Settings | SettingsError:
         try:
             return self.settings.with_marker(kwargs, f"@pytest.mark.concurrent on {item.nodeid}")
         except SettingsError as error:
@@ -230,7 +257,7 @@ class ConcurrencySession:
         before = item.stash.get(LEAK_SNAPSHOT_KEY, None)
         if before is None:
             return
-        from .leaks import find_leaks
+        from pytest_concurrency.engine.leaks import find_leaks
 
         found = find_leaks(before, ignore=self.abandoned_idents)
         if not found:
@@ -251,30 +278,41 @@ class ConcurrencySession:
             if pyfuncitem.get_closest_marker("scaling") is None:
                 return None
             return run_scaling(pyfuncitem)
-        from .harness import Concurrency
-        from .outcomes import SeriesOutcome
-        from .runners.base import RunPlan
-        from .series import run_series
+        from pytest_concurrency.driver.harness import Concurrency
+        from pytest_concurrency.driver.series import run_series
+        from pytest_concurrency.engine.outcomes import SeriesOutcome
+        from pytest_concurrency.runners.base import RunPlan
 
         fixture = pyfuncitem.funcargs.get("concurrency")
         config = self.harness_config(pyfuncitem, settings)
         if isinstance(fixture, Concurrency):
             fixture._config = config
         argnames = pyfuncitem._fixtureinfo.argnames
-        call = functools.partial(test_function(pyfuncitem),
-                                 **{n: pyfuncitem.funcargs[n] for n in argnames})
+        call = functools.partial(
+            test_function(pyfuncitem), **{n: pyfuncitem.funcargs[n] for n in argnames}
+        )
         plan = RunPlan(
             count=None if settings.budget is not None else config.runs,
             deadline=None if settings.budget is None else _deadline(settings.budget),
         )
-        outcome = SeriesOutcome(mode=settings.mode, workers=config.workers,
-                                runs_planned=plan.count, seed=config.seed, budget=settings.budget)
+        outcome = SeriesOutcome(
+            mode=settings.mode,
+            workers=config.workers,
+            runs_planned=plan.count,
+            seed=config.seed,
+            budget=settings.budget,
+        )
         runner = self.make_runner(pyfuncitem, settings, config.workers, config.seed)
         progress = self.live_progress(pyfuncitem, outcome, plan)
         try:
-            run_series(runner, [call] * config.workers, outcome=outcome, plan=plan,
-                       timeout=config.timeout,
-                       on_record=progress.update if progress is not None else None)
+            run_series(
+                runner,
+                [call] * config.workers,
+                outcome=outcome,
+                plan=plan,
+                timeout=config.timeout,
+                on_record=progress.update if progress is not None else None,
+            )
         except BaseException:
             if outcome.interrupt is not None:  # pytest-timeout, Ctrl-C: the runs so far count
                 self.record_outcome(pyfuncitem, outcome, config)
@@ -286,15 +324,16 @@ class ConcurrencySession:
         self.finish_outcome(pyfuncitem, outcome, config)
         return True
 
-    def live_progress(self, item: pytest.Item, outcome: SeriesOutcome,
-                      plan: RunPlan) -> LiveProgress | None:
+    def live_progress(
+        self, item: pytest.Item, outcome: SeriesOutcome, plan: RunPlan
+    ) -> LiveProgress | None:
         """Progress on the terminal for long series; None when not on a terminal."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None or not reporter.isatty() or is_xdist_worker(self.config):
             return None
         if self.config.get_verbosity() < 0:
             return None
-        from .progress import LiveProgress
+        from pytest_concurrency.driver.progress import LiveProgress
 
         capture = self.config.pluginmanager.get_plugin("capturemanager")
 
@@ -309,39 +348,52 @@ class ConcurrencySession:
 
         return LiveProgress(write, label=item.name, outcome=outcome, deadline=plan.deadline)
 
-    def record_outcome(self, item: pytest.Function, outcome: SeriesOutcome,
-                       config: HarnessConfig) -> None:
+    def record_outcome(
+        self, item: pytest.Function, outcome: SeriesOutcome, config: HarnessConfig
+    ) -> None:
         """The test's entry for the summary and the JSON report."""
-        from . import report
+        from pytest_concurrency.engine import report
 
         reproduce = config.reproduce if outcome.failed else None
-        record_entry(item, report.concurrent_entry(outcome, nodeid=item.nodeid,
-                                                   reproduce=reproduce, shard=config.shard))
+        record_entry(
+            item,
+            report.concurrent_entry(
+                outcome, nodeid=item.nodeid, reproduce=reproduce, shard=config.shard
+            ),
+        )
 
-    def finish_outcome(self, item: pytest.Function, outcome: SeriesOutcome,
-                       config: HarnessConfig) -> None:
+    def finish_outcome(
+        self, item: pytest.Function, outcome: SeriesOutcome, config: HarnessConfig
+    ) -> None:
         __tracebackhide__ = True
-        from .series import failure_exception, outcome_signal
+        from pytest_concurrency.driver.series import failure_exception, outcome_signal
 
         self.record_outcome(item, outcome, config)
         record = outcome.failing_run
         if outcome.interrupt is not None and not outcome.failed:
             raise outcome.interrupt
         if outcome.failed:
-            raise failure_exception(outcome, timeout=config.timeout, reproduce=config.reproduce,
-                                    seed=config.reproduce_seed)
+            raise failure_exception(
+                outcome,
+                timeout=config.timeout,
+                reproduce=config.reproduce,
+                seed=config.reproduce_seed,
+            )
         if record is None and outcome.runs_done and outcome.signals:
             signal = outcome_signal(outcome)
             if signal is not None:
                 raise signal
 
     def harness_config(self, item: pytest.Item, settings: Settings) -> HarnessConfig:
-        from . import report
-        from .harness import HarnessConfig
-        from .seeds import derive_seed, test_seed
+        from pytest_concurrency.driver.harness import HarnessConfig
+        from pytest_concurrency.engine import report
+        from pytest_concurrency.engine.seeds import derive_seed, test_seed
 
-        seed = settings.seed if settings.seed is not None else test_seed(self.session_seed,
-                                                                          item.nodeid)
+        seed = (
+            settings.seed
+            if settings.seed is not None
+            else test_seed(self.session_seed, item.nodeid)
+        )
         reproduce_seed = settings.seed if settings.seed is not None else self.session_seed
         shard = shard_of(item)
         runs = settings.runs
@@ -364,33 +416,41 @@ class ConcurrencySession:
             shard=shard,
         )
 
-    def make_runner(self, item: pytest.Item, settings: Settings, workers: int,
-                    seed: int) -> Runner:
-        from .runners import make_perturbation, make_runner
+    def make_runner(self, item: pytest.Item, settings: Settings, workers: int, seed: int) -> Runner:
+        from pytest_concurrency.runners import make_perturbation, make_runner
 
         roots = [self.config.rootpath, item.path.parent]
         if settings.mode == "threads" and settings.schedule != "off":
-            from .scheduler import make_scheduler  # the controlled scheduler (issue 5)
+            from pytest_concurrency.races.scheduler import (
+                make_scheduler,  # the controlled scheduler (issue 5)
+            )
 
-            perturbation: Any = make_scheduler(settings.schedule, roots=roots, seed=seed,
-                                               workers=workers, depth=settings.schedule_depth)
+            perturbation: Any = make_scheduler(
+                settings.schedule,
+                roots=roots,
+                seed=seed,
+                workers=workers,
+                depth=settings.schedule_depth,
+            )
         else:
             perturbation = make_perturbation(enabled=settings.perturb, roots=roots, seed=seed)
-        return make_runner(settings.mode, workers, perturbation=perturbation,
-                           options=runner_options(settings))
+        return make_runner(
+            settings.mode, workers, perturbation=perturbation, options=runner_options(settings)
+        )
 
     def run_async_harness(self, item: pytest.Function) -> bool:
         """An unmarked ``async def`` test that requests ``concurrency``: run its body once on
         the plugin's event loop (the harness runs its tasks there). pytest-asyncio, if it
         wrapped the function, never gets to call it: no double run, no unawaited coroutine."""
         __tracebackhide__ = True
-        from .harness import Concurrency
-        from .runners import aio
-        from .series import failure_exception
+        from pytest_concurrency.driver.harness import Concurrency
+        from pytest_concurrency.driver.series import failure_exception
+        from pytest_concurrency.runners import aio
 
         fixture = item.funcargs["concurrency"]
-        body = functools.partial(test_function(item),
-                                 **{n: item.funcargs[n] for n in item._fixtureinfo.argnames})
+        body = functools.partial(
+            test_function(item), **{n: item.funcargs[n] for n in item._fixtureinfo.argnames}
+        )
         try:
             aio.run_test_coroutine(body)
         except aio.LoopBlocked as blocked:
@@ -400,9 +460,12 @@ class ConcurrencySession:
             if loop is None or not loop.outcome.failed:
                 raise
             config = loop.fixture.config
-            raise failure_exception(loop.outcome, timeout=config.timeout,
-                                    reproduce=config.reproduce,
-                                    seed=config.reproduce_seed) from None
+            raise failure_exception(
+                loop.outcome,
+                timeout=config.timeout,
+                reproduce=config.reproduce,
+                seed=config.reproduce_seed,
+            ) from None
         return True
 
     def close_runner(self, runner: Runner) -> None:
@@ -414,7 +477,7 @@ class ConcurrencySession:
     # -- the fixture --------------------------------------------------------------------------
 
     def concurrency_fixture(self, request: pytest.FixtureRequest) -> Concurrency:
-        from .harness import Concurrency
+        from pytest_concurrency.driver.harness import Concurrency
 
         item = request.node
         settings = item.stash.get(SETTINGS_KEY, None) or self.settings
@@ -423,8 +486,9 @@ class ConcurrencySession:
         config = self.harness_config(item, settings)
 
         def factory(mode: str, workers: int, schedule: str | None = None) -> Runner:
-            chosen = dataclasses.replace(settings, mode=mode,
-                                         schedule=schedule or settings.schedule)
+            chosen = dataclasses.replace(
+                settings, mode=mode, schedule=schedule or settings.schedule
+            )
             return self.make_runner(item, chosen, workers, config.seed)
 
         return Concurrency(config, factory)
@@ -436,7 +500,7 @@ class ConcurrencySession:
         self.record_harness(item, call)
         entries = item.stash.get(ENTRIES_KEY, [])
         if entries:
-            from .report import junit_properties
+            from pytest_concurrency.engine.report import junit_properties
 
             for entry in entries:  # --junitxml <property> elements
                 item.user_properties.extend(junit_properties(entry))
@@ -447,8 +511,8 @@ class ConcurrencySession:
         harness = harness_of(item)
         if harness is None:
             return
-        from .outcomes import is_outside_interrupt
-        from .series import add_note
+        from pytest_concurrency.driver.series import add_note
+        from pytest_concurrency.engine.outcomes import is_outside_interrupt
 
         fixture, loop = harness
         error = call.excinfo.value if call.excinfo is not None else None
@@ -492,12 +556,12 @@ class ConcurrencySession:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         lines: list[str] = []
         if self.entries:
-            from .report import summary_lines
+            from pytest_concurrency.engine.report import summary_lines
 
             lines = summary_lines(self.entries)
         scaling_entries = self.scaling_entries()
         if scaling_entries:
-            from .scaling import format_scaling_table
+            from pytest_concurrency.scaling.api import format_scaling_table
 
             lines.extend(format_scaling_table(scaling_entries))
         lines.extend(self.plot_lines)
@@ -505,8 +569,9 @@ class ConcurrencySession:
             lines.append(f"abandoned hung threads: {', '.join(self.abandoned_threads)}")
         lines.extend(f"leak: {text}" for text in self.leaked)
         if lines and not is_xdist_worker(self.config):
-            lines.extend(line.removeprefix("concurrency: ")
-                         for line in self.oversubscription_lines())
+            lines.extend(
+                line.removeprefix("concurrency: ") for line in self.oversubscription_lines()
+            )
         if self.json_path is not None and not is_xdist_worker(self.config):
             lines.append(f"JSON report: {self.json_path}")
         if not lines:
@@ -523,17 +588,18 @@ class ConcurrencySession:
         if cache is not None:
             cache.set(CACHE_SEED_KEY, self.session_seed)
         if self.json_path is not None:
-            from . import report
+            from pytest_concurrency.engine import report
 
-            report.write_json(self.json_path, report.json_document(self.json_header(),
-                                                                   self.entries))
+            report.write_json(
+                self.json_path, report.json_document(self.json_header(), self.entries)
+            )
         if self.plot_dir is not None:
             self.plot_lines = self.write_plots(self.plot_dir)
 
     def scaling_entries(self) -> list[dict[str, Any]]:
         if not self.entries:
             return []
-        from .report import KIND_SCALING
+        from pytest_concurrency.engine.report import KIND_SCALING
 
         return [entry for entry in self.entries if entry.get("kind") == KIND_SCALING]
 
@@ -541,14 +607,17 @@ class ConcurrencySession:
         entries = self.scaling_entries()
         if not entries:
             return []
-        from .plot import PlotUnavailableError, write_charts
+        from pytest_concurrency.scaling.plot import PlotUnavailableError, write_charts
 
         try:
             written = write_charts(entries, directory)
         except (PlotUnavailableError, OSError) as error:
             return [messages.PLOT_FAILED.format(error=error)]
-        return [messages.PLOT_WRITTEN.format(count=len(written), directory=directory,
-                                             index=directory / "index.html")]
+        return [
+            messages.PLOT_WRITTEN.format(
+                count=len(written), directory=directory, index=directory / "index.html"
+            )
+        ]
 
     def json_header(self) -> dict[str, Any]:
         return {
@@ -646,7 +715,8 @@ def node_marked(node: Node, marked: dict[Node, bool]) -> bool:
     answer = marked.get(node)
     if answer is None:
         answer = any(mark.name in ITEM_MARKERS for mark in node.own_markers) or (
-            node.parent is not None and node_marked(node.parent, marked))
+            node.parent is not None and node_marked(node.parent, marked)
+        )
         marked[node] = answer
     return answer
 
@@ -672,7 +742,8 @@ def _nothing() -> Iterator[None]:
 
 def is_concurrent(item: pytest.Item) -> bool:
     return item.get_closest_marker("concurrent") is not None or "concurrency" in getattr(
-        item, "fixturenames", ())
+        item, "fixturenames", ()
+    )
 
 
 def pytest_timeout_seconds(item: pytest.Item) -> float | None:
@@ -713,7 +784,7 @@ def _deadline(budget: float) -> float:
 
 
 def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> list[str]:
-    from . import report
+    from pytest_concurrency.engine import report
 
     outcome = loop.outcome
     return [
@@ -767,7 +838,7 @@ def runner_options(settings: Settings) -> dict[str, Any]:
 
 
 def describe_start_method(start_method: str | None) -> str:
-    from .runners.processes import describe_start_method as describe
+    from pytest_concurrency.runners.processes import describe_start_method as describe
 
     return describe(start_method)
 
@@ -775,7 +846,7 @@ def describe_start_method(start_method: str | None) -> str:
 def run_scaling(item: pytest.Function) -> bool:
     """A test marked ``scaling``: its body is the unit of work. (This frame stays visible:
     when every frame is hidden, pytest adds a line about hidden entries to the report.)"""
-    from .scaling_hooks import run_scaling_marker
+    from pytest_concurrency.plugin.scaling_hooks import run_scaling_marker
 
     run_scaling_marker(item)
     return True
@@ -814,7 +885,7 @@ OUTCOME_INTERRUPTED = "interrupted"
 def harness_of(item: pytest.Item) -> tuple[Concurrency, HarnessLoop] | None:
     """The ``concurrency`` fixture of a test that ran ``concurrency.runs()`` (not a marked
     test, whose entry the marker's series makes), with its loop."""
-    from .harness import Concurrency
+    from pytest_concurrency.driver.harness import Concurrency
 
     fixture = getattr(item, "funcargs", {}).get("concurrency")
     if not isinstance(fixture, Concurrency) or item.stash.get(SETTINGS_KEY, None):
@@ -823,18 +894,25 @@ def harness_of(item: pytest.Item) -> tuple[Concurrency, HarnessLoop] | None:
     return None if loop is None else (fixture, loop)
 
 
-def harness_entry(item: pytest.Item, fixture: Concurrency, loop: HarnessLoop, *,
-                  interrupt: BaseException | None = None) -> dict[str, Any]:
+def harness_entry(
+    item: pytest.Item,
+    fixture: Concurrency,
+    loop: HarnessLoop,
+    *,
+    interrupt: BaseException | None = None,
+) -> dict[str, Any]:
     """The entry of a harness test; ``interrupt``: what cut it short outside a series."""
-    from . import report
+    from pytest_concurrency.engine import report
 
     outcome = loop.outcome
     if interrupt is not None and outcome.interrupt is None:
         outcome.interrupt = interrupt
     return report.concurrent_entry(
-        outcome, nodeid=item.nodeid,
+        outcome,
+        nodeid=item.nodeid,
         reproduce=fixture.config.reproduce if outcome.failed else None,
-        shard=fixture.config.shard)
+        shard=fixture.config.shard,
+    )
 
 
 def outcome_word(rep: pytest.TestReport) -> str:

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Mapping
 from types import FrameType
 
-from . import messages
+from pytest_concurrency import messages
 
 _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep
 _THREADING_FILE = os.path.realpath(threading.__file__)
@@ -46,13 +46,13 @@ def lock_wait(ident: int, workers: Mapping[int, int]) -> str | None:
 
     ``workers`` maps thread idents to worker indexes, to name the holder.
     """
-    primitives = sys.modules.get("pytest_concurrency.primitives")
+    primitives = sys.modules.get("pytest_concurrency.races.primitives")
     if primitives is None:  # lock tracking never ran in this process
         return None
     waiting = primitives.TRACKER.waiting_on(ident)
     if waiting is None:
         return None
-    from .lockgraph import format_site
+    from pytest_concurrency.races.lockgraph import format_site
 
     what, site, holder, taken_at = waiting
     if holder == primitives.UNKNOWN_HOLDER:
@@ -60,7 +60,9 @@ def lock_wait(ident: int, workers: Mapping[int, int]) -> str | None:
     if holder is None:
         return messages.HANG_WAITS_ON_FREE_LOCK.format(what=what, site=format_site(site))
     return messages.HANG_WAITS_ON_LOCK.format(
-        what=what, site=format_site(site), holder=thread_name(holder, workers),
+        what=what,
+        site=format_site(site),
+        holder=thread_name(holder, workers),
         taken_at=format_site(taken_at),
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from .outcomes import (
+from pytest_concurrency.engine.outcomes import (
     CallKind,
     RunRecord,
     SeriesOutcome,
@@ -18,8 +18,8 @@ from .outcomes import (
     is_outside_interrupt,
     without_traceback,
 )
-from .report import failure_report
-from .runners.base import AsyncRunner, Runner, RunPlan, Series, WorkerCall
+from pytest_concurrency.engine.report import failure_report
+from pytest_concurrency.runners.base import AsyncRunner, Runner, RunPlan, Series, WorkerCall
 
 if sys.version_info >= (3, 11):
     BaseGroup = BaseExceptionGroup  # noqa: F821
@@ -73,8 +73,14 @@ def run_series(
 ) -> RunRecord | None:
     """Run ``plan`` on ``runner``; return the last record (with results if kept)."""
     __tracebackhide__ = True
-    series, last = accounted_series(calls, outcome=outcome, plan=plan, timeout=timeout,
-                                    keep_results=keep_results, on_record=on_record)
+    series, last = accounted_series(
+        calls,
+        outcome=outcome,
+        plan=plan,
+        timeout=timeout,
+        keep_results=keep_results,
+        on_record=on_record,
+    )
     try:
         runner.run_series(series)
     except BaseException as exc:
@@ -95,8 +101,9 @@ async def run_series_async(
 ) -> RunRecord | None:
     """:func:`run_series` on the caller's event loop (asyncio mode, from an async test)."""
     __tracebackhide__ = True
-    series, last = accounted_series(calls, outcome=outcome, plan=plan, timeout=timeout,
-                                    keep_results=keep_results)
+    series, last = accounted_series(
+        calls, outcome=outcome, plan=plan, timeout=timeout, keep_results=keep_results
+    )
     try:
         await runner.run_series_async(series)
     except BaseException as exc:
@@ -136,8 +143,14 @@ def accounted_series(
             on_record(record)
         return account(outcome, record)
 
-    series = Series(calls=calls, plan=plan, seed=outcome.seed, timeout=timeout,
-                    on_run_done=on_run_done, keep_results=keep_results)
+    series = Series(
+        calls=calls,
+        plan=plan,
+        seed=outcome.seed,
+        timeout=timeout,
+        on_run_done=on_run_done,
+        keep_results=keep_results,
+    )
     return series, last
 
 
@@ -160,8 +173,10 @@ def failure_exception(
         exc = live[0]
     elif all(isinstance(item, Exception) for item in live):
         # The group borrows the first failure's traceback so that it starts in user code.
-        exc = Group(GROUP_TITLE.format(count=len(live), run=record.index),
-                    [item for item in live if isinstance(item, Exception)])
+        exc = Group(
+            GROUP_TITLE.format(count=len(live), run=record.index),
+            [item for item in live if isinstance(item, Exception)],
+        )
     else:
         exc = BaseGroup(GROUP_TITLE.format(count=len(live), run=record.index), live)
     if exc is not live[0]:

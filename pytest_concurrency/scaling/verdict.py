@@ -1,8 +1,8 @@
 """Scaling verdicts: each mode's gain at the usable cores, then one word and its reasons.
 
-Pure functions of :class:`~pytest_concurrency.scaling_stats.LevelStats` (no pytest import),
+Pure functions of :class:`~pytest_concurrency.scaling.stats.LevelStats` (no pytest import),
 unit-tested on synthetic numbers. The verdicts are described in
-:mod:`pytest_concurrency.scaling`.
+:mod:`pytest_concurrency.scaling.api`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .scaling_runner import WaitSite
-from .scaling_stats import CPU_BOUND_BUSY, STEAL_SHARE_LIMIT, LevelStats
+from pytest_concurrency.scaling.measure import WaitSite
+from pytest_concurrency.scaling.stats import CPU_BOUND_BUSY, STEAL_SHARE_LIMIT, LevelStats
 
 SCALES = "scales"
 GIL_BOUND = "gil-bound"

@@ -2,7 +2,7 @@
 hold-ups, Karp-Flatt and the Universal Scalability Law.
 
 Pure functions of :class:`RoundRecord` lists (no measuring, no pytest import), unit-tested on
-synthetic numbers. The method is described in :mod:`pytest_concurrency.scaling`.
+synthetic numbers. The method is described in :mod:`pytest_concurrency.scaling.api`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from .scaling_runner import WorkerSample
+from pytest_concurrency.scaling.measure import WorkerSample
 
 DEFAULT_BUDGET_SECONDS = 10.0
 CI_COVERAGE = 0.90

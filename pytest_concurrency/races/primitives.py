@@ -11,7 +11,7 @@ the window are tracked too. Objects made before the window (at import time) stay
 A tracked primitive behaves exactly like the real one, and additionally:
 
 * it knows its holder and where it was taken, and records the lock-order graph of the test
-  (:class:`~pytest_concurrency.lockgraph.LockOrderGraph`);
+  (:class:`~pytest_concurrency.races.lockgraph.LockOrderGraph`);
 * a thread that waits for a lock looks, every :data:`PLAIN_WAIT_SLICE` seconds, for a wait-for
   cycle through itself; once confirmed, one thread of the cycle raises :class:`DeadlockError`,
   which names every thread, lock and site of the cycle, and so breaks it (the watchdog of
@@ -41,9 +41,9 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any, Protocol, TypeVar
 
-from . import messages
-from .context import current
-from .lockgraph import (
+from pytest_concurrency import messages
+from pytest_concurrency.engine.context import current
+from pytest_concurrency.races.lockgraph import (
     UNKNOWN_SITE,
     LockOrderGraph,
     OrderEdge,
@@ -51,7 +51,7 @@ from .lockgraph import (
     format_site,
     wait_cycle,
 )
-from .perturb import TRACE_LAYER
+from pytest_concurrency.races.perturb import TRACE_LAYER
 
 T = TypeVar("T")
 _allocate_lock = _thread.allocate_lock
@@ -107,7 +107,7 @@ class Blocked:
 
 
 class Controller(Protocol):
-    """A worker run by the controlled scheduler (see :mod:`pytest_concurrency.scheduler`)."""
+    """A worker run by the controlled scheduler (see :mod:`pytest_concurrency.races.scheduler`)."""
 
     busy: bool
     """True while the scheduler itself runs in this thread (a finalizer it triggers then is

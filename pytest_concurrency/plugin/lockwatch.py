@@ -2,7 +2,7 @@
 
 For every concurrent test in thread mode (marked ``concurrent``, or using the ``concurrency``
 harness) with ``lock_order`` not ``off`` or a controlled ``schedule``, the window of
-:mod:`pytest_concurrency.primitives` opens before the test's setup and closes after its
+:mod:`pytest_concurrency.races.primitives` opens before the test's setup and closes after its
 teardown, so that the locks its fixtures and its per-run setup make are tracked (and, under the
 controlled scheduler, cooperative). At the end of the call:
 
@@ -27,20 +27,20 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import messages
-from .entries import ENTRIES_KEY
-from .session import (
+from pytest_concurrency import messages
+from pytest_concurrency.engine.settings import Settings, SettingsError
+from pytest_concurrency.plugin.entries import ENTRIES_KEY
+from pytest_concurrency.plugin.session import (
     SERIAL_KEY,
     SETTINGS_KEY,
     ConcurrencySession,
     is_async_test,
     is_concurrent,
 )
-from .settings import Settings, SettingsError
 
 if TYPE_CHECKING:
-    from .primitives import LockTracker
-    from .scheduler import ControlledScheduler
+    from pytest_concurrency.races.primitives import LockTracker
+    from pytest_concurrency.races.scheduler import ControlledScheduler
 
 LOCKWATCH_NAME = "concurrency-lockwatch"
 MODE_THREADS = "threads"
@@ -65,7 +65,7 @@ WATCH_KEY = pytest.StashKey[_Watch]()
 
 class LockWatch:
     """The hooks; registered with the session's per-test hooks (see
-    :meth:`~pytest_concurrency.session.ConcurrencySession.activate`)."""
+    :meth:`~pytest_concurrency.plugin.session.ConcurrencySession.activate`)."""
 
     def __init__(self, session: ConcurrencySession) -> None:
         self.session = session
@@ -123,8 +123,8 @@ class LockWatch:
         return settings
 
     def open(self, item: pytest.Item, settings: Settings) -> None:
-        from . import scheduler
-        from .primitives import tracked_primitives
+        from pytest_concurrency.races import scheduler
+        from pytest_concurrency.races.primitives import tracked_primitives
 
         scheduler.take_created()
         stack = contextlib.ExitStack()
@@ -140,7 +140,7 @@ class LockWatch:
         roots = (self.session.config.rootpath, item.path.parent)
         code_filter = self._filters.get(roots)
         if code_filter is None:
-            from .codefilter import CodeFilter
+            from pytest_concurrency.races.codefilter import CodeFilter
 
             code_filter = self._filters[roots] = CodeFilter(roots)
         return code_filter.is_user_file
@@ -171,7 +171,7 @@ class LockWatch:
         try:
             result = yield
         except BaseException as exc:
-            from .series import add_note
+            from pytest_concurrency.driver.series import add_note
 
             for text in (self.schedule_text(item), self.inversion_text(watch)):
                 if text:
@@ -183,7 +183,7 @@ class LockWatch:
     def schedule_text(self, item: pytest.Item) -> str:
         """The interleaving of the last controlled run, when the check after it failed (the
         harness loop was inside a run); empty when that run's own failure already shows it."""
-        from . import scheduler
+        from pytest_concurrency.races import scheduler
 
         fixture = getattr(item, "funcargs", {}).get("concurrency")
         loop = getattr(fixture, "active", None)
@@ -226,7 +226,7 @@ class LockWatch:
         stashed = item.stash.get(ENTRIES_KEY, [])
         if not stashed:
             return
-        from .report import KIND_CONCURRENT
+        from pytest_concurrency.engine.report import KIND_CONCURRENT
 
         entries = [entry for entry in stashed if entry.get("kind") == KIND_CONCURRENT]
         for entry in entries:
@@ -241,6 +241,6 @@ class LockWatch:
 
 def summarize(schedulers: Sequence[ControlledScheduler]) -> dict[str, Any]:
     """One summary for the schedulers of a test (the harness makes one per worker count)."""
-    from .scheduler import summary_of
+    from pytest_concurrency.races.scheduler import summary_of
 
     return summary_of(schedulers)

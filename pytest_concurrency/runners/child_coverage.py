@@ -63,8 +63,11 @@ def parent_spec() -> CoverageSpec | None:
     if serialize is not None:  # coverage >= 7.10: the whole configuration, options included
         spec["config_file"] = CONFIG_DATA_PREFIX + serialize()
     else:
-        spec.update(config_file=config.config_file or False, source=_absolute(config.source),
-                    branch=config.branch)
+        spec.update(
+            config_file=config.config_file or False,
+            source=_absolute(config.source),
+            branch=config.branch,
+        )
     return spec
 
 
@@ -93,8 +96,9 @@ def start(spec: CoverageSpec | None) -> Any:
             setattr(cov, warning, False)
         cov.start()
     except Exception as error:  # measurement must never break the test itself
-        print(f"pytest-concurrency: coverage not started in this worker: {error!r}",
-              file=sys.stderr)
+        print(
+            f"pytest-concurrency: coverage not started in this worker: {error!r}", file=sys.stderr
+        )
         return None
     return cov
 
@@ -121,8 +125,10 @@ def stop(cov: Any) -> None:
         cov.stop()
         cov.save()
     except Exception as error:
-        print(f"pytest-concurrency: coverage data of this worker not saved: {error!r}",
-              file=sys.stderr)
+        print(
+            f"pytest-concurrency: coverage data of this worker not saved: {error!r}",
+            file=sys.stderr,
+        )
 
 
 def merge_children(pids: Iterable[int | None]) -> None:

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import messages
-from .session import CACHE_SEED_KEY, ConcurrencySession, ShardHooks
-from .settings import (
+from pytest_concurrency import messages
+from pytest_concurrency.engine.settings import (
     DEFAULT_UNSAFE_FIXTURES,
     ENV_PREFIX,
     FIELDS,
@@ -23,9 +22,10 @@ from .settings import (
     SettingsError,
     resolve,
 )
+from pytest_concurrency.plugin.session import CACHE_SEED_KEY, ConcurrencySession, ShardHooks
 
 if TYPE_CHECKING:
-    from .harness import Concurrency
+    from pytest_concurrency.driver.harness import Concurrency
 
 SESSION_NAME = "concurrency-session"
 SHARDS_NAME = "concurrency-shards"
@@ -34,22 +34,22 @@ OPTION_HELP = {
     "workers": "workers per run, a number or 'auto' (default: 4)",
     "runs": "runs per concurrent test (default: 100)",
     "seed": "the seed that drives every random choice, or 'last' for the previous run's "
-            "(default: random, printed in the header)",
+    "(default: random, printed in the header)",
     "timeout": "seconds one run may take before its workers are reported as hung (default: 60)",
     "perturb": "seeded schedule perturbation: true or false (default: true)",
     "budget": "stress each concurrent test for this many seconds instead of a run count",
     "start_method": "how mode=processes starts workers: forkserver, spawn, fork or auto "
-                    "(default: auto, forkserver where available, else spawn)",
+    "(default: auto, forkserver where available, else spawn)",
     "leaks": "threads and processes a concurrent test leaves running: warn, fail or off "
-             "(default: warn)",
+    "(default: warn)",
     "shards": "split each concurrent test into this many items with disjoint seeds, so that "
-              "pytest-xdist spreads one test's hunt over all its workers (default: 1)",
+    "pytest-xdist spreads one test's hunt over all its workers (default: 1)",
     "schedule": "controlled scheduler for thread mode, one worker at a time in an order drawn "
-                "from the seed (exact replay): off, random, pct (with a stated bound), or on "
-                "(= random, the faster finder) (default: off)",
+    "from the seed (exact replay): off, random, pct (with a stated bound), or on "
+    "(= random, the faster finder) (default: off)",
     "schedule_depth": "PCT's bug depth d for --concurrency-schedule=pct (default: 3)",
     "lock_order": "lock-order inversions (potential deadlocks) in thread tests: fail, warn, or "
-                  "off (no lock tracking, no deadlock watchdog) (default: fail)",
+    "off (no lock tracking, no deadlock watchdog) (default: fail)",
 }
 INI_HELP = "default for --concurrency-{name} (environment: " + ENV_PREFIX + "{upper})"
 
@@ -58,23 +58,46 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("concurrency", "run tests concurrently (pytest-concurrency)")
     for name, spec in FIELDS.items():
         if spec.cli:
-            group.addoption(spec.option, dest=spec.dest, default=None, metavar=name.upper(),
-                            help=OPTION_HELP.get(name, name))
-        parser.addini(spec.ini, INI_HELP.format(name=name.replace("_", "-"),
-                                                upper=name.upper()), default=None)
-    group.addoption("--concurrency-all", action="store_true", default=None,
-                    dest="concurrency_all",
-                    help="treat every test as marked concurrent; tests marked not_concurrent or "
-                         "using thread-unsafe fixtures run once, normally")
+            group.addoption(
+                spec.option,
+                dest=spec.dest,
+                default=None,
+                metavar=name.upper(),
+                help=OPTION_HELP.get(name, name),
+            )
+        parser.addini(
+            spec.ini, INI_HELP.format(name=name.replace("_", "-"), upper=name.upper()), default=None
+        )
+    group.addoption(
+        "--concurrency-all",
+        action="store_true",
+        default=None,
+        dest="concurrency_all",
+        help="treat every test as marked concurrent; tests marked not_concurrent or "
+        "using thread-unsafe fixtures run once, normally",
+    )
     parser.addini("concurrency_all", "default for --concurrency-all", type="bool", default=False)
-    group.addoption("--concurrency-json", dest="concurrency_json", default=None, metavar="PATH",
-                    help="write a JSON report of concurrent tests (and scaling) to PATH")
-    group.addoption("--concurrency-plot", dest="concurrency_plot", default=None, metavar="DIR",
-                    help="write scaling charts, one per test, and an index page to DIR")
-    parser.addini("concurrency_unsafe_fixtures",
-                  "fixtures that make --concurrency-all run a test once, normally "
-                  f"(default: {', '.join(DEFAULT_UNSAFE_FIXTURES)})", type="linelist",
-                  default=list(DEFAULT_UNSAFE_FIXTURES))
+    group.addoption(
+        "--concurrency-json",
+        dest="concurrency_json",
+        default=None,
+        metavar="PATH",
+        help="write a JSON report of concurrent tests (and scaling) to PATH",
+    )
+    group.addoption(
+        "--concurrency-plot",
+        dest="concurrency_plot",
+        default=None,
+        metavar="DIR",
+        help="write scaling charts, one per test, and an index page to DIR",
+    )
+    parser.addini(
+        "concurrency_unsafe_fixtures",
+        "fixtures that make --concurrency-all run a test once, normally "
+        f"(default: {', '.join(DEFAULT_UNSAFE_FIXTURES)})",
+        type="linelist",
+        default=list(DEFAULT_UNSAFE_FIXTURES),
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -94,8 +117,9 @@ def build_session(config: pytest.Config) -> ConcurrencySession:
     cli = {spec.dest: config.getoption(spec.dest) for spec in FIELDS.values() if spec.cli}
     ini = {spec.ini: config.getini(spec.ini) for spec in FIELDS.values()}
     env = {spec.env: os.environ.get(spec.env, "") for spec in FIELDS.values()}
-    seed_raw = cli.get("concurrency_seed") or env.get(ENV_PREFIX + "SEED") or ini.get(
-        "concurrency_seed")
+    seed_raw = (
+        cli.get("concurrency_seed") or env.get(ENV_PREFIX + "SEED") or ini.get("concurrency_seed")
+    )
     if isinstance(seed_raw, str) and seed_raw.strip().lower() == "last":
         cli["concurrency_seed"] = str(last_seed(config))
     settings = resolve(cli=cli, env=env, ini=ini)
@@ -103,8 +127,11 @@ def build_session(config: pytest.Config) -> ConcurrencySession:
     settings = settings.__class__(**{**settings.__dict__, "seed": None})
     run_all = config.getoption("concurrency_all")
     if run_all is None:
-        run_all = env_flag("ALL") if os.environ.get(ENV_PREFIX + "ALL") else bool(
-            config.getini("concurrency_all"))
+        run_all = (
+            env_flag("ALL")
+            if os.environ.get(ENV_PREFIX + "ALL")
+            else bool(config.getini("concurrency_all"))
+        )
     json_path = config.getoption("concurrency_json") or os.environ.get(ENV_PREFIX + "JSON")
     plot_dir = config.getoption("concurrency_plot") or os.environ.get(ENV_PREFIX + "PLOT")
     return ConcurrencySession(
@@ -119,7 +146,7 @@ def build_session(config: pytest.Config) -> ConcurrencySession:
 
 
 def env_flag(name: str) -> bool:
-    from .settings import Source, parse_bool
+    from pytest_concurrency.engine.settings import Source, parse_bool
 
     raw = os.environ.get(ENV_PREFIX + name, "")
     return parse_bool(raw, Source("environment", ENV_PREFIX + name))
@@ -138,7 +165,7 @@ def worker_seed(config: pytest.Config) -> int:
     workerinput = getattr(config, "workerinput", None)
     if isinstance(workerinput, dict) and isinstance(workerinput.get("concurrency_seed"), int):
         return int(workerinput["concurrency_seed"])
-    from .seeds import new_session_seed
+    from pytest_concurrency.engine.seeds import new_session_seed
 
     return new_session_seed()
 
@@ -171,6 +198,6 @@ def scaling(request: pytest.FixtureRequest) -> Callable[..., Any]:
     """``report = scaling(fn, *args, workers=, modes=, rounds=, budget=)`` measures ``fn`` at
     1..N workers in threads and processes; ``report.verdict``, ``.speedup(mode, n)``,
     ``.efficiency(mode, n)``, ``.summary()``."""
-    from .scaling_hooks import scaling_fixture_value
+    from pytest_concurrency.plugin.scaling_hooks import scaling_fixture_value
 
     return scaling_fixture_value(request)

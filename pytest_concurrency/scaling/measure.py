@@ -1,7 +1,7 @@
 """Run one round of a scaling measurement: N workers, in threads or in a persistent process pool.
 
 This is the measuring half of scaling, kept apart from the statistics in
-:mod:`pytest_concurrency.scaling` so those get plain unit tests on synthetic numbers.
+:mod:`pytest_concurrency.scaling.api` so those get plain unit tests on synthetic numbers.
 Each round starts its workers together (a barrier for threads, a shared start time for
 processes), lets each call the unit a fixed number of times, and returns one
 :class:`WorkerSample` per worker. Nothing here waits without a deadline: a round that
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any, NamedTuple
 
-from . import scaling_child
+from pytest_concurrency.scaling import child as scaling_child
 
 DEFAULT_START_METHOD = "spawn"
 """Fresh interpreters: no fork of a threaded pytest process, the same on every platform."""
@@ -278,7 +278,7 @@ def _watch_threads(
 class ProcessPool:
     """Worker processes started once per measurement, each loaded with the unit of work.
 
-    Each process serves rounds over its own pipe (see :mod:`pytest_concurrency.scaling_child`),
+    Each process serves rounds over its own pipe (see :mod:`pytest_concurrency.scaling.child`),
     so a round with N workers runs on exactly N distinct processes. Use as a context manager:
     leaving it stops, and if need be terminates and kills, every process and joins it.
     """

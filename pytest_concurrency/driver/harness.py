@@ -20,12 +20,17 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
-from . import messages
-from .context import WorkerContext, current
-from .outcomes import RunRecord, SeriesOutcome
-from .runners.base import AsyncRunner, Runner, RunPlan, WorkerCall
-from .series import failure_exception, outcome_signal, run_series, run_series_async
-from .settings import MODES
+from pytest_concurrency import messages
+from pytest_concurrency.driver.series import (
+    failure_exception,
+    outcome_signal,
+    run_series,
+    run_series_async,
+)
+from pytest_concurrency.engine.context import WorkerContext, current
+from pytest_concurrency.engine.outcomes import RunRecord, SeriesOutcome
+from pytest_concurrency.engine.settings import MODES
+from pytest_concurrency.runners.base import AsyncRunner, Runner, RunPlan, WorkerCall
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
@@ -70,8 +75,10 @@ class Concurrency:
     def __repr__(self) -> str:
         context = current()
         where = f"worker {context.worker}, run {context.run}" if context else "between runs"
-        return (f"<concurrency {self._config.mode} x{self._config.workers}, {where}, "
-                f"seed {self._config.seed}>")
+        return (
+            f"<concurrency {self._config.mode} x{self._config.workers}, {where}, "
+            f"seed {self._config.seed}>"
+        )
 
     # -- identity inside a run ------------------------------------------------------------
 
@@ -128,7 +135,11 @@ class Concurrency:
     # -- the explicit harness ---------------------------------------------------------------
 
     def runs(
-        self, count: int | None = None, *, budget: float | None = None, mode: str | None = None,
+        self,
+        count: int | None = None,
+        *,
+        budget: float | None = None,
+        mode: str | None = None,
         schedule: str | None = None,
     ) -> Iterator[HarnessRun]:
         """Yield runs; a budget (argument or ``--concurrency-budget``) replaces the count.
@@ -139,8 +150,9 @@ class Concurrency:
         if current() is not None:
             raise ConcurrencyUsageError(messages.NESTED_RUN)
         if mode is not None and mode not in MODES:
-            raise ConcurrencyUsageError(messages.RUNS_BAD_MODE.format(mode=mode,
-                                                                      modes=", ".join(MODES)))
+            raise ConcurrencyUsageError(
+                messages.RUNS_BAD_MODE.format(mode=mode, modes=", ".join(MODES))
+            )
         self._schedule = _schedule_choice(schedule)
         loop = HarnessLoop(self, self._plan(count, budget), mode or self._config.mode)
         self.active = loop
@@ -192,8 +204,11 @@ class HarnessLoop:
         config = fixture.config
         self.mode = mode or config.mode
         self.outcome = SeriesOutcome(
-            mode=self.mode, workers=config.workers, runs_planned=plan.count,
-            seed=config.seed, budget=None if plan.count is not None else config.budget,
+            mode=self.mode,
+            workers=config.workers,
+            runs_planned=plan.count,
+            seed=config.seed,
+            budget=None if plan.count is not None else config.budget,
         )
         self.current: HarnessRun | None = None
 
@@ -241,13 +256,13 @@ class HarnessRun:
 
     async def _run_async(self, calls: list[WorkerCall]) -> list[Any]:
         runner = cast(AsyncRunner, self.loop.fixture.runner(len(calls), self.loop.mode))
-        return self._finish(await run_series_async(runner, calls,
-                                                   **self._series_options(calls)))
+        return self._finish(await run_series_async(runner, calls, **self._series_options(calls)))
 
     def check_awaited(self) -> None:
         """An async test that called run(...) without ``await`` ran nothing: say so."""
-        forgotten = [c for c in self.started
-                     if inspect.getcoroutinestate(c) == inspect.CORO_CREATED]
+        forgotten = [
+            c for c in self.started if inspect.getcoroutinestate(c) == inspect.CORO_CREATED
+        ]
         for coroutine in forgotten:
             coroutine.close()
         if forgotten:
@@ -256,8 +271,12 @@ class HarnessRun:
     def _series_options(self, calls: list[WorkerCall]) -> dict[str, Any]:
         config = self.loop.fixture.config
         self.loop.outcome.workers = len(calls)
-        return {"outcome": self.loop.outcome, "plan": RunPlan(count=1, first_index=self.index),
-                "timeout": config.timeout, "keep_results": True}
+        return {
+            "outcome": self.loop.outcome,
+            "plan": RunPlan(count=1, first_index=self.index),
+            "timeout": config.timeout,
+            "keep_results": True,
+        }
 
     def _finish(self, record: RunRecord | None) -> list[Any]:
         """Count the run; raise what it raised (failures, interrupts, skips); else results."""
@@ -269,9 +288,12 @@ class HarnessRun:
         if outcome.interrupt is not None and not outcome.failed:
             raise outcome.interrupt
         if outcome.failed:
-            raise failure_exception(outcome, timeout=fixture.config.timeout,
-                                    reproduce=fixture.config.reproduce,
-                                    seed=fixture.config.reproduce_seed)
+            raise failure_exception(
+                outcome,
+                timeout=fixture.config.timeout,
+                reproduce=fixture.config.reproduce,
+                seed=fixture.config.reproduce_seed,
+            )
         signal = outcome_signal(outcome)
         if signal is not None:
             raise signal
@@ -302,7 +324,7 @@ def _schedule_choice(schedule: str | None) -> str | None:
     """``runs(schedule=...)`` checked like the marker's ``schedule=``; None keeps the test's."""
     if schedule is None:
         return None
-    from .settings import Source, parse_schedule
+    from pytest_concurrency.engine.settings import Source, parse_schedule
 
     try:
         return parse_schedule(schedule, Source("marker", "schedule=", "concurrency.runs()"))

@@ -91,8 +91,9 @@ def core_budget() -> CoreBudget:
     usable = affinity if affinity is not None else cpu_count
     if quota is not None:
         usable = min(usable, max(1, math.ceil(quota)))
-    return CoreBudget(usable=max(1, usable), cpu_count=cpu_count, affinity=affinity,
-                      cgroup_quota=quota)
+    return CoreBudget(
+        usable=max(1, usable), cpu_count=cpu_count, affinity=affinity, cgroup_quota=quota
+    )
 
 
 def usable_cores() -> int:

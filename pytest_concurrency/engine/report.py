@@ -13,8 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import messages
-from .outcomes import FailureGroup, RunRecord, SeriesOutcome, group_failures
+from pytest_concurrency import messages
+from pytest_concurrency.engine.outcomes import (
+    FailureGroup,
+    RunRecord,
+    SeriesOutcome,
+    group_failures,
+)
 
 JSON_VERSION = 1
 MAX_LISTED_WORKERS = 12
@@ -54,14 +59,14 @@ def headline(outcome: SeriesOutcome, record: RunRecord, timeout: float, seed: in
     place = where(outcome, seed)
     if record.hung_workers and not record.failures:
         hung = ", ".join(f"worker {index}" for index in record.hung_workers)
-        return HEADLINE_HANG.format(run=record.index, of=of, where=place, hung=hung,
-                                    timeout=timeout)
+        return HEADLINE_HANG.format(
+            run=record.index, of=of, where=place, hung=hung, timeout=timeout
+        )
     failed = len(record.failures)
-    template = HEADLINE_EVERY_CALL if (
-        record.index == 0 and failed == record.workers
-    ) else HEADLINE_RACE
-    return template.format(run=record.index, of=of, where=place, failed=failed,
-                           calls=outcome.calls)
+    template = (
+        HEADLINE_EVERY_CALL if (record.index == 0 and failed == record.workers) else HEADLINE_RACE
+    )
+    return template.format(run=record.index, of=of, where=place, failed=failed, calls=outcome.calls)
 
 
 def describe_workers(group: FailureGroup) -> str:
@@ -125,15 +130,21 @@ def failure_report(
 
 
 def concurrent_entry(
-    outcome: SeriesOutcome, *, nodeid: str, reproduce: str | None,
+    outcome: SeriesOutcome,
+    *,
+    nodeid: str,
+    reproduce: str | None,
     shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     record = outcome.failing_run
     groups = group_failures(record.failures) if record else []
     sharding: dict[str, Any] = {}
     if shard is not None:
-        sharding = {"shard": shard[0], "shards": shard[1],
-                    "base_nodeid": nodeid.rsplit("[", 1)[0] if "[" in nodeid else nodeid}
+        sharding = {
+            "shard": shard[0],
+            "shards": shard[1],
+            "base_nodeid": nodeid.rsplit("[", 1)[0] if "[" in nodeid else nodeid,
+        }
     return {
         **sharding,
         "kind": KIND_CONCURRENT,
@@ -220,8 +231,10 @@ def summary_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
         for entry in serial:
             by_reason.setdefault(str(entry["reason"]), []).append(str(entry["nodeid"]))
         for reason, nodeids in sorted(by_reason.items(), key=lambda item: -len(item[1])):
-            lines.append(f"  {len(nodeids)} {reason}: {', '.join(nodeids[:5])}"
-                         + (" ..." if len(nodeids) > 5 else ""))
+            lines.append(
+                f"  {len(nodeids)} {reason}: {', '.join(nodeids[:5])}"
+                + (" ..." if len(nodeids) > 5 else "")
+            )
     return lines
 
 
@@ -238,9 +251,13 @@ def schedule_lines(concurrent: Sequence[Mapping[str, Any]]) -> list[str]:
             lines.append(schedule_line(str(entry["nodeid"]), schedule, entry.get("failing_run")))
         inversions = (entry.get("lock_order") or {}).get("inversions") or []
         if inversions:
-            lines.append(messages.INVERSION_SUMMARY.format(
-                nodeid=entry["nodeid"], count=len(inversions),
-                outcome=entry["lock_order"].get("verdict")))
+            lines.append(
+                messages.INVERSION_SUMMARY.format(
+                    nodeid=entry["nodeid"],
+                    count=len(inversions),
+                    outcome=entry["lock_order"].get("verdict"),
+                )
+            )
     if len(lines) > MAX_SCHEDULE_LINES:
         hidden = len(lines) - MAX_SCHEDULE_LINES
         lines = [*lines[:MAX_SCHEDULE_LINES], f"... and {hidden} more (see --concurrency-json)"]
@@ -249,17 +266,27 @@ def schedule_lines(concurrent: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def schedule_line(nodeid: str, schedule: Mapping[str, Any], failing_run: Any = None) -> str:
     if failing_run is not None:
-        return messages.SCHEDULE_FOUND.format(strategy=schedule.get("strategy"), nodeid=nodeid,
-                                              run=failing_run)
+        return messages.SCHEDULE_FOUND.format(
+            strategy=schedule.get("strategy"), nodeid=nodeid, run=failing_run
+        )
     guarantee = schedule.get("guarantee")
     if guarantee:
         return messages.SCHEDULE_SUMMARY_PCT.format(
-            nodeid=nodeid, inverse=1 / guarantee["run_probability"], **guarantee)
-    why = (messages.SCHEDULE_NO_BOUND_PCT if schedule.get("strategy") == "pct"
-           else messages.SCHEDULE_NO_BOUND_RANDOM)
+            nodeid=nodeid, inverse=1 / guarantee["run_probability"], **guarantee
+        )
+    why = (
+        messages.SCHEDULE_NO_BOUND_PCT
+        if schedule.get("strategy") == "pct"
+        else messages.SCHEDULE_NO_BOUND_RANDOM
+    )
     return messages.SCHEDULE_SUMMARY_NO_BOUND.format(
-        strategy=schedule.get("strategy"), nodeid=nodeid, runs=schedule.get("runs"),
-        points=schedule.get("max_points"), decisions=schedule.get("max_decisions"), why=why)
+        strategy=schedule.get("strategy"),
+        nodeid=nodeid,
+        runs=schedule.get("runs"),
+        points=schedule.get("max_points"),
+        decisions=schedule.get("max_decisions"),
+        why=why,
+    )
 
 
 def shard_lines(concurrent: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -272,10 +299,17 @@ def shard_lines(concurrent: Sequence[Mapping[str, Any]]) -> list[str]:
     for base, shards in sorted(by_test.items()):
         runs = sum(int(e.get("runs_done") or 0) for e in shards)
         failed = [e for e in shards if e.get("failing_run") is not None]
-        verdict = ("no failure" if not failed else "failed in " + ", ".join(
-            f"shard {e['shard']} (run {e['failing_run']}, seed {e['seed']})" for e in failed))
-        lines.append(f"sharded {base}: {len(shards)} of {shards[0]['shards']} shards, "
-                     f"{runs} runs; {verdict}")
+        verdict = (
+            "no failure"
+            if not failed
+            else "failed in "
+            + ", ".join(
+                f"shard {e['shard']} (run {e['failing_run']}, seed {e['seed']})" for e in failed
+            )
+        )
+        lines.append(
+            f"sharded {base}: {len(shards)} of {shards[0]['shards']} shards, {runs} runs; {verdict}"
+        )
     return lines
 
 
@@ -304,7 +338,9 @@ def junit_properties(entry: Mapping[str, Any]) -> list[tuple[str, object]]:
     """Properties for a test's JUnit XML ``<testcase>`` (``--junitxml``), from its entry."""
     if entry.get("kind") == KIND_CONCURRENT:
         values: dict[str, object] = {
-            "mode": entry["mode"], "workers": entry["workers"], "runs": entry["runs_done"],
+            "mode": entry["mode"],
+            "workers": entry["workers"],
+            "runs": entry["runs_done"],
             "seed": entry["seed"],
             "failures": sum(group["count"] for group in entry.get("failures", ())),
             "verdict": concurrent_verdict(entry),
@@ -314,9 +350,14 @@ def junit_properties(entry: Mapping[str, Any]) -> list[tuple[str, object]]:
     elif entry.get("kind") == KIND_SCALING:
         judged = entry.get("judged_workers") or {}
         rounds = sum(level.get("rounds", 0) for level in entry.get("levels", ()))
-        values = {"mode": ",".join(judged) or "scaling",
-                  "workers": max(judged.values(), default=0), "runs": rounds,
-                  "seed": entry.get("seed"), "failures": 0, "verdict": entry.get("verdict")}
+        values = {
+            "mode": ",".join(judged) or "scaling",
+            "workers": max(judged.values(), default=0),
+            "runs": rounds,
+            "seed": entry.get("seed"),
+            "failures": 0,
+            "verdict": entry.get("verdict"),
+        }
     else:
         return []
     return [(JUNIT_PREFIX + name, value) for name, value in values.items()]

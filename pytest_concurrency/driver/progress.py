@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .outcomes import RunRecord, SeriesOutcome
+from pytest_concurrency.engine.outcomes import RunRecord, SeriesOutcome
 
 DELAY_SECONDS = 1.0
 INTERVAL_SECONDS = 0.5
@@ -57,8 +57,13 @@ class LiveProgress:
             left = f"{outcome.runs_done}/{outcome.runs_planned}, about {remaining:.0f}s left"
         else:
             left = ""
-        return PROGRESS.format(label=self.label, runs=outcome.runs_done, calls=outcome.calls,
-                               failures=failures, left=left).rstrip()
+        return PROGRESS.format(
+            label=self.label,
+            runs=outcome.runs_done,
+            calls=outcome.calls,
+            failures=failures,
+            left=left,
+        ).rstrip()
 
     def update(self, record: RunRecord) -> None:
         now = self.clock()

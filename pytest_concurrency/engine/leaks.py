@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .messages import LEAK_MESSAGE
+from pytest_concurrency.messages import LEAK_MESSAGE
 
 GRACE_SECONDS = 0.2
 LEAK_MODES = ("warn", "fail", "off")
@@ -119,8 +119,9 @@ def take_snapshot() -> Snapshot:
     )
 
 
-def find_leaks(before: Snapshot, *, ignore: frozenset[int] = frozenset(),
-               grace: float = GRACE_SECONDS) -> Leaks:
+def find_leaks(
+    before: Snapshot, *, ignore: frozenset[int] = frozenset(), grace: float = GRACE_SECONDS
+) -> Leaks:
     """What is alive now and was not before, after giving it ``grace`` seconds to end."""
     deadline = time.monotonic() + grace
     threads = _new_threads(before, ignore)
@@ -133,13 +134,16 @@ def find_leaks(before: Snapshot, *, ignore: frozenset[int] = frozenset(),
     return Leaks(
         threads=tuple(t.name for t in _new_threads(before, ignore)),
         children=tuple(sorted(children)),
-        tasks=tuple(_LEFTOVER_TASKS[before.tasks_seen:]),
+        tasks=tuple(_LEFTOVER_TASKS[before.tasks_seen :]),
     )
 
 
 def _new_threads(before: Snapshot, ignore: frozenset[int]) -> list[threading.Thread]:
     return [
-        thread for thread in threading.enumerate()
-        if thread.ident not in before.threads and thread.ident not in ignore
-        and thread.is_alive() and thread is not threading.current_thread()
+        thread
+        for thread in threading.enumerate()
+        if thread.ident not in before.threads
+        and thread.ident not in ignore
+        and thread.is_alive()
+        and thread is not threading.current_thread()
     ]

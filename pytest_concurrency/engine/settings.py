@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import messages
+from pytest_concurrency import messages
 
 MODES = ("threads", "processes", "asyncio")
 MAX_WORKERS = 4096
@@ -63,8 +63,9 @@ class Source:
 
 
 def _fail(source: Source, raw: object, expected: str) -> SettingsError:
-    return SettingsError(messages.INVALID_SETTING.format(where=source.describe(raw),
-                                                         expected=expected))
+    return SettingsError(
+        messages.INVALID_SETTING.format(where=source.describe(raw), expected=expected)
+    )
 
 
 def parse_int(raw: object, source: Source, *, low: int, high: int, example: str) -> int:
@@ -194,8 +195,9 @@ def parse_start_method(raw: object, source: Source) -> str | None:
     methods = multiprocessing.get_all_start_methods()
     if isinstance(raw, str) and raw.strip() in (*methods, "auto"):
         return None if raw.strip() == "auto" else raw.strip()
-    raise _fail(source, raw, f"start method must be auto or one of {', '.join(methods)} "
-                             "on this platform")
+    raise _fail(
+        source, raw, f"start method must be auto or one of {', '.join(methods)} on this platform"
+    )
 
 
 @dataclass(frozen=True)
@@ -289,8 +291,11 @@ def auto_workers(mode: str, usable_cores: int) -> int:
 def unknown_marker_key(key: str, where: str) -> SettingsError:
     close = difflib.get_close_matches(key, MARKER_KEYS, n=1)
     hint = f' Did you mean "{close[0]}="?' if close else ""
-    return SettingsError(messages.UNKNOWN_MARKER_ARGUMENT.format(
-        key=key, where=where, hint=hint, known=", ".join(k + "=" for k in MARKER_KEYS)))
+    return SettingsError(
+        messages.UNKNOWN_MARKER_ARGUMENT.format(
+            key=key, where=where, hint=hint, known=", ".join(k + "=" for k in MARKER_KEYS)
+        )
+    )
 
 
 def resolve(

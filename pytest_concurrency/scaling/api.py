@@ -32,12 +32,12 @@ hyperthread and its speed changes from one moment to the next:
   round, the cost ratio is taken from the medians over all rounds. That drops the random
   speed changes between the two records of a pair and keeps what is systematic.
 * Every round also runs a *reference unit* (hashing a 256 KiB buffer in threads: perfectly
-  parallel CPU work, see :func:`~pytest_concurrency.scaling_child.reference_work`) at 1 and at
+  parallel CPU work, see :func:`~pytest_concurrency.scaling.child.reference_work`) at 1 and at
   each counted worker number up to the usable cores. What the machine delivers to it is the
   bar for CPU-bound modes (75% of it), and a machine delivering under 70% of N to it did not
   supply the cores.
 
-The verdicts (:mod:`pytest_concurrency.scaling_verdict`):
+The verdicts (:mod:`pytest_concurrency.scaling.verdict`):
 
 ===================== ==========================================================================
 ``scales``            every measured mode reaches 75% of what the machine delivers at the cores
@@ -53,10 +53,10 @@ The Karp-Flatt serial fraction e(N) = (1/C - 1/N)/(1 - 1/N) is given at every le
 Universal Scalability Law fit C(N) = N/(1 + sigma (N-1) + kappa N (N-1)) only with six or
 more levels.
 
-Layout: the statistics (:mod:`~pytest_concurrency.scaling_stats`) and the verdict
-(:mod:`~pytest_concurrency.scaling_verdict`) are pure functions of :class:`RoundRecord` lists,
-tested on synthetic numbers; the measuring is in :mod:`~pytest_concurrency.scaling_runner`
-(and :mod:`~pytest_concurrency.scaling_child` in the worker processes); this module holds the
+Layout: the statistics (:mod:`~pytest_concurrency.scaling.stats`) and the verdict
+(:mod:`~pytest_concurrency.scaling.verdict`) are pure functions of :class:`RoundRecord` lists,
+tested on synthetic numbers; the measuring is in :mod:`~pytest_concurrency.scaling.measure`
+(and :mod:`~pytest_concurrency.scaling.child` in the worker processes); this module holds the
 public API: :func:`measure_scaling`, :class:`ScalingReport`, :func:`check_expectation` and
 :func:`format_scaling_table`. Pure module: no pytest import.
 """
@@ -73,9 +73,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .cores import core_budget, free_threaded_build, gil_enabled
-from .scaling_child import reference_work
-from .scaling_runner import (
+from pytest_concurrency.engine.cores import core_budget, free_threaded_build, gil_enabled
+from pytest_concurrency.scaling.child import reference_work
+from pytest_concurrency.scaling.measure import (
     ProcessPool,
     ScalingMeasurementError,
     ScalingUsageError,
@@ -87,7 +87,7 @@ from .scaling_runner import (
     run_thread_round,
     steal_share,
 )
-from .scaling_stats import (
+from pytest_concurrency.scaling.stats import (
     CI_COVERAGE,
     DEFAULT_BUDGET_SECONDS,
     Interval,
@@ -100,7 +100,7 @@ from .scaling_stats import (
     level_stats,
     median_interval,
 )
-from .scaling_verdict import (
+from pytest_concurrency.scaling.verdict import (
     CONTENDED,
     MACHINE,
     MODES,

@@ -2,8 +2,8 @@
 
 The session wires :func:`scaling_fixture_value` into the ``scaling`` fixture and calls
 :func:`run_scaling_marker` from its call hook for tests marked ``@pytest.mark.scaling``.
-Both measure with :func:`pytest_concurrency.scaling.measure_scaling` and record the report's
-JSON on the item with :func:`pytest_concurrency.entries.record_entry`, for the terminal
+Both measure with :func:`pytest_concurrency.scaling.api.measure_scaling` and record the report's
+JSON on the item with :func:`pytest_concurrency.plugin.entries.record_entry`, for the terminal
 summary, the JSON report and the charts.
 
 Timings are unreliable under pytest-xdist (other workers compete for the cores) and under a
@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from .entries import record_entry
-from .scaling import (
+from pytest_concurrency.plugin.entries import record_entry
+from pytest_concurrency.scaling.api import (
     MODES,
     ScalingMeasurementError,
     ScalingReport,
@@ -133,7 +133,7 @@ def _record(item: pytest.Item, report: ScalingReport, warnings: Iterable[str]) -
 
 def scaling_fixture_value(request: pytest.FixtureRequest) -> Callable[..., ScalingReport]:
     """The ``scaling`` fixture: ``scaling(fn, *args, **kwargs)`` measures ``fn`` and returns
-    a :class:`~pytest_concurrency.scaling.ScalingReport`.
+    a :class:`~pytest_concurrency.scaling.api.ScalingReport`.
 
     The keywords ``workers``, ``modes``, ``rounds``, ``budget``, ``seed`` and ``force`` configure
     the measurement; every other keyword goes to ``fn`` (use :func:`functools.partial` to pass

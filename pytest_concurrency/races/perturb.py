@@ -11,7 +11,8 @@ briefly) so that the other workers run through the window meanwhile.
 The callbacks come from ``sys.settrace`` opcode events on 3.10 and 3.11 (installed per worker
 thread, around each call) and from ``sys.monitoring`` on 3.12+ (one tool for the series,
 instruction events enabled only for the user's code objects, gated per thread). They stop only
-at shared-state instructions of the code under test (see :mod:`pytest_concurrency.codefilter`).
+at shared-state instructions of the code under test (see
+:mod:`pytest_concurrency.races.codefilter`).
 
 How hard a run pushes varies from run to run: a :class:`RunProfile` drawn from the run's seed
 gives the chance of giving way at each decision point, the share of give-ways that sleep rather
@@ -46,8 +47,8 @@ from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any, NamedTuple, Protocol
 
-from .codefilter import CodeFilter, shared_state_offsets
-from .seeds import derive_seed
+from pytest_concurrency.engine.seeds import derive_seed
+from pytest_concurrency.races.codefilter import CodeFilter, shared_state_offsets
 
 BARE_RUN_SHARE = 0.125
 """Share of runs that only open switch opportunities and never force a give-way."""
@@ -430,8 +431,12 @@ class TracePerturbation(SeededPerturbation):
         frame.f_trace_opcodes = True
         return entry[1]
 
-    def _opcode_tracer(self, code: CodeType, theirs: TraceFunction | None = None,
-                       offsets: frozenset[int] | None = None) -> TraceFunction:
+    def _opcode_tracer(
+        self,
+        code: CodeType,
+        theirs: TraceFunction | None = None,
+        offsets: frozenset[int] | None = None,
+    ) -> TraceFunction:
         """The local trace function of a user frame; ``theirs``: another tracer's local trace
         function for this frame, which gets every event but opcodes."""
         if offsets is None:

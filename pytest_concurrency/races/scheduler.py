@@ -1,16 +1,16 @@
 """The controlled scheduler: one worker runs at a time, and the seed says which one.
 
-A :class:`ControlledScheduler` is a :class:`~pytest_concurrency.perturb.Perturbation` for the
+A :class:`ControlledScheduler` is a :class:`~pytest_concurrency.races.perturb.Perturbation` for the
 thread runner. Each worker owns a *gate* (a raw lock); the worker holding the *token* runs, the
 others wait at their gates. At every *scheduling point* the running worker asks the strategy
-(:mod:`pytest_concurrency.strategies`) who goes on, hands the token over and waits for it to
+(:mod:`pytest_concurrency.races.strategies`) who goes on, hands the token over and waits for it to
 come back. Scheduling points are
 
 * the shared-state instructions of the code under test, found by the perturbation engine's
   tracing layer (``sys.settrace`` opcode events on 3.10/3.11, ``sys.monitoring`` on 3.12+,
-  filtered by :mod:`pytest_concurrency.codefilter`), and
+  filtered by :mod:`pytest_concurrency.races.codefilter`), and
 * every operation on a tracked lock, condition, event, semaphore, barrier or queue and every
-  ``time.sleep`` (:mod:`pytest_concurrency.primitives`), where a worker that would block
+  ``time.sleep`` (:mod:`pytest_concurrency.races.primitives`), where a worker that would block
   *blocks in the scheduler* instead, so that another worker can run.
 
 Between two points a worker runs alone, so a run is one interleaving, chosen from the run's
@@ -23,7 +23,7 @@ degrades to ordinary threading for that step rather than hanging; the report say
 When no worker can go on the scheduler decides what happens next: a timed wait times out (the
 earliest virtual deadline first), or, if every worker waits for a lock held by another, or
 still waits after :data:`IDLE_GRACE`, it is a deadlock: the cycle is reported and every
-blocked worker raises :class:`~pytest_concurrency.primitives.DeadlockError`.
+blocked worker raises :class:`~pytest_concurrency.races.primitives.DeadlockError`.
 
 Pure module: no pytest import.
 """
@@ -45,10 +45,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import messages
-from .lockgraph import UNKNOWN_SITE, Site, format_site, wait_cycle
-from .outcomes import RunRecord
-from .primitives import (
+from pytest_concurrency import messages
+from pytest_concurrency.engine.outcomes import RunRecord
+from pytest_concurrency.engine.seeds import derive_seed
+from pytest_concurrency.races.lockgraph import UNKNOWN_SITE, Site, format_site, wait_cycle
+from pytest_concurrency.races.primitives import (
     CONTROL,
     ORIGINAL_SLEEP,
     TRACKER,
@@ -56,8 +57,7 @@ from .primitives import (
     DeadlockError,
     tracked_primitives,
 )
-from .seeds import derive_seed
-from .strategies import (
+from pytest_concurrency.races.strategies import (
     DEFAULT_DEPTH,
     STRATEGY_PCT,
     Guarantee,
@@ -220,7 +220,7 @@ class _TracerHook:
 
 
 class ControlledWorker:
-    """The :class:`~pytest_concurrency.primitives.Controller` of one worker in one run."""
+    """The :class:`~pytest_concurrency.races.primitives.Controller` of one worker in one run."""
 
     __slots__ = ("busy", "index", "run", "scheduler")
 
@@ -276,7 +276,7 @@ class ControlledScheduler:
         strategy: str = STRATEGY_PCT,
         depth: int = DEFAULT_DEPTH,
     ) -> None:
-        from .perturb import seeded_perturbation
+        from pytest_concurrency.races.perturb import seeded_perturbation
 
         self.seed = seed
         self.workers = workers
