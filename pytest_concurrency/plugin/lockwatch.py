@@ -95,7 +95,9 @@ class LockWatch:
             self.close(item)  # after an interrupt skipped the teardown
 
     def pytest_unconfigure(self) -> None:
-        primitives = sys.modules.get(f"{__package__}.primitives")  # never imported: no window
+        primitives = sys.modules.get(
+            "pytest_concurrency.races.primitives"
+        )  # never imported: no window
         if primitives is not None and primitives.TRACKER.active:
             primitives.close_every_window()
 
@@ -220,7 +222,9 @@ class LockWatch:
         return report
 
     def annotate_entries(self, item: pytest.Item) -> None:
-        scheduler = sys.modules.get(f"{__package__}.scheduler")  # never imported: none made
+        scheduler = sys.modules.get(
+            "pytest_concurrency.races.scheduler"
+        )  # never imported: none made
         made = scheduler.take_created() if scheduler is not None else []
         watch = item.stash.get(WATCH_KEY, None)
         stashed = item.stash.get(ENTRIES_KEY, [])

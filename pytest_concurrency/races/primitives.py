@@ -32,16 +32,15 @@ import itertools
 import os
 import queue
 import sys
-import sysconfig
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any, Protocol, TypeVar
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine import owncode
 from pytest_concurrency.engine.context import current
 from pytest_concurrency.races.lockgraph import (
     UNKNOWN_SITE,
@@ -149,7 +148,6 @@ def _module_file(module: ModuleType) -> str:
 
 
 _SKIPPED_FILES = frozenset({_module_file(threading), _module_file(queue)})
-_PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep
 _skip_cache: dict[str, bool] = {}
 
 
@@ -158,7 +156,7 @@ def _skipped(filename: str) -> bool:
     answer = _skip_cache.get(filename)
     if answer is None:
         path = os.path.realpath(filename)
-        answer = _skip_cache[filename] = path in _SKIPPED_FILES or path.startswith(_PACKAGE_DIR)
+        answer = _skip_cache[filename] = path in _SKIPPED_FILES or owncode.is_plugin_file(path)
     return answer
 
 
@@ -222,22 +220,6 @@ def thread_label() -> str:
 # -- the tracker: one per process, active while a window is open ------------------------------
 
 
-def _tooling_dirs() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(standard library dirs, whose site-packages are not tooling; pytest, pluggy, this
-    plugin)."""
-    paths = sysconfig.get_paths()
-    stdlib = [paths[key] for key in ("stdlib", "platstdlib") if key in paths]
-    import _pytest
-    import pluggy
-
-    tools = [str(Path(_module_file(module)).parent) for module in (_pytest, pluggy)]
-    tools.append(str(Path(__file__).resolve().parent))
-    return (
-        tuple(os.path.realpath(path) + os.sep for path in stdlib),
-        tuple(os.path.realpath(path) + os.sep for path in tools),
-    )
-
-
 @dataclass
 class _Waiter:
     lock: TrackedLock
@@ -259,7 +241,6 @@ class LockTracker:
     _waiting: dict[int, _Waiter] = field(default_factory=dict)
     _mutex: Any = field(default_factory=_allocate_lock)
     _numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-    _tooling: tuple[tuple[str, ...], tuple[str, ...]] | None = None
     _tooling_cache: dict[str, bool] = field(default_factory=dict)
 
     @property
@@ -280,18 +261,10 @@ class LockTracker:
     def is_tooling(self, filename: str) -> bool:
         answer = self._tooling_cache.get(filename)
         if answer is None:
-            if self._tooling is None:
-                self._tooling = _tooling_dirs()
-            stdlib, tools = self._tooling
-            path = os.path.realpath(filename)
             answer = (
-                path.startswith(tools)
-                or filename.startswith("<")
-                or (
-                    path.startswith(stdlib)
-                    and "site-packages" not in path
-                    and "dist-packages" not in path
-                )
+                filename.startswith("<")
+                or owncode.is_tooling_file(filename)
+                or owncode.is_stdlib_file(filename)
             )
             self._tooling_cache[filename] = answer
         return answer

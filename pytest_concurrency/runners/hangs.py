@@ -17,15 +17,15 @@ from collections.abc import Mapping
 from types import FrameType
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine import owncode
 
-_PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep
 _THREADING_FILE = os.path.realpath(threading.__file__)
 
 
 def is_own_frame(filename: str) -> bool:
     """Frames of ``threading`` and of this plugin: how a worker got to the user's code."""
     path = os.path.realpath(filename)
-    return path == _THREADING_FILE or path.startswith(_PACKAGE_DIR)
+    return path == _THREADING_FILE or owncode.is_plugin_file(path)
 
 
 def user_stack(frame: FrameType) -> str:

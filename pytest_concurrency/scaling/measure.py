@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import pickle
 import sys
-import sysconfig
 import threading
 import time
 from collections import Counter
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any, NamedTuple
 
+from pytest_concurrency.engine import owncode
 from pytest_concurrency.scaling import child as scaling_child
 
 DEFAULT_START_METHOD = "spawn"
@@ -147,11 +147,6 @@ class WaitSite:
         return f"{text} ({self.share:.0%} of {self.sightings} sightings of a waiting worker)"
 
 
-def _install_dirs(*names: str) -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    return tuple({os.path.normcase(paths[name]) for name in names})
-
-
 class WaitSampler:
     """Look at worker threads' stacks now and then; count where they stand still.
 
@@ -165,9 +160,6 @@ class WaitSampler:
     def __init__(self) -> None:
         self._last: dict[int, tuple[int, int]] = {}
         self._sites: Counter[tuple[str, int, str]] = Counter()
-        self._stdlib = _install_dirs("stdlib", "platstdlib")
-        self._packages = _install_dirs("purelib", "platlib")
-        self._own = os.path.normcase(os.path.dirname(__file__))
 
     def look(self, idents: Sequence[int]) -> None:
         frames = sys._current_frames()
@@ -186,16 +178,14 @@ class WaitSampler:
     def _user_frame(self, frame: FrameType | None) -> tuple[str, int, str] | None:
         while frame is not None:
             filename = frame.f_code.co_filename
-            if not self._skipped(os.path.normcase(filename)):
+            if not self._skipped(filename):
                 return (filename, frame.f_lineno or 0, frame.f_code.co_name)
             frame = frame.f_back
         return None
 
     def _skipped(self, filename: str) -> bool:
         """Frames of this package and of the standard library (not of site-packages)."""
-        if filename.startswith(self._own):
-            return True
-        return filename.startswith(self._stdlib) and not filename.startswith(self._packages)
+        return owncode.is_plugin_file(filename) or owncode.is_stdlib_file(filename)
 
     def busiest(self) -> WaitSite | None:
         """The place most waiting sightings were at, or None when there were none."""

@@ -1,0 +1,101 @@
+"""The one answer to "whose code is this file?": the plugin's, the tooling's, the standard
+library's, an installed package's, or the user's.
+
+Every check of a frame or a file name asks here, so that moving a module never changes which
+frames count as the plugin's. Directories are found without importing pytest or pluggy. Pure
+module: no pytest import.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import site
+import sysconfig
+from collections.abc import Iterable
+
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
+"""The ``pytest_concurrency`` package directory, with a trailing separator."""
+INSTALLED_DIR_NAMES = frozenset({"site-packages", "dist-packages"})
+"""Any file below a directory with one of these names is installed code, wherever it lives."""
+TOOLING_MODULES = ("pytest", "_pytest", "pluggy")
+
+
+def _with_sep(paths: Iterable[str]) -> tuple[str, ...]:
+    found = {os.path.realpath(path) for path in paths if path}
+    return tuple(sorted(path.rstrip(os.sep) + os.sep for path in found))
+
+
+@functools.cache
+def stdlib_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return _with_sep(paths[key] for key in ("stdlib", "platstdlib") if key in paths)
+
+
+@functools.cache
+def installed_dirs() -> tuple[str, ...]:
+    """Where installed packages live: the environment's site-packages and the user site."""
+    paths = sysconfig.get_paths()
+    found = [paths[key] for key in ("purelib", "platlib") if key in paths]
+    found.extend(getattr(site, "getsitepackages", list)())
+    user_site = site.getusersitepackages() if hasattr(site, "getusersitepackages") else None
+    if isinstance(user_site, str):
+        found.append(user_site)
+    return _with_sep(found)
+
+
+def _module_location(name: str) -> str | None:
+    """The package directory (or the single file) of a top-level module, without importing."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
+        return None
+    origin = os.path.realpath(spec.origin)
+    if spec.submodule_search_locations:
+        return os.path.dirname(origin)
+    return origin  # pytest.py is one module next to _pytest/
+
+
+@functools.cache
+def tooling_paths() -> tuple[str, ...]:
+    """pytest's, pluggy's and this plugin's directories (pytest.py as a file), each ending in a
+    separator except single files."""
+    paths: list[str] = [PACKAGE_DIR]
+    for name in TOOLING_MODULES:
+        location = _module_location(name)
+        if location is None:
+            continue
+        paths.append(location if location.endswith(".py") else location + os.sep)
+    return tuple(dict.fromkeys(paths))
+
+
+@functools.lru_cache(maxsize=4096)
+def is_plugin_file(filename: str) -> bool:
+    """A file of this plugin."""
+    return os.path.realpath(filename).startswith(PACKAGE_DIR)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_tooling_file(filename: str) -> bool:
+    """A file of this plugin, pytest or pluggy."""
+    path = os.path.realpath(filename)
+    return any(path == tool or path.startswith(tool) for tool in tooling_paths())
+
+
+@functools.lru_cache(maxsize=4096)
+def is_stdlib_file(filename: str) -> bool:
+    """The standard library itself, not a site-packages directory below it."""
+    path = os.path.realpath(filename)
+    return path.startswith(stdlib_dirs()) and not is_installed_file(filename)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_installed_file(filename: str) -> bool:
+    """An installed package: below site-packages or dist-packages, or an install directory."""
+    path = os.path.realpath(filename)
+    if INSTALLED_DIR_NAMES.intersection(path.split(os.sep)):
+        return True
+    return path.startswith(installed_dirs())
