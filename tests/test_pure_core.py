@@ -18,7 +18,8 @@ from pytest_concurrency.engine.outcomes import (
     group_failures,
     origin_of,
 )
-from pytest_concurrency.engine.settings import Settings, SettingsError, auto_workers, resolve
+from pytest_concurrency.engine.settings import Settings, auto_workers, resolve
+from pytest_concurrency.errors import SettingsError
 from pytest_concurrency.runners.base import RunPlan
 
 # -- settings ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pytest_concurrency.errors import PlotUnavailableError
 from pytest_concurrency.scaling import plot
 from pytest_concurrency.scaling.api import MeasurementContext, RoundRecord, analyze
 from pytest_concurrency.scaling.measure import WorkerSample
@@ -68,7 +69,7 @@ def test_missing_matplotlib_names_the_extra(
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    with pytest.raises(plot.PlotUnavailableError) as caught:
+    with pytest.raises(PlotUnavailableError) as caught:
         plot.write_charts([entry("t.py::test_a")], tmp_path)
     assert 'pip install "pytest-concurrency[plot]"' in str(caught.value)
     assert str(caught.value) == plot.PLOT_EXTRA_MISSING

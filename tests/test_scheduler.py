@@ -24,9 +24,10 @@ from pytest_concurrency import messages
 from pytest_concurrency.engine import settings
 from pytest_concurrency.engine.outcomes import CallFailure, RunRecord
 from pytest_concurrency.engine.seeds import run_seed
+from pytest_concurrency.errors import DeadlockError
 from pytest_concurrency.races import primitives, scheduler, strategies
 from pytest_concurrency.races.lockgraph import LockOrderGraph, OrderEdge, wait_cycle
-from pytest_concurrency.races.primitives import DeadlockError, tracked_primitives
+from pytest_concurrency.races.primitives import tracked_primitives
 from pytest_concurrency.races.scheduler import ControlledScheduler, make_scheduler
 from pytest_concurrency.races.strategies import (
     PCTStrategy,

@@ -30,16 +30,13 @@ from pytest_concurrency.driver.series import (
 from pytest_concurrency.engine.context import WorkerContext, current
 from pytest_concurrency.engine.outcomes import RunRecord, SeriesOutcome
 from pytest_concurrency.engine.settings import MODES
+from pytest_concurrency.errors import ConcurrencyUsageError
 from pytest_concurrency.runners.base import AsyncRunner, Runner, RunPlan, WorkerCall
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
 RunnerFactory = Callable[[str, int, "str | None"], Runner]
 """(mode, workers, schedule) -> runner; schedule None: the test's own setting."""
-
-
-class ConcurrencyUsageError(RuntimeError):
-    """The harness was used in a way that cannot work; the message says how to fix it."""
 
 
 @dataclass(frozen=True)

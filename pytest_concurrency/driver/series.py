@@ -19,6 +19,7 @@ from pytest_concurrency.engine.outcomes import (
     without_traceback,
 )
 from pytest_concurrency.engine.report import failure_report
+from pytest_concurrency.errors import ConcurrencyFailure
 from pytest_concurrency.runners.base import AsyncRunner, Runner, RunPlan, Series, WorkerCall
 
 if sys.version_info >= (3, 11):
@@ -31,10 +32,6 @@ else:  # pragma: no cover - Python 3.10
     from exceptiongroup import (  # type: ignore[import-not-found,unused-ignore]
         ExceptionGroup as Group,
     )
-
-
-class ConcurrencyFailure(AssertionError):
-    """A concurrent run failed without an exception of its own (a hang)."""
 
 
 GROUP_TITLE = "{count} distinct failures in run {run} of a concurrent test"

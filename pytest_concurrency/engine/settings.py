@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_concurrency import messages
+from pytest_concurrency.errors import SettingsError
 
 MODES = ("threads", "processes", "asyncio")
 MAX_WORKERS = 4096
@@ -38,10 +39,6 @@ DEFAULT_UNSAFE_FIXTURES = (
     "pytester",
     "testdir",
 )
-
-
-class SettingsError(ValueError):
-    """A bad setting; the message says where it came from and how to fix it."""
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from pytest_concurrency.engine.settings import (
     ENV_PREFIX,
     FIELDS,
     MODES,
-    SettingsError,
     resolve,
 )
+from pytest_concurrency.errors import SettingsError
 from pytest_concurrency.plugin.session import CACHE_SEED_KEY, ConcurrencySession, ShardHooks
 
 if TYPE_CHECKING:

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_concurrency import messages
-from pytest_concurrency.engine.settings import Settings, SettingsError
+from pytest_concurrency.engine.settings import Settings
+from pytest_concurrency.errors import SettingsError
 from pytest_concurrency.plugin.entries import ENTRIES_KEY
 from pytest_concurrency.plugin.session import (
     SERIAL_KEY,

@@ -22,12 +22,11 @@ from typing import Any
 
 import pytest
 
+from pytest_concurrency.errors import ScalingMeasurementError, ScalingUsageError
 from pytest_concurrency.plugin.entries import record_entry
 from pytest_concurrency.scaling.api import (
     MODES,
-    ScalingMeasurementError,
     ScalingReport,
-    ScalingUsageError,
     check_expectation,
     measure_scaling,
     validate_expectation,

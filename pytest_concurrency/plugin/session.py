@@ -25,12 +25,8 @@ import pytest
 
 from pytest_concurrency import messages
 from pytest_concurrency.engine import cores
-from pytest_concurrency.engine.settings import (
-    DEFAULT_SCHEDULE_DEPTH,
-    DEFAULT_TIMEOUT,
-    Settings,
-    SettingsError,
-)
+from pytest_concurrency.engine.settings import DEFAULT_SCHEDULE_DEPTH, DEFAULT_TIMEOUT, Settings
+from pytest_concurrency.errors import LoopBlocked, SettingsError
 from pytest_concurrency.plugin.entries import (
     ENTRIES_KEY,
     REPORT_ATTRIBUTE,
@@ -453,7 +449,7 @@ class ConcurrencySession:
         )
         try:
             aio.run_test_coroutine(body)
-        except aio.LoopBlocked as blocked:
+        except LoopBlocked as blocked:
             self.abandoned_threads.append(blocked.thread.name)
             self.abandoned_idents |= {blocked.thread.ident or 0}
             loop = fixture.active if isinstance(fixture, Concurrency) else None
@@ -607,7 +603,8 @@ class ConcurrencySession:
         entries = self.scaling_entries()
         if not entries:
             return []
-        from pytest_concurrency.scaling.plot import PlotUnavailableError, write_charts
+        from pytest_concurrency.errors import PlotUnavailableError
+        from pytest_concurrency.scaling.plot import write_charts
 
         try:
             written = write_charts(entries, directory)

@@ -42,6 +42,7 @@ from typing import Any, Protocol, TypeVar
 from pytest_concurrency import messages
 from pytest_concurrency.engine import owncode
 from pytest_concurrency.engine.context import current
+from pytest_concurrency.errors import DeadlockError
 from pytest_concurrency.races.lockgraph import (
     UNKNOWN_SITE,
     LockOrderGraph,
@@ -84,10 +85,6 @@ CREATOR_KINDS = frozenset(
 UNKNOWN_HOLDER = -2
 """A holder that is no thread we know of (never a worker): the scheduler waits for it."""
 RAW_LOCK_TYPE = type(_allocate_lock())
-
-
-class DeadlockError(RuntimeError):
-    """Threads of a concurrent test wait for each other for ever; the message says who and where."""
 
 
 # -- what a controlled worker offers the primitives -----------------------------------------

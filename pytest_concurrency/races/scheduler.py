@@ -48,13 +48,13 @@ from typing import Any, NamedTuple
 from pytest_concurrency import messages
 from pytest_concurrency.engine.outcomes import RunRecord
 from pytest_concurrency.engine.seeds import derive_seed
+from pytest_concurrency.errors import DeadlockError, ScheduleAborted
 from pytest_concurrency.races.lockgraph import UNKNOWN_SITE, Site, format_site, wait_cycle
 from pytest_concurrency.races.primitives import (
     CONTROL,
     ORIGINAL_SLEEP,
     TRACKER,
     Blocked,
-    DeadlockError,
     tracked_primitives,
 )
 from pytest_concurrency.races.strategies import (
@@ -86,10 +86,6 @@ SHOWN_LINES = 20
 """Lines of interleaving in a failure report (a worker's steps on one line fold into one)."""
 SOURCE_WIDTH = 64
 MUTEX_TIMEOUT = 1.0
-
-
-class ScheduleAborted(BaseException):
-    """The series this worker belonged to was torn down (after a hang): unwind and stop."""
 
 
 class Status(Enum):

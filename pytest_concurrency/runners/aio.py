@@ -41,7 +41,6 @@ from types import FrameType
 from typing import Any, Protocol, TypeVar
 
 from pytest_concurrency import messages
-from pytest_concurrency.driver.harness import ConcurrencyUsageError
 from pytest_concurrency.engine.context import CURRENT, WorkerContext
 from pytest_concurrency.engine.leaks import note_leftover_tasks
 from pytest_concurrency.engine.outcomes import (
@@ -52,7 +51,8 @@ from pytest_concurrency.engine.outcomes import (
     without_traceback,
 )
 from pytest_concurrency.engine.seeds import derive_seed, run_seed
-from pytest_concurrency.runners.base import BARRIER_ABORTED, BarrierAborted, Series, drop_collateral
+from pytest_concurrency.errors import BarrierAborted, ConcurrencyUsageError, LoopBlocked
+from pytest_concurrency.runners.base import BARRIER_ABORTED, Series, drop_collateral
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
@@ -219,14 +219,6 @@ class RunWatch:
 
     def overdue(self, now: float) -> bool:
         return now > self.started + self.timeout
-
-
-class LoopBlocked(RuntimeError):
-    """A synchronous call blocked the event loop past a run's deadline; it was abandoned."""
-
-    def __init__(self, message: str, thread: threading.Thread) -> None:
-        super().__init__(message)
-        self.thread = thread
 
 
 class LoopHost:

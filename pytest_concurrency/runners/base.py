@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pytest_concurrency.engine.outcomes import RunRecord
+from pytest_concurrency.errors import BarrierAborted
 
 WorkerCall = Callable[[], object]
 RunDone = Callable[[RunRecord], bool]
@@ -75,10 +76,6 @@ class AsyncRunner(Runner, Protocol):
 
     async def run_series_async(self, series: Series) -> None:
         """Like ``run_series``, awaited from a coroutine running on the mode's own loop."""
-
-
-class BarrierAborted(RuntimeError):
-    """Raised in a worker waiting at ``concurrency.barrier()`` when another worker failed."""
 
 
 BARRIER_ABORTED = (

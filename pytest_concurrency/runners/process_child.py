@@ -45,8 +45,9 @@ from typing import Any, Protocol
 
 from pytest_concurrency.engine.context import CURRENT, WorkerContext
 from pytest_concurrency.engine.outcomes import CallKind, classify, first_line, origin_of
+from pytest_concurrency.errors import BarrierAborted
 from pytest_concurrency.runners import child_coverage
-from pytest_concurrency.runners.base import BARRIER_ABORTED, BarrierAborted
+from pytest_concurrency.runners.base import BARRIER_ABORTED
 
 LOAD = "load"
 RUN = "run"

@@ -53,10 +53,10 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from pytest_concurrency import messages
-from pytest_concurrency.driver.harness import ConcurrencyUsageError
 from pytest_concurrency.driver.series import add_note
 from pytest_concurrency.engine.outcomes import CallFailure, CallKind, FailureOrigin, RunRecord
 from pytest_concurrency.engine.seeds import run_seed
+from pytest_concurrency.errors import ProcessModeError, WorkerCrashed
 from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation, SeededPerturbation
 from pytest_concurrency.runners import child_coverage
 from pytest_concurrency.runners import process_child as child
@@ -87,14 +87,6 @@ OWN_FRAME_MARKERS = (
     "process_child.py",
     'File "<string>", line 1 in <module>',  # the fork server's or spawn's -c entry
 )
-
-
-class ProcessModeError(ConcurrencyUsageError):
-    """Process mode cannot run this test as written; the message names the object and the fix."""
-
-
-class WorkerCrashed(RuntimeError):
-    """A worker process died during a run (signal or exit code in the message)."""
 
 
 def default_start_method() -> str:

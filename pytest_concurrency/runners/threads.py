@@ -34,8 +34,9 @@ from pytest_concurrency.engine import cores
 from pytest_concurrency.engine.context import CURRENT, WorkerContext
 from pytest_concurrency.engine.outcomes import CallFailure, CallKind, RunRecord, classify
 from pytest_concurrency.engine.seeds import run_seed_base, run_seed_from
+from pytest_concurrency.errors import BarrierAborted
 from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation
-from pytest_concurrency.runners.base import BARRIER_ABORTED, BarrierAborted, Series, drop_collateral
+from pytest_concurrency.runners.base import BARRIER_ABORTED, Series, drop_collateral
 from pytest_concurrency.runners.hangs import describe_hung_thread
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out

@@ -74,12 +74,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pytest_concurrency.engine.cores import core_budget, free_threaded_build, gil_enabled
+from pytest_concurrency.errors import ScalingMeasurementError, ScalingUsageError, ScalingWorkError
 from pytest_concurrency.scaling.child import reference_work
 from pytest_concurrency.scaling.measure import (
     ProcessPool,
-    ScalingMeasurementError,
-    ScalingUsageError,
-    ScalingWorkError,
     Unit,
     WaitSampler,
     WaitSite,

@@ -28,6 +28,7 @@ from types import FrameType, TracebackType
 from typing import Any, NamedTuple
 
 from pytest_concurrency.engine import owncode
+from pytest_concurrency.errors import ScalingMeasurementError, ScalingUsageError, ScalingWorkError
 from pytest_concurrency.scaling import child as scaling_child
 
 DEFAULT_START_METHOD = "spawn"
@@ -53,18 +54,6 @@ CHILD_LOAD_FAILED = (
     "In processes mode the function and its arguments are pickled by reference: define the "
     "function at module level in an importable module, or pass modes=('threads',)."
 )
-
-
-class ScalingUsageError(ValueError):
-    """A scaling measurement was asked for in a way that cannot work; the message names the fix."""
-
-
-class ScalingMeasurementError(RuntimeError):
-    """A measurement could not complete: a round overran its deadline or a worker died."""
-
-
-class ScalingWorkError(RuntimeError):
-    """The unit of work raised inside a worker; the worker's traceback is in the message."""
 
 
 class WorkerSample(NamedTuple):

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_concurrency.errors import PlotUnavailableError
+
 PLOT_EXTRA_MISSING = (
     "pytest-concurrency: --concurrency-plot needs matplotlib, which is not installed: "
     'pip install "pytest-concurrency[plot]"'
@@ -33,10 +35,6 @@ MODE_OFFSETS = (-0.04, 0.04)
 FIGURE_SIZE = (6.4, 4.4)
 DPI = 100
 MAX_STEM = 80
-
-
-class PlotUnavailableError(ImportError):
-    """matplotlib (the ``plot`` extra) is not installed."""
 
 
 def _figure_class() -> tuple[Any, Any]:
