@@ -26,7 +26,8 @@ from pytest_concurrency.scaling.api import (
     ScalingWorkError,
     measure_scaling,
 )
-from pytest_concurrency.scaling.measure import Unit, WaitSampler, WorkerSample, run_thread_round
+from pytest_concurrency.scaling.measure import Unit, WaitSampler, run_thread_round
+from pytest_concurrency.scaling.records import WorkerSample
 
 CALLS_IN_THIS_PROCESS = [0]
 

@@ -11,7 +11,7 @@ import pytest
 from pytest_concurrency.errors import PlotUnavailableError
 from pytest_concurrency.scaling import plot
 from pytest_concurrency.scaling.api import MeasurementContext, RoundRecord, analyze
-from pytest_concurrency.scaling.measure import WorkerSample
+from pytest_concurrency.scaling.records import WorkerSample
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -19,7 +19,7 @@ from pytest_concurrency.scaling.api import (
     format_scaling_table,
     median_interval,
 )
-from pytest_concurrency.scaling.measure import WaitSite, WorkerSample
+from pytest_concurrency.scaling.records import WaitSite, WorkerSample
 
 ROUNDS = 9
 BATCH = 0.1

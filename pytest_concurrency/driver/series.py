@@ -13,6 +13,7 @@ from pytest_concurrency.engine.outcomes import (
     CallKind,
     RunRecord,
     SeriesOutcome,
+    add_note,
     classify,
     group_failures,
     is_outside_interrupt,
@@ -35,14 +36,6 @@ else:  # pragma: no cover - Python 3.10
 
 
 GROUP_TITLE = "{count} distinct failures in run {run} of a concurrent test"
-
-
-def add_note(exc: BaseException, note: str) -> None:
-    notes = getattr(exc, "__notes__", None)
-    if not isinstance(notes, list):
-        notes = []
-        exc.__notes__ = notes  # type: ignore[attr-defined,unused-ignore]
-    notes.append(note)
 
 
 def account(outcome: SeriesOutcome, record: RunRecord) -> bool:

@@ -234,3 +234,11 @@ class SeriesOutcome:
 
     def failures(self) -> Sequence[CallFailure]:
         return self.failing_run.failures if self.failing_run else ()
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+        exc.__notes__ = notes  # type: ignore[attr-defined,unused-ignore]
+    notes.append(note)

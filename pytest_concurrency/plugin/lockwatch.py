@@ -174,7 +174,7 @@ class LockWatch:
         try:
             result = yield
         except BaseException as exc:
-            from pytest_concurrency.driver.series import add_note
+            from pytest_concurrency.engine.outcomes import add_note
 
             for text in (self.schedule_text(item), self.inversion_text(watch)):
                 if text:

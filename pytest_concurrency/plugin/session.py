@@ -507,8 +507,7 @@ class ConcurrencySession:
         harness = harness_of(item)
         if harness is None:
             return
-        from pytest_concurrency.driver.series import add_note
-        from pytest_concurrency.engine.outcomes import is_outside_interrupt
+        from pytest_concurrency.engine.outcomes import add_note, is_outside_interrupt
 
         fixture, loop = harness
         error = call.excinfo.value if call.excinfo is not None else None

@@ -53,8 +53,13 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from pytest_concurrency import messages
-from pytest_concurrency.driver.series import add_note
-from pytest_concurrency.engine.outcomes import CallFailure, CallKind, FailureOrigin, RunRecord
+from pytest_concurrency.engine.outcomes import (
+    CallFailure,
+    CallKind,
+    FailureOrigin,
+    RunRecord,
+    add_note,
+)
 from pytest_concurrency.engine.seeds import run_seed
 from pytest_concurrency.errors import ProcessModeError, WorkerCrashed
 from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation, SeededPerturbation

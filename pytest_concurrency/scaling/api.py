@@ -80,11 +80,11 @@ from pytest_concurrency.scaling.measure import (
     ProcessPool,
     Unit,
     WaitSampler,
-    WaitSite,
     read_cpu_counters,
     run_thread_round,
     steal_share,
 )
+from pytest_concurrency.scaling.records import WaitSite
 from pytest_concurrency.scaling.stats import (
     CI_COVERAGE,
     DEFAULT_BUDGET_SECONDS,

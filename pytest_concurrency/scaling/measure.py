@@ -25,11 +25,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 from pytest_concurrency.engine import owncode
 from pytest_concurrency.errors import ScalingMeasurementError, ScalingUsageError, ScalingWorkError
 from pytest_concurrency.scaling import child as scaling_child
+from pytest_concurrency.scaling.records import WaitSite, WorkerSample
 
 DEFAULT_START_METHOD = "spawn"
 """Fresh interpreters: no fork of a threaded pytest process, the same on every platform."""
@@ -54,19 +55,6 @@ CHILD_LOAD_FAILED = (
     "In processes mode the function and its arguments are pickled by reference: define the "
     "function at module level in an importable module, or pass modes=('threads',)."
 )
-
-
-class WorkerSample(NamedTuple):
-    """One worker's batch of calls in one round, on the ``perf_counter`` clock."""
-
-    start: float
-    end: float
-    cpu: float
-    run_delay: float | None
-
-    @property
-    def elapsed(self) -> float:
-        return self.end - self.start
 
 
 @dataclass(frozen=True)
@@ -118,22 +106,6 @@ def steal_share(before: CpuCounters | None, after: CpuCounters | None) -> float 
 
 
 # --------------------------------------------------------------------------- wait sites
-
-
-@dataclass(frozen=True)
-class WaitSite:
-    """Where worker threads were seen waiting: the code location and its share of sightings."""
-
-    location: str
-    source: str
-    share: float
-    sightings: int
-
-    def describe(self) -> str:
-        text = f"{self.location}"
-        if self.source:
-            text += f": `{self.source}`"
-        return f"{text} ({self.share:.0%} of {self.sightings} sightings of a waiting worker)"
 
 
 class WaitSampler:

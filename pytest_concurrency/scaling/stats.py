@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from pytest_concurrency.scaling.measure import WorkerSample
+from pytest_concurrency.scaling.records import WorkerSample
 
 DEFAULT_BUDGET_SECONDS = 10.0
 CI_COVERAGE = 0.90

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from pytest_concurrency.scaling.measure import WaitSite
+from pytest_concurrency.scaling.records import WaitSite
 from pytest_concurrency.scaling.stats import CPU_BOUND_BUSY, STEAL_SHARE_LIMIT, LevelStats
 
 SCALES = "scales"
