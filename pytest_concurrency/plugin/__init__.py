@@ -22,7 +22,9 @@ from pytest_concurrency.engine.settings import (
     resolve,
 )
 from pytest_concurrency.errors import SettingsError
-from pytest_concurrency.plugin.session import CACHE_SEED_KEY, ConcurrencySession, ShardHooks
+from pytest_concurrency.plugin import calls
+from pytest_concurrency.plugin.session import ConcurrencySession, ShardHooks
+from pytest_concurrency.plugin.summary import CACHE_SEED_KEY
 
 if TYPE_CHECKING:
     from pytest_concurrency.driver.harness import Concurrency
@@ -186,7 +188,7 @@ def concurrency(request: pytest.FixtureRequest) -> Generator[Concurrency, None, 
     ``for run in concurrency.runs(N): run(fn, workers=8)``."""
     session = request.config.pluginmanager.get_plugin(SESSION_NAME)
     assert isinstance(session, ConcurrencySession)
-    fixture = session.concurrency_fixture(request)
+    fixture = calls.concurrency_fixture(session, request)
     try:
         yield fixture
     finally:

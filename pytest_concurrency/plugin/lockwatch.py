@@ -31,15 +31,10 @@ from pytest_concurrency import messages
 from pytest_concurrency.engine.settings import Settings
 from pytest_concurrency.errors import SettingsError
 from pytest_concurrency.plugin.entries import ENTRIES_KEY
-from pytest_concurrency.plugin.session import (
-    SERIAL_KEY,
-    SETTINGS_KEY,
-    ConcurrencySession,
-    is_async_test,
-    is_concurrent,
-)
+from pytest_concurrency.plugin.items import SERIAL_KEY, SETTINGS_KEY, is_async_test, is_concurrent
 
 if TYPE_CHECKING:
+    from pytest_concurrency.plugin.session import ConcurrencySession
     from pytest_concurrency.races.primitives import LockTracker
     from pytest_concurrency.races.scheduler import ControlledScheduler
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dis
 import os
-import site
-import sysconfig
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import CodeType, ModuleType
+from types import CodeType
+
+from pytest_concurrency.engine import owncode
 
 ATTRIBUTE_OPS = ("LOAD_ATTR", "STORE_ATTR", "DELETE_ATTR", "LOAD_METHOD", "LOAD_SUPER_ATTR")
 GLOBAL_OPS = ("LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_FROM_DICT_OR_GLOBALS")
@@ -39,41 +39,11 @@ SHARED_STATE_OPNAMES = frozenset(
 )
 """Instructions before which a worker may be made to give way."""
 
-PACKAGE_DIR_NAMES = frozenset({"site-packages", "dist-packages"})
-"""Any file below a directory with one of these names is installed code, wherever it lives."""
-
-
-def _module_dir(module: ModuleType) -> Path | None:
-    filename = getattr(module, "__file__", None)
-    return Path(filename).resolve().parent if filename else None
-
 
 def excluded_dirs() -> list[Path]:
     """Directories whose code is never under test: stdlib, installed packages, the tooling."""
-    import _pytest
-    import pluggy
-    import pytest
-
-    import pytest_concurrency
-
-    paths: list[str] = []
-    sysconfig_paths = sysconfig.get_paths()
-    paths.extend(
-        sysconfig_paths[key]
-        for key in ("stdlib", "platstdlib", "purelib", "platlib")
-        if key in sysconfig_paths
-    )
-    paths.extend(getattr(site, "getsitepackages", list)())
-    user_site = site.getusersitepackages() if hasattr(site, "getusersitepackages") else None
-    if isinstance(user_site, str):
-        paths.append(user_site)
-    dirs = [Path(path).resolve() for path in paths if path]
-    for module in (pytest_concurrency, pytest, _pytest, pluggy):
-        module_dir = _module_dir(module)
-        if module_dir is not None:
-            # pytest.py is a single module next to _pytest/: exclude only the file's package
-            dirs.append(module_dir if module is not pytest else Path(pytest.__file__).resolve())
-    return _unique(dirs)
+    paths = [*owncode.stdlib_dirs(), *owncode.installed_dirs(), *owncode.tooling_paths()]
+    return _unique(Path(path.rstrip(os.sep)) for path in paths)
 
 
 def _unique(paths: Iterable[Path]) -> list[Path]:
@@ -109,7 +79,7 @@ class CodeFilter:
         if not filename or filename.startswith("<"):
             return False  # <string>, <frozen ...>, <stdin>: no file we could own
         path = os.path.normcase(os.path.realpath(filename))
-        if PACKAGE_DIR_NAMES.intersection(Path(path).parts):
+        if owncode.INSTALLED_DIR_NAMES.intersection(Path(path).parts):
             return False
         if any(_is_below(path, excluded) for excluded in self.excluded):
             return False

@@ -1,0 +1,323 @@
+"""The call of a concurrent test: its settings turned into a harness config and a runner,
+the marker's series, the unmarked async harness, and the ``concurrency`` fixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_concurrency.engine.settings import DEFAULT_SCHEDULE_DEPTH, Settings
+from pytest_concurrency.errors import LoopBlocked
+from pytest_concurrency.plugin.entries import (
+    record_entry,
+)
+from pytest_concurrency.plugin.items import (
+    SETTINGS_KEY,
+    invocation_nodeid,
+    is_async_test,
+    is_xdist_worker,
+    run_timeout,
+    shard_of,
+    test_function,
+)
+
+if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
+    from pytest_concurrency.driver.harness import Concurrency, HarnessConfig, HarnessLoop
+    from pytest_concurrency.driver.progress import LiveProgress
+    from pytest_concurrency.engine.outcomes import SeriesOutcome
+    from pytest_concurrency.plugin.session import ConcurrencySession
+    from pytest_concurrency.runners.base import Runner, RunPlan
+
+
+def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool | None:
+    __tracebackhide__ = True
+    settings = pyfuncitem.stash.get(SETTINGS_KEY, None)
+    if settings is None:
+        if "concurrency" in pyfuncitem.funcargs and is_async_test(pyfuncitem):
+            return run_async_harness(session, pyfuncitem)
+        if pyfuncitem.get_closest_marker("scaling") is None:
+            return None
+        return run_scaling(pyfuncitem)
+    from pytest_concurrency.driver.harness import Concurrency
+    from pytest_concurrency.driver.series import run_series
+    from pytest_concurrency.engine.outcomes import SeriesOutcome
+    from pytest_concurrency.runners.base import RunPlan
+
+    fixture = pyfuncitem.funcargs.get("concurrency")
+    config = harness_config(session, pyfuncitem, settings)
+    if isinstance(fixture, Concurrency):
+        fixture._config = config
+    argnames = pyfuncitem._fixtureinfo.argnames
+    call = functools.partial(
+        test_function(pyfuncitem), **{n: pyfuncitem.funcargs[n] for n in argnames}
+    )
+    plan = RunPlan(
+        count=None if settings.budget is not None else config.runs,
+        deadline=None if settings.budget is None else _deadline(settings.budget),
+    )
+    outcome = SeriesOutcome(
+        mode=settings.mode,
+        workers=config.workers,
+        runs_planned=plan.count,
+        seed=config.seed,
+        budget=settings.budget,
+    )
+    runner = make_runner(session, pyfuncitem, settings, config.workers, config.seed)
+    progress = live_progress(session, pyfuncitem, outcome, plan)
+    try:
+        run_series(
+            runner,
+            [call] * config.workers,
+            outcome=outcome,
+            plan=plan,
+            timeout=config.timeout,
+            on_record=progress.update if progress is not None else None,
+        )
+    except BaseException:
+        if outcome.interrupt is not None:  # pytest-timeout, Ctrl-C: the runs so far count
+            record_outcome(session, pyfuncitem, outcome, config)
+        raise
+    finally:
+        close_runner(session, runner)
+        if progress is not None:
+            progress.finish()
+    finish_outcome(session, pyfuncitem, outcome, config)
+    return True
+
+
+def live_progress(
+    session: ConcurrencySession, item: pytest.Item, outcome: SeriesOutcome, plan: RunPlan
+) -> LiveProgress | None:
+    """Progress on the terminal for long series; None when not on a terminal."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or not reporter.isatty() or is_xdist_worker(session.config):
+        return None
+    if session.config.get_verbosity() < 0:
+        return None
+    from pytest_concurrency.driver.progress import LiveProgress
+
+    capture = session.config.pluginmanager.get_plugin("capturemanager")
+
+    def write(line: str, first: bool, last: bool) -> None:
+        with capture.global_and_fixture_disabled() if capture else _nothing():
+            if first:
+                reporter.write("\n")
+            reporter.rewrite(line, erase=True)
+            if last:
+                reporter.write("\n")
+            reporter.flush()
+
+    return LiveProgress(write, label=item.name, outcome=outcome, deadline=plan.deadline)
+
+
+def record_outcome(
+    session: ConcurrencySession,
+    item: pytest.Function,
+    outcome: SeriesOutcome,
+    config: HarnessConfig,
+) -> None:
+    """The test's entry for the summary and the JSON report."""
+    from pytest_concurrency.engine import report
+
+    reproduce = config.reproduce if outcome.failed else None
+    record_entry(
+        item,
+        report.concurrent_entry(
+            outcome, nodeid=item.nodeid, reproduce=reproduce, shard=config.shard
+        ),
+    )
+
+
+def finish_outcome(
+    session: ConcurrencySession,
+    item: pytest.Function,
+    outcome: SeriesOutcome,
+    config: HarnessConfig,
+) -> None:
+    __tracebackhide__ = True
+    from pytest_concurrency.driver.series import failure_exception, outcome_signal
+
+    record_outcome(session, item, outcome, config)
+    record = outcome.failing_run
+    if outcome.interrupt is not None and not outcome.failed:
+        raise outcome.interrupt
+    if outcome.failed:
+        raise failure_exception(
+            outcome,
+            timeout=config.timeout,
+            reproduce=config.reproduce,
+            seed=config.reproduce_seed,
+        )
+    if record is None and outcome.runs_done and outcome.signals:
+        signal = outcome_signal(outcome)
+        if signal is not None:
+            raise signal
+
+
+def harness_config(
+    session: ConcurrencySession, item: pytest.Item, settings: Settings
+) -> HarnessConfig:
+    from pytest_concurrency.driver.harness import HarnessConfig
+    from pytest_concurrency.engine import report
+    from pytest_concurrency.engine.seeds import derive_seed, test_seed
+
+    seed = (
+        settings.seed if settings.seed is not None else test_seed(session.session_seed, item.nodeid)
+    )
+    reproduce_seed = settings.seed if settings.seed is not None else session.session_seed
+    shard = shard_of(item, session.settings.shards)
+    runs = settings.runs
+    extra: tuple[str, ...] = ()
+    if shard is not None:
+        index, count = shard
+        seed = derive_seed("shard", seed, index)
+        runs = max(1, math.ceil(settings.runs / count))
+        extra = (f"--concurrency-shards={count}",)
+    extra += schedule_options(settings)
+    return HarnessConfig(
+        mode=settings.mode,
+        workers=settings.worker_count(session.budget.usable),
+        runs=runs,
+        seed=seed,
+        timeout=settings.timeout or run_timeout(item),
+        budget=settings.budget,
+        reproduce=report.reproduce_command(invocation_nodeid(item), reproduce_seed, extra),
+        reproduce_seed=reproduce_seed,
+        shard=shard,
+    )
+
+
+def make_runner(
+    session: ConcurrencySession, item: pytest.Item, settings: Settings, workers: int, seed: int
+) -> Runner:
+    from pytest_concurrency.runners import make_perturbation, make_runner
+
+    roots = [session.config.rootpath, item.path.parent]
+    if settings.mode == "threads" and settings.schedule != "off":
+        from pytest_concurrency.races.scheduler import (
+            make_scheduler,  # the controlled scheduler (issue 5)
+        )
+
+        perturbation: Any = make_scheduler(
+            settings.schedule,
+            roots=roots,
+            seed=seed,
+            workers=workers,
+            depth=settings.schedule_depth,
+        )
+    else:
+        perturbation = make_perturbation(enabled=settings.perturb, roots=roots, seed=seed)
+    return make_runner(
+        settings.mode, workers, perturbation=perturbation, options=runner_options(settings)
+    )
+
+
+def run_async_harness(session: ConcurrencySession, item: pytest.Function) -> bool:
+    """An unmarked ``async def`` test that requests ``concurrency``: run its body once on
+    the plugin's event loop (the harness runs its tasks there). pytest-asyncio, if it
+    wrapped the function, never gets to call it: no double run, no unawaited coroutine."""
+    __tracebackhide__ = True
+    from pytest_concurrency.driver.harness import Concurrency
+    from pytest_concurrency.driver.series import failure_exception
+    from pytest_concurrency.runners import aio
+
+    fixture = item.funcargs["concurrency"]
+    body = functools.partial(
+        test_function(item), **{n: item.funcargs[n] for n in item._fixtureinfo.argnames}
+    )
+    try:
+        aio.run_test_coroutine(body)
+    except LoopBlocked as blocked:
+        session.abandoned_threads.append(blocked.thread.name)
+        session.abandoned_idents |= {blocked.thread.ident or 0}
+        loop = fixture.active if isinstance(fixture, Concurrency) else None
+        if loop is None or not loop.outcome.failed:
+            raise
+        config = loop.fixture.config
+        raise failure_exception(
+            loop.outcome,
+            timeout=config.timeout,
+            reproduce=config.reproduce,
+            seed=config.reproduce_seed,
+        ) from None
+    return True
+
+
+def close_runner(session: ConcurrencySession, runner: Runner) -> None:
+    runner.close()
+    abandoned = getattr(runner, "abandoned_threads", [])
+    session.abandoned_threads.extend(thread.name for thread in abandoned)
+    session.abandoned_idents |= {t.ident for t in abandoned if t.ident is not None}
+
+
+def concurrency_fixture(session: ConcurrencySession, request: pytest.FixtureRequest) -> Concurrency:
+    from pytest_concurrency.driver.harness import Concurrency
+
+    item = request.node
+    settings = item.stash.get(SETTINGS_KEY, None) or session.settings
+    if is_async_test(item):
+        settings = dataclasses.replace(settings, mode="asyncio")
+    config = harness_config(session, item, settings)
+
+    def factory(mode: str, workers: int, schedule: str | None = None) -> Runner:
+        chosen = dataclasses.replace(settings, mode=mode, schedule=schedule or settings.schedule)
+        return make_runner(session, item, chosen, workers, config.seed)
+
+    return Concurrency(config, factory)
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _deadline(budget: float) -> float:
+    import time
+
+    return time.monotonic() + budget
+
+
+def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> list[str]:
+    from pytest_concurrency.engine import report
+
+    outcome = loop.outcome
+    return [
+        f"FAILED after run {run} {report.run_position(outcome, run)} "
+        f"({report.where(outcome, config.reproduce_seed)}): the check after the run failed",
+        *report.observation_lines(outcome),
+        "  " + report.REPRODUCE.format(command=config.reproduce),
+    ]
+
+
+def schedule_options(settings: Settings) -> tuple[str, ...]:
+    """What the reproduce line needs to replay a controlled schedule chosen on the command line
+    (harmless when the marker chose it: the marker wins)."""
+    if settings.schedule == "off" or settings.mode != "threads":
+        return ()
+    options: tuple[str, ...] = (f"--concurrency-schedule={settings.schedule}",)
+    if settings.schedule == "pct" and settings.schedule_depth != DEFAULT_SCHEDULE_DEPTH:
+        options += (f"--concurrency-schedule-depth={settings.schedule_depth}",)
+    return options
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """Mode-specific knobs for :func:`~pytest_concurrency.runners.make_runner`."""
+    if settings.mode == "processes":
+        return {"start_method": settings.start_method}
+    return {}
+
+
+def run_scaling(item: pytest.Function) -> bool:
+    """A test marked ``scaling``: its body is the unit of work. (This frame stays visible:
+    when every frame is hidden, pytest adds a line about hidden entries to the report.)"""
+    from pytest_concurrency.plugin.scaling_hooks import run_scaling_marker
+
+    run_scaling_marker(item)
+    return True

@@ -1,0 +1,159 @@
+"""What the plugin asks of a collected test: its stash keys, markers, shard, timeouts, ids.
+
+Small functions of a pytest item, shared by the session, the calls and the lock watch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_concurrency.engine.settings import DEFAULT_TIMEOUT, Settings
+
+if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
+    from _pytest.nodes import Node
+
+    from pytest_concurrency.engine.leaks import Snapshot
+
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+
+
+SHARD_ARG = "concurrency_shard"
+
+
+LEAK_SNAPSHOT_KEY: pytest.StashKey[Snapshot] = pytest.StashKey()
+
+
+ITEM_FIXTURES = ("concurrency", "scaling")
+
+
+ITEM_MARKERS = frozenset({"concurrent", "scaling"})
+
+
+PYTEST_TIMEOUT_SHARE = 0.8
+
+
+SERIAL_KEY = pytest.StashKey[str]()
+
+
+def needs_item_hooks(item: pytest.Item, marked: dict[Node, bool]) -> bool:
+    """Does this test need the per-test hooks: marked ``concurrent`` or ``scaling``, or using
+    the ``concurrency`` or ``scaling`` fixture (``--concurrency-all`` needs them for all)?
+    ``marked`` remembers the answer for the markers of each parent node (module, class)."""
+    names = getattr(item, "fixturenames", ())
+    if any(name in names for name in ITEM_FIXTURES):
+        return True
+    if any(mark.name in ITEM_MARKERS for mark in item.own_markers):
+        return True
+    parent = item.parent
+    return parent is not None and node_marked(parent, marked)
+
+
+def node_marked(node: Node, marked: dict[Node, bool]) -> bool:
+    answer = marked.get(node)
+    if answer is None:
+        answer = any(mark.name in ITEM_MARKERS for mark in node.own_markers) or (
+            node.parent is not None and node_marked(node.parent, marked)
+        )
+        marked[node] = answer
+    return answer
+
+
+def is_concurrent(item: pytest.Item) -> bool:
+    return item.get_closest_marker("concurrent") is not None or "concurrency" in getattr(
+        item, "fixturenames", ()
+    )
+
+
+def pytest_timeout_seconds(item: pytest.Item) -> float | None:
+    """The timeout pytest-timeout will enforce on this test, if that plugin is active."""
+    if not item.config.pluginmanager.hasplugin("timeout"):
+        return None
+    marker = item.get_closest_marker("timeout")
+    raw: object = None
+    if marker is not None:
+        raw = marker.kwargs.get("timeout", marker.args[0] if marker.args else None)
+    if raw is None:
+        raw = item.config.getoption("timeout", None)
+    if raw is None:
+        try:
+            raw = item.config.getini("timeout")
+        except ValueError:
+            raw = None
+    try:
+        seconds = float(raw) if raw not in (None, "") else 0.0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds > 0 else None
+
+
+def run_timeout(item: pytest.Item) -> float:
+    """The per-run deadline when none is given: ours, or less than pytest-timeout's, so that
+    a hung run is reported with every worker's stack before pytest-timeout ends the test."""
+    outer = pytest_timeout_seconds(item)
+    if outer is None:
+        return DEFAULT_TIMEOUT
+    return min(DEFAULT_TIMEOUT, outer * PYTEST_TIMEOUT_SHARE)
+
+
+def shard_of(item: pytest.Item, shards: int) -> tuple[int, int] | None:
+    """(shard index, shard count) of an item made by ``--concurrency-shards=shards``, else
+    None."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or SHARD_ARG not in callspec.params:
+        return None
+    return int(callspec.params[SHARD_ARG]), shards
+
+
+def test_function(item: pytest.Function) -> Any:
+    """The test function itself: pytest-asyncio swaps ``item.obj`` for a synchronous wrapper
+    while the test runs; the plugin runs the coroutine function on its own loop instead."""
+    function = item.obj
+    wrapped = getattr(function, "__wrapped__", None)
+    if not inspect.iscoroutinefunction(function) and inspect.iscoroutinefunction(wrapped):
+        return wrapped
+    return function
+
+
+def is_async_test(item: pytest.Item) -> bool:
+    return isinstance(item, pytest.Function) and inspect.iscoroutinefunction(test_function(item))
+
+
+def invocation_nodeid(item: pytest.Item) -> str:
+    """The test id as the user types it from where pytest was started (nodeids are relative
+    to the rootdir, which may be elsewhere)."""
+    _, sep, rest = item.nodeid.partition("::")
+    here = item.config.invocation_params.dir
+    try:
+        path = os.path.relpath(item.path, here)
+    except ValueError:  # another drive on Windows
+        path = str(item.path)
+    return f"{path}{sep}{rest}" if sep else path
+
+
+def xdist_worker_count(config: pytest.Config) -> int:
+    """How many pytest-xdist workers share this machine's cores (0: no xdist)."""
+    workerinput = getattr(config, "workerinput", None)
+    if isinstance(workerinput, dict):
+        return int(workerinput.get("workercount", 0) or 0)
+    if not config.pluginmanager.hasplugin("dsession"):
+        return 0
+    count = config.getoption("numprocesses", None)
+    return count if isinstance(count, int) else 0
+
+
+def is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+OUTCOME_INTERRUPTED = "interrupted"
+
+
+def outcome_word(rep: pytest.TestReport) -> str:
+    if hasattr(rep, "wasxfail"):
+        return "xfailed" if rep.skipped else "xpassed"
+    return rep.outcome

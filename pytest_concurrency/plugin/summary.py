@@ -1,0 +1,165 @@
+"""What the session says: the header, the terminal summary, the JSON report and the plots."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_concurrency import messages
+from pytest_concurrency.engine import cores
+from pytest_concurrency.engine.settings import Settings
+from pytest_concurrency.plugin.items import (
+    is_xdist_worker,
+    xdist_worker_count,
+)
+
+SECTION_TITLE = "concurrency"
+CACHE_SEED_KEY = "concurrency/seed"
+"""Where the session seed is kept for ``--concurrency-seed=last``."""
+
+if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
+    from pytest_concurrency.plugin.session import ConcurrencySession
+
+
+def header_lines(session: ConcurrencySession, config: pytest.Config) -> list[str]:
+    s = session.settings
+    workers = "auto" if s.workers is None else str(s.workers)
+    runs = f"{s.budget:g}s budget" if s.budget is not None else f"{s.runs} runs"
+    return [
+        f"concurrency: seed {session.session_seed} (replay: --concurrency-seed="
+        f"{session.session_seed}); defaults: {s.mode}, {workers} workers, {runs}, "
+        f"perturbation {'on' if s.perturb else 'off'}"
+        + ("; --concurrency-all" if session.run_all else ""),
+        f"concurrency: cores {session.budget.describe()}; {cores.describe_interpreter()}",
+        f"concurrency: {describe_start_method(s.start_method)}",
+        *oversubscription_lines(session),
+        *schedule_header_lines(s),
+    ]
+
+
+def oversubscription(session: ConcurrencySession) -> dict[str, Any] | None:
+    """xdist workers times our workers against the usable cores, under pytest-xdist."""
+    processes = xdist_worker_count(session.config)
+    if not processes:
+        return None
+    workers = session.settings.worker_count(session.budget.usable)
+    busy = processes * workers
+    return {
+        "xdist_workers": processes,
+        "workers_per_test": workers,
+        "usable_cores": session.budget.usable,
+        "ratio": round(busy / session.budget.usable, 2),
+    }
+
+
+def oversubscription_lines(session: ConcurrencySession) -> list[str]:
+    over = oversubscription(session)
+    if over is None:
+        return []
+    return [
+        messages.OVERSUBSCRIBED.format(
+            **over, busy=over["xdist_workers"] * over["workers_per_test"]
+        )
+    ]
+
+
+def write_summary(session: ConcurrencySession, terminalreporter: Any) -> None:
+    lines: list[str] = []
+    if session.entries:
+        from pytest_concurrency.engine.report import summary_lines
+
+        lines = summary_lines(session.entries)
+    scaling = scaling_entries(session)
+    if scaling:
+        from pytest_concurrency.scaling.api import format_scaling_table
+
+        lines.extend(format_scaling_table(scaling))
+    lines.extend(session.plot_lines)
+    if session.abandoned_threads:
+        lines.append(f"abandoned hung threads: {', '.join(session.abandoned_threads)}")
+    lines.extend(f"leak: {text}" for text in session.leaked)
+    if lines and not is_xdist_worker(session.config):
+        lines.extend(line.removeprefix("concurrency: ") for line in oversubscription_lines(session))
+    if session.json_path is not None and not is_xdist_worker(session.config):
+        lines.append(f"JSON report: {session.json_path}")
+    if not lines:
+        return
+    terminalreporter.write_sep("=", SECTION_TITLE)
+    for line in lines:
+        terminalreporter.write_line(line)
+
+
+def finish_session(session: ConcurrencySession) -> None:
+    if is_xdist_worker(session.config):
+        return
+    cache = getattr(session.config, "cache", None)
+    if cache is not None:
+        cache.set(CACHE_SEED_KEY, session.session_seed)
+    if session.json_path is not None:
+        from pytest_concurrency.engine import report
+
+        report.write_json(
+            session.json_path, report.json_document(json_header(session), session.entries)
+        )
+    if session.plot_dir is not None:
+        session.plot_lines = write_plots(session, session.plot_dir)
+
+
+def scaling_entries(session: ConcurrencySession) -> list[dict[str, Any]]:
+    if not session.entries:
+        return []
+    from pytest_concurrency.engine.report import KIND_SCALING
+
+    return [entry for entry in session.entries if entry.get("kind") == KIND_SCALING]
+
+
+def write_plots(session: ConcurrencySession, directory: Path) -> list[str]:
+    entries = scaling_entries(session)
+    if not entries:
+        return []
+    from pytest_concurrency.errors import PlotUnavailableError
+    from pytest_concurrency.scaling.plot import write_charts
+
+    try:
+        written = write_charts(entries, directory)
+    except (PlotUnavailableError, OSError) as error:
+        return [messages.PLOT_FAILED.format(error=error)]
+    return [
+        messages.PLOT_WRITTEN.format(
+            count=len(written), directory=directory, index=directory / "index.html"
+        )
+    ]
+
+
+def json_header(session: ConcurrencySession) -> dict[str, Any]:
+    return {
+        "seed": session.session_seed,
+        "python": sys.version.split()[0],
+        "implementation": sys.implementation.name,
+        "gil_enabled": cores.gil_enabled(),
+        "free_threaded_build": cores.free_threaded_build(),
+        "usable_cores": session.budget.usable,
+        "cpu_count": session.budget.cpu_count,
+        "pid": os.getpid(),
+        "oversubscription": oversubscription(session),
+    }
+
+
+def schedule_header_lines(settings: Settings) -> list[str]:
+    """The controlled scheduler and lock-order settings, when they are not the defaults."""
+    if settings.schedule == "off" and settings.lock_order == "fail":
+        return []  # the defaults: nothing to say
+    schedule = settings.schedule
+    if schedule == "pct":
+        schedule += f" (depth {settings.schedule_depth})"
+    return [messages.HEADER_SCHEDULE.format(schedule=schedule, lock_order=settings.lock_order)]
+
+
+def describe_start_method(start_method: str | None) -> str:
+    from pytest_concurrency.runners.processes import describe_start_method as describe
+
+    return describe(start_method)
