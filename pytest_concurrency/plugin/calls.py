@@ -51,9 +51,12 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
     from pytest_concurrency.runners.base import RunPlan
 
     fixture = pyfuncitem.funcargs.get("concurrency")
-    config = harness_config(session, pyfuncitem, settings)
-    if isinstance(fixture, Concurrency):
-        fixture._config = config
+    # the fixture was made from the same settings (settled at setup, before any fixture)
+    config = (
+        fixture.config
+        if isinstance(fixture, Concurrency)
+        else harness_config(session, pyfuncitem, settings)
+    )
     argnames = pyfuncitem._fixtureinfo.argnames
     call = functools.partial(
         test_function(pyfuncitem), **{n: pyfuncitem.funcargs[n] for n in argnames}

@@ -38,6 +38,8 @@ PYTEST_TIMEOUT_SHARE = 0.8
 
 
 SERIAL_KEY = pytest.StashKey[str]()
+SETTLED_KEY: pytest.StashKey[object] = pytest.StashKey()
+"""A marked test's settings or the message why they are wrong, settled once."""
 
 
 def needs_item_hooks(item: pytest.Item, marked: dict[Node, bool]) -> bool:

@@ -29,7 +29,6 @@ import pytest
 
 from pytest_concurrency import messages
 from pytest_concurrency.engine.settings import Settings
-from pytest_concurrency.errors import SettingsError
 from pytest_concurrency.plugin.entries import ENTRIES_KEY
 from pytest_concurrency.plugin.items import SERIAL_KEY, SETTINGS_KEY, is_async_test, is_concurrent
 
@@ -107,13 +106,10 @@ class LockWatch:
             or is_async_test(item)
         ):
             return None
-        settings = self.session.settings
-        marker = item.get_closest_marker("concurrent")
-        if marker is not None:
-            resolved = self.session.marker_settings(item, marker.kwargs)
-            if isinstance(resolved, SettingsError):
-                return None
-            settings = resolved
+        settled = self.session.marked_settings(item)
+        if isinstance(settled, str):
+            return None  # the session fails the test's setup with the message
+        settings = settled or self.session.settings
         if settings.mode != MODE_THREADS:
             return None
         if settings.schedule == "off" and settings.lock_order == "off":

@@ -32,6 +32,7 @@ from pytest_concurrency.plugin.items import (
     LEAK_SNAPSHOT_KEY,
     SERIAL_KEY,
     SETTINGS_KEY,
+    SETTLED_KEY,
     SHARD_ARG,
     is_async_test,
     is_concurrent,
@@ -173,25 +174,37 @@ class ConcurrencySession:
             from pytest_concurrency.engine.leaks import take_snapshot
 
             item.stash[LEAK_SNAPSHOT_KEY] = take_snapshot()
-        marker = item.get_closest_marker("concurrent")
         reason = item.stash.get(SERIAL_KEY, None)
         if reason is not None:
             from pytest_concurrency.engine.report import serial_entry
 
             record_entry(item, serial_entry(item.nodeid, reason))
             return
+        settled = self.marked_settings(item)
+        if isinstance(settled, str):
+            pytest.fail(settled, pytrace=False)
+        if settled is not None:
+            item.stash[SETTINGS_KEY] = settled
+
+    def marked_settings(self, item: pytest.Item) -> Settings | str | None:
+        """A marked test's settings, or why they are wrong (the message its setup fails with);
+        None when the test is not marked. Settled once per test, for every hook that asks."""
+        settled = item.stash.get(SETTLED_KEY, SETTLED_KEY)
+        if settled is SETTLED_KEY:
+            settled = item.stash[SETTLED_KEY] = self.settle_marker(item)
+        return settled  # type: ignore[return-value]
+
+    def settle_marker(self, item: pytest.Item) -> Settings | str | None:
+        marker = item.get_closest_marker("concurrent")
         if marker is None:
-            return
+            return None
         if not isinstance(item, pytest.Function):
-            pytest.fail(messages.NOT_A_FUNCTION.format(nodeid=item.nodeid), pytrace=False)
+            return messages.NOT_A_FUNCTION.format(nodeid=item.nodeid)
         if marker.args:
-            pytest.fail(
-                messages.POSITIONAL_MARKER_ARGS.format(args=marker.args, nodeid=item.nodeid),
-                pytrace=False,
-            )
+            return messages.POSITIONAL_MARKER_ARGS.format(args=marker.args, nodeid=item.nodeid)
         settings_or_error = self.marker_settings(item, marker.kwargs)
         if isinstance(settings_or_error, SettingsError):
-            pytest.fail(str(settings_or_error), pytrace=False)
+            return str(settings_or_error)
         settings = settings_or_error
         if is_async_test(item) and "mode" not in marker.kwargs:
             settings = dataclasses.replace(settings, mode="asyncio")
@@ -201,8 +214,8 @@ class ConcurrencySession:
                 if settings.mode == "asyncio"
                 else messages.ASYNC_BODY_IN_OTHER_MODE
             )
-            pytest.fail(template.format(nodeid=item.nodeid, mode=settings.mode), pytrace=False)
-        item.stash[SETTINGS_KEY] = settings
+            return template.format(nodeid=item.nodeid, mode=settings.mode)
+        return settings
 
     def marker_settings(
         self, item: pytest.Item, kwargs: Mapping[str, Any]
