@@ -22,6 +22,8 @@ MACHINERY = (
     "pytest_concurrency.plugin.lockwatch",
     "pytest_concurrency.races.primitives",
     "pytest_concurrency.races.scheduler",
+    "pytest_concurrency.runners.processes",
+    "multiprocessing",
 )
 WITNESS_CONFTEST = f"""
 import sys
@@ -56,13 +58,16 @@ def witness(pytester: pytest.Pytester) -> dict[str, object]:
     return seen
 
 
+@pytest.mark.parametrize("header", [True, False], ids=["header", "quiet"])
 def test_an_unmarked_suite_gets_no_per_test_hooks_and_imports_no_machinery(
-    pytester: pytest.Pytester, run_subprocess
+    pytester: pytest.Pytester, run_subprocess, header: bool
 ) -> None:
     pytester.makeconftest(WITNESS_CONFTEST)
     pytester.makepyfile(UNMARKED)
-    result = run_subprocess("-q")  # quiet: no header (the header imports the process mode)
+    result = run_subprocess() if header else run_subprocess("-q")
     result.assert_outcomes(passed=2)
+    if header:
+        result.stdout.fnmatch_lines(["concurrency: processes start with *"])
     assert "= concurrency =" not in result.stdout.str()
     assert witness(pytester) == {"item_hooks": False, "lockwatch": False, "imported": []}
 

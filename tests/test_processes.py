@@ -401,3 +401,10 @@ def _series(runner: processes.ProcessRunner, call, runs: int = 3) -> SeriesOutco
         keep_results=True,
     )
     return outcome
+
+
+def test_the_header_names_the_start_method_process_mode_uses() -> None:
+    """The header answers without importing multiprocessing; the runner asks multiprocessing."""
+    from pytest_concurrency.engine import cores
+
+    assert cores.default_start_method() == processes.default_start_method()

@@ -120,3 +120,21 @@ def describe_interpreter() -> str:
     build = "free-threaded build" if free_threaded_build() else "GIL build"
     gil = "GIL enabled" if gil_enabled() else "GIL disabled"
     return f"{impl} {version}, {build}, {gil}"
+
+
+PREFERRED_START_METHODS = ("forkserver", "spawn")
+"""Process mode's start methods in order of preference, when none is chosen."""
+
+
+def default_start_method() -> str:
+    """forkserver where the platform can pass file descriptors between processes, else spawn:
+    the first of :data:`PREFERRED_START_METHODS` that ``multiprocessing`` offers, answered as
+    it answers (``reduction.HAVE_SEND_HANDLE``) without importing it, for the header."""
+    import socket
+
+    can_send_handles = (
+        hasattr(socket, "CMSG_LEN")
+        and hasattr(socket, "SCM_RIGHTS")
+        and hasattr(socket.socket, "sendmsg")
+    )
+    return "forkserver" if sys.platform != "win32" and can_send_handles else "spawn"

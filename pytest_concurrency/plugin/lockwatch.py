@@ -117,6 +117,11 @@ class LockWatch:
         return settings
 
     def open(self, item: pytest.Item, settings: Settings) -> None:
+        # the fork server and the resource tracker make their locks when first imported:
+        # never inside a window, or a process-mode run started in this test would keep them
+        import multiprocessing.forkserver
+        import multiprocessing.resource_tracker  # noqa: F401
+
         from pytest_concurrency.races import scheduler
         from pytest_concurrency.races.primitives import tracked_primitives
 

@@ -160,6 +160,7 @@ def schedule_header_lines(settings: Settings) -> list[str]:
 
 
 def describe_start_method(start_method: str | None) -> str:
-    from pytest_concurrency.runners.processes import describe_start_method as describe
-
-    return describe(start_method)
+    """For the header: which start method process mode uses, and whether it was chosen."""
+    if start_method is None:
+        return messages.START_METHOD_DEFAULT.format(method=cores.default_start_method())
+    return messages.START_METHOD_CHOSEN.format(method=start_method)
