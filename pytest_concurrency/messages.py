@@ -16,7 +16,6 @@ POSITIONAL_MARKER_ARGS = (
     "pytest-concurrency: @pytest.mark.concurrent takes keyword arguments only, "
     "e.g. @pytest.mark.concurrent(workers=8, runs=100); got {args!r} on {nodeid}"
 )
-BAD_MARKER = "pytest-concurrency: {nodeid}: {error}"
 NOT_A_FUNCTION = (
     "pytest-concurrency: {nodeid} is not a plain test function, so it cannot run concurrently"
 )
@@ -246,3 +245,35 @@ UNKNOWN_MARKER_ARGUMENT = (
 INTERRUPTED_SUMMARY = (
     "  {nodeid}: interrupted after {runs_done} runs ({mode}, {workers} workers): {interrupted}"
 )
+
+# -- the scaling marker and fixture (plugin/scaling_hooks.py) ----------------------------------
+SCALING_SKIP_XDIST = (
+    "scaling: measurements are unreliable under pytest-xdist (the other workers compete for "
+    "the cores); run this test without -n, or pass force=True to measure anyway"
+)
+SCALING_SKIP_TRACER = (
+    "scaling: measurements are unreliable under a tracer ({tracer}): it slows every line and "
+    "serializes threads; run without it, or pass force=True to measure anyway"
+)
+SCALING_FORCED_XDIST = (
+    "measured under pytest-xdist (force=True): other workers competed for the cores"
+)
+SCALING_FORCED_TRACER = (
+    "measured under a tracer, {tracer} (force=True): timings are slowed and skewed"
+)
+SCALING_MARKER_POSITIONAL = (
+    "@pytest.mark.scaling on {nodeid} takes keyword arguments only, such as "
+    "@pytest.mark.scaling(expect='scales'); got positional {args!r}"
+)
+SCALING_MARKER_UNKNOWN_KEY = (
+    "@pytest.mark.scaling on {nodeid}: unknown argument {key!r}; use {choices}"
+)
+SCALING_MARKER_COROUTINE = (
+    "@pytest.mark.scaling on {nodeid}: the test is a coroutine function; the marker measures "
+    "plain functions: call asyncio.run(...) inside a plain test, or use the scaling fixture"
+)
+SCALING_MARKER_NOT_FUNCTION = (
+    "@pytest.mark.scaling on {nodeid}: only test functions can be measured"
+)
+SCALING_MARKER_USAGE = "@pytest.mark.scaling on {nodeid}: {error}"
+SCALING_FIXTURE_ARGUMENTS_HINT = " (with the marker, the arguments are the test's fixture values)"

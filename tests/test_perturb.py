@@ -427,24 +427,6 @@ class FrameRecorder:
         return True
 
 
-def test_an_attached_hook_sees_every_point_in_the_users_frame() -> None:
-    perturbation = engine()
-    hook = FrameRecorder()
-
-    def work() -> None:
-        perturbation.attach(hook)
-        try:
-            Counter().increment()
-        finally:
-            perturbation.detach()
-
-    before = hooks()
-    in_a_series_thread(perturbation, work)
-    assert hook.functions.count("increment") == 2  # LOAD_ATTR n, STORE_ATTR n
-    assert perturbation.stats.points == 0  # a hook draws nothing
-    assert hooks() == before
-
-
 # -- the callbacks, called directly ---------------------------------------------------------
 # Inside a trace or monitoring callback nothing is traced, so these are also the only way
 # coverage sees the callbacks' code run. The user code is compiled under a root of its own, so

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import ISOLATION_ARGS
 
-from pytest_concurrency.plugin import scaling_hooks
+from pytest_concurrency import messages
 from pytest_concurrency.scaling import api as scaling
 from pytest_concurrency.scaling import plot
 
@@ -253,4 +253,4 @@ def test_skipped_under_xdist_with_the_reason(pytester: pytest.Pytester, run_subp
     )
     result = run_subprocess("-n", "1", "-rs")
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines([f"*{scaling_hooks.SKIP_XDIST[:60]}*"])
+    result.stdout.fnmatch_lines([f"*{messages.SCALING_SKIP_XDIST[:60]}*"])

@@ -22,7 +22,6 @@ from typing import Any
 from pytest_concurrency.messages import LEAK_MESSAGE
 
 GRACE_SECONDS = 0.2
-LEAK_MODES = ("warn", "fail", "off")
 _LEFTOVER_TASKS: list[str] = []
 """Every task found pending when a plugin event loop closed, in order (see ``tasks_seen``)."""
 

@@ -8,7 +8,6 @@ raised), as Hypothesis groups its failures by ``InterestingOrigin``.
 from __future__ import annotations
 
 import os
-import traceback
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -132,13 +131,6 @@ class CallFailure:
             message=first_line(exc),
             exception=exc,
         )
-
-    def formatted_traceback(self) -> str:
-        if self.traceback_text:
-            return self.traceback_text
-        if self.exception is None:
-            return ""
-        return "".join(traceback.format_exception(self.exception))
 
 
 @dataclass

@@ -190,10 +190,6 @@ def serial_entry(nodeid: str, reason: str) -> dict[str, Any]:
     return {"kind": KIND_SERIAL, "nodeid": nodeid, "reason": reason}
 
 
-def with_outcome(entry: Mapping[str, Any], outcome: str) -> dict[str, Any]:
-    return {**entry, "outcome": outcome}
-
-
 # -- terminal summary ---------------------------------------------------------------------
 
 

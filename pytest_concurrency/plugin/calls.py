@@ -254,6 +254,7 @@ def run_async_harness(session: ConcurrencySession, item: pytest.Function) -> boo
 
 
 def close_runner(session: ConcurrencySession, runner: Runner) -> None:
+    __tracebackhide__ = True  # pytest-timeout may fire while a hung worker is joined
     runner.close()
     abandoned = getattr(runner, "abandoned_threads", [])
     session.abandoned_threads.extend(thread.name for thread in abandoned)

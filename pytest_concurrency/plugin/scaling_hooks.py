@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from pytest_concurrency import messages
 from pytest_concurrency.errors import ScalingMeasurementError, ScalingUsageError
 from pytest_concurrency.plugin.entries import record_entry
 from pytest_concurrency.scaling.api import (
@@ -37,35 +38,7 @@ OWN_MONITORING_TOOL = "pytest-concurrency"
 """Our own ``sys.monitoring`` tool (schedule perturbation) is not a tracer to skip for."""
 MONITORING_TOOL_IDS = range(6)
 
-MARKER_SCALING = (
-    "scaling(workers=None, modes=('threads', 'processes'), expect=None, min_efficiency=None, "
-    "rounds=None, budget=None, force=False): measure how the test body scales with workers "
-    "in threads and processes; expect= (a verdict or several) and min_efficiency= fail the "
-    "test with the table when not met"
-)
 MARKER_KEYS = ("workers", "modes", "expect", "min_efficiency", "rounds", "budget", "seed", "force")
-SKIP_XDIST = (
-    "scaling: measurements are unreliable under pytest-xdist (the other workers compete for "
-    "the cores); run this test without -n, or pass force=True to measure anyway"
-)
-SKIP_TRACER = (
-    "scaling: measurements are unreliable under a tracer ({tracer}): it slows every line and "
-    "serializes threads; run without it, or pass force=True to measure anyway"
-)
-FORCED_XDIST = "measured under pytest-xdist (force=True): other workers competed for the cores"
-FORCED_TRACER = "measured under a tracer, {tracer} (force=True): timings are slowed and skewed"
-MARKER_POSITIONAL = (
-    "@pytest.mark.scaling on {nodeid} takes keyword arguments only, such as "
-    "@pytest.mark.scaling(expect='scales'); got positional {args!r}"
-)
-MARKER_UNKNOWN_KEY = "@pytest.mark.scaling on {nodeid}: unknown argument {key!r}; use {choices}"
-MARKER_COROUTINE = (
-    "@pytest.mark.scaling on {nodeid}: the test is a coroutine function; the marker measures "
-    "plain functions: call asyncio.run(...) inside a plain test, or use the scaling fixture"
-)
-MARKER_NOT_FUNCTION = "@pytest.mark.scaling on {nodeid}: only test functions can be measured"
-MARKER_USAGE = "@pytest.mark.scaling on {nodeid}: {error}"
-FIXTURE_ARGUMENTS_HINT = " (with the marker, the arguments are the test's fixture values)"
 
 
 # --------------------------------------------------------------------------- reliability
@@ -100,10 +73,15 @@ def reliability_problems(config: pytest.Config) -> list[tuple[str, str]]:
     """(skip reason, forced warning) for each reason the timings cannot be trusted here."""
     problems = []
     if hasattr(config, "workerinput"):
-        problems.append((SKIP_XDIST, FORCED_XDIST))
+        problems.append((messages.SCALING_SKIP_XDIST, messages.SCALING_FORCED_XDIST))
     tracer = active_tracer()
     if tracer is not None:
-        problems.append((SKIP_TRACER.format(tracer=tracer), FORCED_TRACER.format(tracer=tracer)))
+        problems.append(
+            (
+                messages.SCALING_SKIP_TRACER.format(tracer=tracer),
+                messages.SCALING_FORCED_TRACER.format(tracer=tracer),
+            )
+        )
     return problems
 
 
@@ -179,11 +157,14 @@ def _marker_kwargs(item: pytest.Function) -> dict[str, Any]:
     if marker is None:
         return {}
     if marker.args:
-        pytest.fail(MARKER_POSITIONAL.format(nodeid=item.nodeid, args=marker.args), pytrace=False)
+        pytest.fail(
+            messages.SCALING_MARKER_POSITIONAL.format(nodeid=item.nodeid, args=marker.args),
+            pytrace=False,
+        )
     for key in marker.kwargs:
         if key not in MARKER_KEYS:
             pytest.fail(
-                MARKER_UNKNOWN_KEY.format(
+                messages.SCALING_MARKER_UNKNOWN_KEY.format(
                     nodeid=item.nodeid, key=key, choices=", ".join(MARKER_KEYS)
                 ),
                 pytrace=False,
@@ -194,7 +175,7 @@ def _marker_kwargs(item: pytest.Function) -> dict[str, Any]:
 def _test_body(item: pytest.Function) -> Callable[..., Any]:
     """The test function with its fixture values bound: the unit of work."""
     if inspect.iscoroutinefunction(item.obj):
-        pytest.fail(MARKER_COROUTINE.format(nodeid=item.nodeid), pytrace=False)
+        pytest.fail(messages.SCALING_MARKER_COROUTINE.format(nodeid=item.nodeid), pytrace=False)
     argnames = item._fixtureinfo.argnames
     return functools.partial(item.obj, **{name: item.funcargs[name] for name in argnames})
 
@@ -208,7 +189,7 @@ def run_scaling_marker(item: pytest.Function) -> None:
     """
     __tracebackhide__ = True
     if not isinstance(item, pytest.Function):
-        pytest.fail(MARKER_NOT_FUNCTION.format(nodeid=item.nodeid), pytrace=False)
+        pytest.fail(messages.SCALING_MARKER_NOT_FUNCTION.format(nodeid=item.nodeid), pytrace=False)
     options = _marker_kwargs(item)
     expect = options.pop("expect", None)
     min_efficiency = options.pop("min_efficiency", None)
@@ -217,7 +198,9 @@ def run_scaling_marker(item: pytest.Function) -> None:
     try:
         validate_expectation(expect, min_efficiency)
     except ScalingUsageError as error:
-        pytest.fail(MARKER_USAGE.format(nodeid=item.nodeid, error=error), pytrace=False)
+        pytest.fail(
+            messages.SCALING_MARKER_USAGE.format(nodeid=item.nodeid, error=error), pytrace=False
+        )
     warnings = _skip_or_warnings(item.config, force)
     body = _test_body(item)
     try:
@@ -225,8 +208,12 @@ def run_scaling_marker(item: pytest.Function) -> None:
             body, seed=_session_seed(item.config) if seed is None else seed, **options
         )
     except ScalingUsageError as error:
-        text = str(error) + (FIXTURE_ARGUMENTS_HINT if "pickled" in str(error) else "")
-        pytest.fail(MARKER_USAGE.format(nodeid=item.nodeid, error=text), pytrace=False)
+        text = str(error) + (
+            messages.SCALING_FIXTURE_ARGUMENTS_HINT if "pickled" in str(error) else ""
+        )
+        pytest.fail(
+            messages.SCALING_MARKER_USAGE.format(nodeid=item.nodeid, error=text), pytrace=False
+        )
     except ScalingMeasurementError as error:
         pytest.fail(str(error), pytrace=False)
     _record(item, report, warnings)

@@ -332,23 +332,6 @@ class SeededPerturbation:
                     CallDecisions(state.worker, state.run, state.run_seed, tuple(schedule.log))
                 )
 
-    # -- the tracing layer alone, for other schedulers --------------------------------------
-
-    def attach(self, hook: PointHook) -> None:
-        """In a worker thread, between ``series_started`` and ``series_finished``: call
-        ``hook.at_point()`` at every decision point this thread reaches, until :meth:`detach`.
-
-        The controlled scheduler uses this to turn the decision points into scheduling points;
-        nothing is drawn or counted here.
-        """
-        self._thread.schedule = hook
-        self._activate()
-
-    def detach(self) -> None:
-        """In the same worker thread: stop calling the hook, put back the thread's tracer."""
-        self._deactivate()
-        self._thread.schedule = None
-
     # -- for the mechanisms ---------------------------------------------------------------
 
     def _profile(self, run_seed: int) -> RunProfile:

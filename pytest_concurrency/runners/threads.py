@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,16 +50,6 @@ WORKER_NAME = "concurrency-worker-{}"
 _allocate_lock = _thread.allocate_lock  # the real one, whatever a window replaces later
 _release = _thread.LockType.release
 _monotonic = time.monotonic
-
-
-@contextlib.contextmanager
-def shrunken_switch_interval(enabled: bool = True) -> Iterator[None]:
-    """Switch threads as often as CPython allows, on GIL builds only; always restore."""
-    previous = shrink_switch_interval() if enabled else None
-    try:
-        yield
-    finally:
-        restore_switch_interval(previous)
 
 
 def shrink_switch_interval() -> float | None:
