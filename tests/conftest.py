@@ -11,6 +11,17 @@ pytest_plugins = ["pytester"]
 ISOLATION_ARGS = ("-p", "no:run-parallel", "-p", "no:cacheprovider", "-p", "no:asyncio")
 
 
+SLOW_FIXTURES = frozenset({"pytester", "run", "run_subprocess"})
+"""Tests that run pytest inside pytest are the acceptance tests: marked ``slow``, so that
+``pytest -m "not slow"`` is the quick loop of unit tests."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def run(pytester: pytest.Pytester):
     """Run pytest in-process on the files written to ``pytester``, isolated from other plugins."""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # ruff and mypy run as subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,6 +29,12 @@ def run_tool(module: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_ruff_is_clean() -> None:
     result = run_tool("ruff", "check", "pytest_concurrency", "tests", "benchmarks", "examples")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_applied() -> None:
+    paths = ("pytest_concurrency", "tests", "benchmarks", "examples")
+    result = run_tool("ruff", "format", "--check", *paths)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

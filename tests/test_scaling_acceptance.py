@@ -21,6 +21,7 @@ from pytest_concurrency import messages
 from pytest_concurrency.scaling import api as scaling
 from pytest_concurrency.scaling import plot
 
+pytestmark = pytest.mark.slow  # pytest runs in subprocesses here
 VERDICT_PATTERN = "|".join(scaling.VERDICTS)
 
 UNITS = """
