@@ -48,7 +48,8 @@ TARGET = 0.03
 FILES = 20
 PACKAGE_DIR = "pytest_concurrency"
 BASE_ARGS = (
-    "-q",
+    # no -q: the header is on, as in a user's plain `pytest` run (the header's lines are ours
+    # too, and must not import the machinery)
     "-p",
     "no:cacheprovider",
     # pytest-run-parallel registers its entry point as "run-parallel": "no:run_parallel"
