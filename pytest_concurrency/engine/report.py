@@ -11,9 +11,22 @@ import os
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine.entries import (
+    KIND_CONCURRENT,
+    KIND_SCALING,
+    KIND_SERIAL,
+    ConcurrentEntry,
+    Entry,
+    ScalingEntry,
+    SerialEntry,
+    concurrent_entries,
+    kind_of,
+    scaling_entries,
+    serial_entries,
+)
 from pytest_concurrency.engine.outcomes import (
     FailureGroup,
     RunRecord,
@@ -24,9 +37,6 @@ from pytest_concurrency.engine.outcomes import (
 JSON_VERSION = 1
 MAX_LISTED_WORKERS = 12
 MAX_OBSERVATIONS = 20
-KIND_CONCURRENT = "concurrent"
-KIND_SERIAL = "serial"
-KIND_SCALING = "scaling"
 
 HEADLINE_RACE = "RACE DETECTED in run {run} {of} ({where}): {failed} of {calls} calls failed"
 HEADLINE_EVERY_CALL = "FAILED in run {run} {of} ({where}): {failed} of {calls} calls failed"
@@ -135,18 +145,10 @@ def concurrent_entry(
     nodeid: str,
     reproduce: str | None,
     shard: tuple[int, int] | None = None,
-) -> dict[str, Any]:
+) -> ConcurrentEntry:
     record = outcome.failing_run
     groups = group_failures(record.failures) if record else []
-    sharding: dict[str, Any] = {}
-    if shard is not None:
-        sharding = {
-            "shard": shard[0],
-            "shards": shard[1],
-            "base_nodeid": nodeid.rsplit("[", 1)[0] if "[" in nodeid else nodeid,
-        }
-    return {
-        **sharding,
+    entry: ConcurrentEntry = {
         "kind": KIND_CONCURRENT,
         "nodeid": nodeid,
         "mode": outcome.mode,
@@ -176,6 +178,10 @@ def concurrent_entry(
         "reproduce": reproduce,
         "interrupted": describe_interrupt(outcome.interrupt),
     }
+    if shard is not None:
+        entry["shard"], entry["shards"] = shard
+        entry["base_nodeid"] = nodeid.rsplit("[", 1)[0] if "[" in nodeid else nodeid
+    return entry
 
 
 def describe_interrupt(exc: BaseException | None) -> str | None:
@@ -186,16 +192,16 @@ def describe_interrupt(exc: BaseException | None) -> str | None:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def serial_entry(nodeid: str, reason: str) -> dict[str, Any]:
+def serial_entry(nodeid: str, reason: str) -> SerialEntry:
     return {"kind": KIND_SERIAL, "nodeid": nodeid, "reason": reason}
 
 
 # -- terminal summary ---------------------------------------------------------------------
 
 
-def summary_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
-    concurrent = [e for e in entries if e.get("kind") == KIND_CONCURRENT]
-    serial = [e for e in entries if e.get("kind") == KIND_SERIAL]
+def summary_lines(entries: Sequence[Entry]) -> list[str]:
+    concurrent = concurrent_entries(entries)
+    serial = serial_entries(entries)
     lines: list[str] = []
     if concurrent:
         failed = [e for e in concurrent if e.get("failing_run") is not None]
@@ -224,8 +230,8 @@ def summary_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     if serial:
         lines.append(f"{len(serial)} tests ran once, not concurrently:")
         by_reason: dict[str, list[str]] = {}
-        for entry in serial:
-            by_reason.setdefault(str(entry["reason"]), []).append(str(entry["nodeid"]))
+        for once in serial:
+            by_reason.setdefault(once["reason"], []).append(once["nodeid"])
         for reason, nodeids in sorted(by_reason.items(), key=lambda item: -len(item[1])):
             lines.append(
                 f"  {len(nodeids)} {reason}: {', '.join(nodeids[:5])}"
@@ -237,7 +243,7 @@ def summary_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
 MAX_SCHEDULE_LINES = 20
 
 
-def schedule_lines(concurrent: Sequence[Mapping[str, Any]]) -> list[str]:
+def schedule_lines(concurrent: Sequence[ConcurrentEntry]) -> list[str]:
     """What each controlled-schedule test states (PCT: n, k, d, m and the bound on a miss),
     and each test's lock-order inversions."""
     lines = []
@@ -285,9 +291,9 @@ def schedule_line(nodeid: str, schedule: Mapping[str, Any], failing_run: Any = N
     )
 
 
-def shard_lines(concurrent: Sequence[Mapping[str, Any]]) -> list[str]:
+def shard_lines(concurrent: Sequence[ConcurrentEntry]) -> list[str]:
     """One line per sharded test: how its shards did together."""
-    by_test: dict[str, list[Mapping[str, Any]]] = {}
+    by_test: dict[str, list[ConcurrentEntry]] = {}
     for entry in concurrent:
         if "shards" in entry:
             by_test.setdefault(str(entry["base_nodeid"]), []).append(entry)
@@ -317,7 +323,7 @@ VERDICT_CLEAN = "no failure"
 VERDICT_INTERRUPTED = "interrupted"
 
 
-def concurrent_verdict(entry: Mapping[str, Any]) -> str:
+def concurrent_verdict(entry: ConcurrentEntry) -> str:
     """One word for a concurrent test's JUnit ``verdict`` property."""
     if entry.get("hung_workers"):
         return VERDICT_HUNG
@@ -330,10 +336,12 @@ def concurrent_verdict(entry: Mapping[str, Any]) -> str:
     return VERDICT_CLEAN
 
 
-def junit_properties(entry: Mapping[str, Any]) -> list[tuple[str, object]]:
+def junit_properties(any_entry: Entry) -> list[tuple[str, object]]:
     """Properties for a test's JUnit XML ``<testcase>`` (``--junitxml``), from its entry."""
-    if entry.get("kind") == KIND_CONCURRENT:
-        values: dict[str, object] = {
+    values: dict[str, object]
+    if kind_of(any_entry) == KIND_CONCURRENT:
+        entry = cast(ConcurrentEntry, any_entry)
+        values = {
             "mode": entry["mode"],
             "workers": entry["workers"],
             "runs": entry["runs_done"],
@@ -343,32 +351,31 @@ def junit_properties(entry: Mapping[str, Any]) -> list[tuple[str, object]]:
         }
         if entry.get("shard") is not None:
             values["shard"] = f"{entry['shard']} of {entry['shards']}"
-    elif entry.get("kind") == KIND_SCALING:
-        judged = entry.get("judged_workers") or {}
-        rounds = sum(level.get("rounds", 0) for level in entry.get("levels", ()))
+    elif kind_of(any_entry) == KIND_SCALING:
+        scaling = cast(ScalingEntry, any_entry)
+        judged = scaling.get("judged_workers") or {}
+        rounds = sum(level.get("rounds", 0) for level in scaling.get("levels", ()))
         values = {
             "mode": ",".join(judged) or "scaling",
             "workers": max(judged.values(), default=0),
             "runs": rounds,
-            "seed": entry.get("seed"),
+            "seed": scaling.get("seed"),
             "failures": 0,
-            "verdict": entry.get("verdict"),
+            "verdict": scaling.get("verdict"),
         }
     else:
         return []
     return [(JUNIT_PREFIX + name, value) for name, value in values.items()]
 
 
-def json_document(
-    header: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
+def json_document(header: Mapping[str, Any], entries: Sequence[Entry]) -> dict[str, Any]:
     ordered = sorted(entries, key=lambda entry: str(entry.get("nodeid")))
     return {
         "version": JSON_VERSION,
         **header,
-        "tests": [e for e in ordered if e.get("kind") == KIND_CONCURRENT],
-        "serial": [e for e in ordered if e.get("kind") == KIND_SERIAL],
-        "scaling": [e for e in ordered if e.get("kind") == KIND_SCALING],
+        "tests": concurrent_entries(ordered),
+        "serial": serial_entries(ordered),
+        "scaling": scaling_entries(ordered),
     }
 
 

@@ -4,7 +4,7 @@ reach the session (also from xdist workers and after Ctrl-C).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -23,6 +23,7 @@ from pytest_concurrency.plugin.items import (
 
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from pytest_concurrency.driver.harness import Concurrency, HarnessLoop
+    from pytest_concurrency.engine.entries import ConcurrentEntry, Entry
     from pytest_concurrency.plugin.session import ConcurrencySession
 
 
@@ -58,8 +59,14 @@ def record_harness(
     run = loop.current
     if error is not None and run is not None and not loop.outcome.failed:
         add_note(error, "\n".join(check_failed_lines(loop, run.index, fixture.config)))
-        entry.update(failing_run=run.index, reproduce=fixture.config.reproduce)
+        entry["failing_run"], entry["reproduce"] = run.index, fixture.config.reproduce
     record_entry(item, entry)
+
+
+def with_outcome(entry: Entry, word: str) -> Entry:
+    from pytest_concurrency.engine.entries import with_outcome as add
+
+    return add(entry, word)
 
 
 def collect_entries(session: ConcurrencySession, report: pytest.TestReport) -> None:
@@ -70,7 +77,7 @@ def collect_entries(session: ConcurrencySession, report: pytest.TestReport) -> N
         return
     word = outcome_word(report)
     for entry in entries:
-        session.entries.append({**entry, "outcome": word})
+        session.entries.append(with_outcome(entry, word))
 
 
 def record_harness_interrupt(
@@ -89,7 +96,7 @@ def collect_interrupted(session: ConcurrencySession) -> None:
     item, session.running = session.running, None
     if item is not None:
         for entry in take_entries(item):
-            session.entries.append({**entry, "outcome": OUTCOME_INTERRUPTED})
+            session.entries.append(with_outcome(entry, OUTCOME_INTERRUPTED))
 
 
 def harness_of(item: pytest.Item) -> tuple[Concurrency, HarnessLoop] | None:
@@ -110,7 +117,7 @@ def harness_entry(
     loop: HarnessLoop,
     *,
     interrupt: BaseException | None = None,
-) -> dict[str, Any]:
+) -> ConcurrentEntry:
     """The entry of a harness test; ``interrupt``: what cut it short outside a series."""
     from pytest_concurrency.engine import report
 

@@ -227,10 +227,9 @@ class LockWatch:
         stashed = item.stash.get(ENTRIES_KEY, [])
         if not stashed:
             return
-        from pytest_concurrency.engine.report import KIND_CONCURRENT
+        from pytest_concurrency.engine.entries import concurrent_entries
 
-        entries = [entry for entry in stashed if entry.get("kind") == KIND_CONCURRENT]
-        for entry in entries:
+        for entry in concurrent_entries(stashed):
             if made:
                 entry["schedule"] = summarize(made)
             if watch is not None and watch.inversions and watch.settings.lock_order != "off":

@@ -42,6 +42,8 @@ from pytest_concurrency.plugin.items import (
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from _pytest.nodes import Node
 
+    from pytest_concurrency.engine.entries import Entry
+
 
 ITEM_HOOKS_NAME = "concurrency-item-hooks"
 WARNING_NAMES = ("warns", "catch_warnings", "deprecated_call")
@@ -68,7 +70,7 @@ class ConcurrencySession:
         self.unsafe_fixtures = frozenset(unsafe_fixtures)
         self.json_path = json_path
         self.plot_dir = plot_dir
-        self.entries: list[dict[str, Any]] = []
+        self.entries: list[Entry] = []
         self.abandoned_threads: list[str] = []
         self.abandoned_idents: frozenset[int] = frozenset()
         self.leaked: list[str] = []

@@ -22,6 +22,7 @@ CACHE_SEED_KEY = "concurrency/seed"
 """Where the session seed is kept for ``--concurrency-seed=last``."""
 
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
+    from pytest_concurrency.engine.entries import ScalingEntry
     from pytest_concurrency.plugin.session import ConcurrencySession
 
 
@@ -109,12 +110,12 @@ def finish_session(session: ConcurrencySession) -> None:
         session.plot_lines = write_plots(session, session.plot_dir)
 
 
-def scaling_entries(session: ConcurrencySession) -> list[dict[str, Any]]:
+def scaling_entries(session: ConcurrencySession) -> list[ScalingEntry]:
     if not session.entries:
         return []
-    from pytest_concurrency.engine.report import KIND_SCALING
+    from pytest_concurrency.engine.entries import scaling_entries as select
 
-    return [entry for entry in session.entries if entry.get("kind") == KIND_SCALING]
+    return select(session.entries)
 
 
 def write_plots(session: ConcurrencySession, directory: Path) -> list[str]:

@@ -1,0 +1,102 @@
+"""The report entries: one JSON-able record per test, typed, for the summary, JSON and JUnit.
+
+An entry is a plain dict (it travels on the test report from a pytest-xdist worker to the
+controller, and is written to the JSON report as it is), typed here so that mypy checks every
+key that is written or read. Entries are built in :mod:`pytest_concurrency.engine.report`
+(concurrent and serial) and by the scaling hooks (scaling); the lock watch adds ``schedule``
+and ``lock_order`` to a concurrent entry; the session adds ``outcome`` when it collects one.
+Pure module: no pytest import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypedDict, cast
+
+KIND_CONCURRENT = "concurrent"
+KIND_SERIAL = "serial"
+KIND_SCALING = "scaling"
+
+
+class FailureGroupEntry(TypedDict):
+    """One group of failures of the failing run: same exception type at the same line."""
+
+    origin: str
+    exception: str
+    file: str
+    line: int
+    count: int
+    workers: list[int]
+    runs: list[int]
+    message: str
+
+
+class _ConcurrentFields(TypedDict):
+    kind: str
+    nodeid: str
+    mode: str
+    workers: int
+    runs_planned: int | None
+    budget: float | None
+    runs_done: int
+    calls: int
+    seed: int
+    failing_run: int | None
+    failing_run_seed: int | None
+    hung_workers: list[int]
+    failures: list[FailureGroupEntry]
+    observations: dict[str, int]
+    reproduce: str | None
+    interrupted: str | None
+
+
+class ConcurrentEntry(_ConcurrentFields, total=False):
+    """A test run concurrently (marker, ``--concurrency-all`` or the harness): the JSON
+    report's ``tests`` entries."""
+
+    shard: int
+    shards: int
+    base_nodeid: str
+    schedule: dict[str, Any]  # the controlled scheduler's summary (the lock watch adds it)
+    lock_order: dict[str, Any]  # {"verdict": ..., "inversions": [...]} (the lock watch)
+    outcome: str  # pytest's word for the test (the session adds it)
+
+
+class _SerialFields(TypedDict):
+    kind: str
+    nodeid: str
+    reason: str
+
+
+class SerialEntry(_SerialFields, total=False):
+    """A test ``--concurrency-all`` ran once, normally, and why."""
+
+    outcome: str
+
+
+ScalingEntry = dict[str, Any]
+"""A scaling measurement: ``kind``, ``nodeid`` and the scaling report's own JSON
+(:func:`pytest_concurrency.scaling.api.report_json`), whose shape the scaling room owns."""
+
+Entry = ConcurrentEntry | SerialEntry | ScalingEntry
+
+
+def kind_of(entry: Entry) -> str:
+    return str(entry.get("kind"))
+
+
+def concurrent_entries(entries: Iterable[Entry]) -> list[ConcurrentEntry]:
+    return [cast(ConcurrentEntry, e) for e in entries if kind_of(e) == KIND_CONCURRENT]
+
+
+def serial_entries(entries: Iterable[Entry]) -> list[SerialEntry]:
+    return [cast(SerialEntry, e) for e in entries if kind_of(e) == KIND_SERIAL]
+
+
+def scaling_entries(entries: Iterable[Entry]) -> list[ScalingEntry]:
+    return [cast(ScalingEntry, e) for e in entries if kind_of(e) == KIND_SCALING]
+
+
+def with_outcome(entry: Entry, outcome: str) -> Entry:
+    """A copy of ``entry`` with pytest's word for how the test ended."""
+    return cast(Entry, {**entry, "outcome": outcome})
