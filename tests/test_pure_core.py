@@ -18,7 +18,13 @@ from pytest_concurrency.engine.outcomes import (
     group_failures,
     origin_of,
 )
-from pytest_concurrency.engine.settings import Settings, auto_workers, resolve
+from pytest_concurrency.engine.settings import (
+    SessionOptions,
+    Settings,
+    auto_workers,
+    resolve,
+    resolve_session_options,
+)
 from pytest_concurrency.errors import SettingsError
 from pytest_concurrency.runners.base import RunPlan
 
@@ -79,6 +85,30 @@ def test_bool_and_number_spellings() -> None:
     )
     assert settings.perturb is False
     assert settings.seed == 16
+
+
+def test_session_options_follow_the_same_precedence() -> None:
+    assert resolve_session_options(cli={}, env={}, ini={}) == SessionOptions()
+    env = {"PYTEST_CONCURRENCY_ALL": "yes", "PYTEST_CONCURRENCY_JSON": "env.json"}
+    options = resolve_session_options(
+        cli={"concurrency_json": "cli.json"}, env=env, ini={"concurrency_all": False}
+    )
+    assert options == SessionOptions(run_all=True, json_path="cli.json")
+    ini_only = resolve_session_options(cli={}, env={}, ini={"concurrency_all": "true"})
+    assert ini_only.run_all is True
+
+
+def test_a_bad_session_option_names_its_source() -> None:
+    with pytest.raises(SettingsError, match="PYTEST_CONCURRENCY_ALL=perhaps"):
+        resolve_session_options(cli={}, env={"PYTEST_CONCURRENCY_ALL": "perhaps"}, ini={})
+
+
+def test_seed_last_is_asked_of_the_cache_from_any_source() -> None:
+    for source in ({"cli": {"concurrency_seed": "last"}}, {"ini": {"concurrency_seed": "Last"}}):
+        given = {"cli": {}, "env": {}, "ini": {}, **source}
+        assert resolve(**given, last_seed=lambda: 42).seed == 42  # type: ignore[arg-type]
+    with pytest.raises(SettingsError, match="invalid --concurrency-seed=last"):
+        resolve(cli={"concurrency_seed": "last"}, env={}, ini={})
 
 
 # -- seeds ------------------------------------------------------------------------------------

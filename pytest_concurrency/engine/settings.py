@@ -295,38 +295,91 @@ def unknown_marker_key(key: str, where: str) -> SettingsError:
     )
 
 
+SEED_LAST = "last"
+
+
 def resolve(
     *,
     cli: Mapping[str, object | None],
     env: Mapping[str, str],
     ini: Mapping[str, str | None],
+    last_seed: Callable[[], int] | None = None,
 ) -> Settings:
-    """Session settings: command line > environment > ini > default (markers come later)."""
+    """Session settings: command line > environment > ini > default (markers come later).
+
+    A seed of ``last`` (from any source) is the previous session's, asked of ``last_seed``."""
     changes: dict[str, Any] = {}
     for spec in FIELDS.values():
-        value = _first_given(spec, cli=cli, env=env, ini=ini)
-        if value is not _MISSING:
-            changes[spec.name] = value
+        given = first_given(spec, cli=cli, env=env, ini=ini)
+        if given is None:
+            continue
+        raw, source = given
+        if spec.name == "seed" and is_last(raw):
+            changes["seed"] = last_seed() if last_seed is not None else spec.parse(raw, source)
+        else:
+            changes[spec.name] = spec.parse(raw, source)
     return Settings(**changes)
 
 
-_MISSING = object()
+def is_last(raw: object) -> bool:
+    return isinstance(raw, str) and raw.strip().lower() == SEED_LAST
 
 
-def _first_given(
+def first_given(
     spec: FieldSpec,
     *,
     cli: Mapping[str, object | None],
     env: Mapping[str, str],
-    ini: Mapping[str, str | None],
-) -> Any:
+    ini: Mapping[str, object | None],
+) -> tuple[object, Source] | None:
+    """The raw value of the first source that gives one, and that source; None if none."""
     raw_cli = cli.get(spec.dest)
     if spec.cli and raw_cli is not None:
-        return spec.parse(raw_cli, Source("command line", spec.option))
+        return raw_cli, Source("command line", spec.option)
     raw_env = env.get(spec.env)
     if raw_env not in (None, ""):
-        return spec.parse(raw_env, Source("environment", spec.env))
+        return raw_env, Source("environment", spec.env)
     raw_ini = ini.get(spec.ini)
     if raw_ini not in (None, ""):
-        return spec.parse(raw_ini, Source("ini", spec.ini))
-    return _MISSING
+        return raw_ini, Source("ini", spec.ini)
+    return None
+
+
+# -- the session's own options: the same precedence, no marker ---------------------------
+
+
+def parse_path(raw: object, source: Source) -> str:
+    if isinstance(raw, str) and raw.strip():
+        return raw.strip()
+    raise _fail(source, raw, "expected a path")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What the whole session does beside running tests: run-all, the JSON report, charts."""
+
+    run_all: bool = False
+    json_path: str | None = None
+    plot_dir: str | None = None
+
+
+SESSION_FIELDS: dict[str, FieldSpec] = {
+    "run_all": FieldSpec("all", parse_bool, in_marker=False),
+    "json_path": FieldSpec("json", parse_path, in_marker=False),
+    "plot_dir": FieldSpec("plot", parse_path, in_marker=False),
+}
+
+
+def resolve_session_options(
+    *,
+    cli: Mapping[str, object | None],
+    env: Mapping[str, str],
+    ini: Mapping[str, object | None],
+) -> SessionOptions:
+    """Run-all, the JSON path and the chart folder: command line > environment > ini > default."""
+    changes: dict[str, Any] = {}
+    for field_name, spec in SESSION_FIELDS.items():
+        given = first_given(spec, cli=cli, env=env, ini=ini)
+        if given is not None:
+            changes[field_name] = spec.parse(*given)
+    return SessionOptions(**changes)

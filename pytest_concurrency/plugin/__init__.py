@@ -6,6 +6,7 @@ drive, only when collection finds a test that needs them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -19,7 +20,9 @@ from pytest_concurrency.engine.settings import (
     ENV_PREFIX,
     FIELDS,
     MODES,
+    SESSION_FIELDS,
     resolve,
+    resolve_session_options,
 )
 from pytest_concurrency.errors import SettingsError
 from pytest_concurrency.plugin import calls
@@ -116,42 +119,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def build_session(config: pytest.Config) -> ConcurrencySession:
-    cli = {spec.dest: config.getoption(spec.dest) for spec in FIELDS.values() if spec.cli}
+    specs = [*FIELDS.values(), *SESSION_FIELDS.values()]
+    cli = {spec.dest: config.getoption(spec.dest) for spec in specs if spec.cli}
+    env = {spec.env: os.environ.get(spec.env, "") for spec in specs}
     ini = {spec.ini: config.getini(spec.ini) for spec in FIELDS.values()}
-    env = {spec.env: os.environ.get(spec.env, "") for spec in FIELDS.values()}
-    seed_raw = (
-        cli.get("concurrency_seed") or env.get(ENV_PREFIX + "SEED") or ini.get("concurrency_seed")
-    )
-    if isinstance(seed_raw, str) and seed_raw.strip().lower() == "last":
-        cli["concurrency_seed"] = str(last_seed(config))
-    settings = resolve(cli=cli, env=env, ini=ini)
+    ini["concurrency_all"] = config.getini("concurrency_all")
+    settings = resolve(cli=cli, env=env, ini=ini, last_seed=lambda: last_seed(config))
+    options = resolve_session_options(cli=cli, env=env, ini=ini)
     session_seed = settings.seed if settings.seed is not None else worker_seed(config)
-    settings = settings.__class__(**{**settings.__dict__, "seed": None})
-    run_all = config.getoption("concurrency_all")
-    if run_all is None:
-        run_all = (
-            env_flag("ALL")
-            if os.environ.get(ENV_PREFIX + "ALL")
-            else bool(config.getini("concurrency_all"))
-        )
-    json_path = config.getoption("concurrency_json") or os.environ.get(ENV_PREFIX + "JSON")
-    plot_dir = config.getoption("concurrency_plot") or os.environ.get(ENV_PREFIX + "PLOT")
     return ConcurrencySession(
         config,
-        settings=settings,
+        settings=dataclasses.replace(settings, seed=None),
         session_seed=session_seed,
-        run_all=bool(run_all),
+        run_all=options.run_all,
         unsafe_fixtures=config.getini("concurrency_unsafe_fixtures"),
-        json_path=Path(json_path).resolve() if json_path else None,
-        plot_dir=Path(plot_dir).resolve() if plot_dir else None,
+        json_path=Path(options.json_path).resolve() if options.json_path else None,
+        plot_dir=Path(options.plot_dir).resolve() if options.plot_dir else None,
     )
-
-
-def env_flag(name: str) -> bool:
-    from pytest_concurrency.engine.settings import Source, parse_bool
-
-    raw = os.environ.get(ENV_PREFIX + name, "")
-    return parse_bool(raw, Source("environment", ENV_PREFIX + name))
 
 
 def last_seed(config: pytest.Config) -> int:
