@@ -271,3 +271,21 @@ def test_entries_and_json_document() -> None:
     document = report.json_document({"seed": 1}, [entry, serial])
     assert document["tests"] == [entry] and document["serial"] == [serial]
     assert document["scaling"] == []
+
+
+# -- leaks ------------------------------------------------------------------------------------
+
+
+def test_the_task_ledger_holds_one_test_at_most() -> None:
+    from pytest_concurrency.engine.leaks import TaskLedger
+
+    ledger = TaskLedger()
+    ledger.note(["'Task-1' (old)"])
+    first = ledger.mark()
+    ledger.note(["'Task-2' (poll)", "'Task-3' (feed)"])
+    assert ledger.since(first) == ("'Task-2' (poll)", "'Task-3' (feed)")
+    second = ledger.mark()
+    assert len(ledger) == 0
+    assert ledger.since(second) == ()
+    ledger.note(["'Task-4' (late)"])
+    assert ledger.since(second) == ("'Task-4' (late)",)

@@ -22,8 +22,35 @@ from typing import Any
 from pytest_concurrency.messages import LEAK_MESSAGE
 
 GRACE_SECONDS = 0.2
-_LEFTOVER_TASKS: list[str] = []
-"""Every task found pending when a plugin event loop closed, in order (see ``tasks_seen``)."""
+
+
+class TaskLedger:
+    """The tasks found pending when a plugin event loop closed, since the last snapshot.
+
+    Tests run one after another, so only the newest snapshot is ever compared: taking one
+    forgets what came before it, and the ledger holds one test's leftovers at most."""
+
+    def __init__(self) -> None:
+        self._first = 0  # how many names were forgotten before ``_names[0]``
+        self._names: list[str] = []
+
+    def note(self, names: Iterable[str]) -> None:
+        self._names.extend(names)
+
+    def mark(self) -> int:
+        """Forget what was noted so far; the position from which the next names count."""
+        self._first += len(self._names)
+        self._names.clear()
+        return self._first
+
+    def since(self, mark: int) -> tuple[str, ...]:
+        return tuple(self._names[max(0, mark - self._first) :])
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+LEFTOVER_TASKS = TaskLedger()
 
 
 @dataclass(frozen=True)
@@ -107,14 +134,14 @@ def describe_task(task: Any) -> str:
 def note_leftover_tasks(tasks: Iterable[Any]) -> None:
     """Tasks still pending when a plugin event loop closes: the test (or its fixtures) started
     them and never awaited or cancelled them. Called before the loop cancels them."""
-    _LEFTOVER_TASKS.extend(describe_task(task) for task in tasks)
+    LEFTOVER_TASKS.note(describe_task(task) for task in tasks)
 
 
 def take_snapshot() -> Snapshot:
     return Snapshot(
         threads=frozenset(t.ident for t in threading.enumerate() if t.ident is not None),
         children=child_pids(),
-        tasks_seen=len(_LEFTOVER_TASKS),
+        tasks_seen=LEFTOVER_TASKS.mark(),
     )
 
 
@@ -133,7 +160,7 @@ def find_leaks(
     return Leaks(
         threads=tuple(t.name for t in _new_threads(before, ignore)),
         children=tuple(sorted(children)),
-        tasks=tuple(_LEFTOVER_TASKS[before.tasks_seen :]),
+        tasks=LEFTOVER_TASKS.since(before.tasks_seen),
     )
 
 
