@@ -817,11 +817,6 @@ def _adopt_in(owner: Any, path: str) -> None:
                 _patch.set(owner, name, value, TrackedLock.adopt(value, f"{path}.{name}"))
 
 
-def patched_names() -> list[str]:
-    """ "threading.Lock", ...: what the open window replaced (empty when none is open)."""
-    return [f"{getattr(owner, '__name__', owner)}.{name}" for owner, name, _, _ in _patch.replaced]
-
-
 def originals_in_place() -> bool:
     """True when ``threading`` and ``time`` hold their own primitives again."""
     return all(getattr(owner, name) is original for owner, name, original in _PATCHED_ATTRIBUTES)
