@@ -7,13 +7,16 @@ bound, the lock-order graph, and the scheduler driven by hand-written thread loo
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import random
 import re
 import shlex
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -280,6 +283,58 @@ def test_a_failure_inside_the_window_still_restores_everything() -> None:
         assert not primitives.originals_in_place()
         1 / 0  # noqa: B018
     assert primitives.originals_in_place()
+
+
+LAZY_MODULE = """
+import threading
+from threading import Condition, Lock, RLock
+from time import sleep as nap
+
+LOCK_FACTORY = threading.Lock
+NOT_A_PRIMITIVE = 42
+"""
+
+
+def test_a_module_first_imported_inside_the_window_gets_the_originals_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = "lazy_locks_for_the_window"
+    (tmp_path / f"{name}.py").write_text(LAZY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert name not in sys.modules
+    try:
+        with tracked_primitives():
+            lazy = importlib.import_module(name)
+            assert lazy.Lock is primitives.TrackedLock  # bound while the window was open
+            assert lazy.nap is primitives.tracked_sleep
+        assert lazy.Lock is threading.Lock is primitives.ORIGINAL_LOCK
+        assert lazy.LOCK_FACTORY is primitives.ORIGINAL_LOCK
+        assert lazy.RLock is threading.RLock is primitives.ORIGINAL_RLOCK
+        assert lazy.Condition is threading.Condition is primitives.ORIGINAL_CONDITION
+        assert lazy.nap is time.sleep is primitives.ORIGINAL_SLEEP
+        assert lazy.NOT_A_PRIMITIVE == 42
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_an_attribute_that_refuses_to_be_put_back_raises_once_the_rest_is_back() -> None:
+    class Fickle:
+        refuse = False
+
+        def __setattr__(self, name: str, value: object) -> None:
+            if Fickle.refuse:
+                raise AttributeError(f"{name} is read-only now")
+            object.__setattr__(self, name, value)
+
+    fickle, plain = Fickle(), types.SimpleNamespace()
+    patch = primitives._Patch()
+    patch.set(plain, "lock", "original", "replacement")
+    patch.set(fickle, "lock", "original", "replacement")  # put back first: the last set
+    Fickle.refuse = True
+    with pytest.raises(AttributeError, match="read-only"):
+        patch.restore()
+    assert plain.lock == "original"
+    assert not patch.replaced
 
 
 def test_the_watchdog_breaks_a_real_deadlock_with_one_error_naming_the_cycle() -> None:

@@ -4,7 +4,8 @@ While a *window* is open (:func:`tracked_primitives`, one per concurrent thread 
 setup to its teardown) ``threading.Lock``, ``threading.RLock``, ``threading.Condition`` and
 ``time.sleep`` are replaced, in the ``threading`` and ``time`` modules and wherever the user's
 own modules bound them by name (``from threading import Lock``); everything is put back when
-the window closes, even on failure. ``Event``, ``Semaphore``, ``BoundedSemaphore``, ``Barrier``
+the window closes, even on failure, and so are the bindings modules first imported inside the
+window made of the replacements. ``Event``, ``Semaphore``, ``BoundedSemaphore``, ``Barrier``
 and ``queue.Queue`` build themselves from ``Lock`` and ``Condition``, so the ones made inside
 the window are tracked too. Objects made before the window (at import time) stay untracked.
 
@@ -748,24 +749,61 @@ _PATCHED_ATTRIBUTES: tuple[tuple[ModuleType, str, object], ...] = (
     (threading, "Condition", ORIGINAL_CONDITION),
     (time, "sleep", ORIGINAL_SLEEP),
 )
+_ORIGINAL_OF: tuple[tuple[object, object], ...] = tuple(
+    (REPLACEMENTS[id(original)], original) for _, _, original in _PATCHED_ATTRIBUTES
+)
+"""(replacement, original): what a module imported inside the window gets back at its close."""
 
 
 @dataclass
 class _Patch:
-    """The attributes one window replaced, to put back."""
+    """The attributes one window replaced, to put back, and the modules imported before it."""
 
     replaced: list[tuple[Any, str, object, object]] = field(default_factory=list)
+    modules_before: frozenset[str] | None = None
+
+    def begin(self) -> None:
+        self.modules_before = frozenset(sys.modules.copy())
 
     def set(self, owner: Any, name: str, original: object, replacement: object) -> None:
         setattr(owner, name, replacement)
         self.replaced.append((owner, name, original, replacement))
 
     def restore(self) -> None:
-        for owner, name, original, replacement in reversed(self.replaced):
-            with contextlib.suppress(Exception):
-                if owner.__dict__.get(name) is replacement:
+        """Put back every replaced attribute, then the primitives that modules first imported
+        inside the window bound (``from threading import Lock``). An attribute that refuses to
+        be put back (a user object's ``__setattr__``) raises, once everything else is back."""
+        replaced, self.replaced = self.replaced, []
+        before, self.modules_before = self.modules_before, None
+        refused: AttributeError | TypeError | None = None
+        for owner, name, original, replacement in reversed(replaced):
+            if owner.__dict__.get(name) is replacement:
+                try:
                     setattr(owner, name, original)
-        self.replaced.clear()
+                except (AttributeError, TypeError) as error:  # what _adopt_in set may refuse
+                    refused = refused or error
+        if before is not None:
+            _restore_imported_since(before)
+        if refused is not None:
+            raise refused
+
+
+def _restore_imported_since(before: frozenset[str]) -> None:
+    """Modules imported inside the window that bound a replacement at module level get the
+    original back; a binding under the replacement's own name (``from ... import
+    TrackedLock``) was meant and stays."""
+    for module_name, module in sys.modules.copy().items():
+        if module_name in before:
+            continue
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for name, value in list(namespace.items()):
+            for replacement, original in _ORIGINAL_OF:
+                if value is replacement:
+                    if name != getattr(replacement, "__name__", None):
+                        namespace[name] = original
+                    break
 
 
 _patch = _Patch()
@@ -784,6 +822,7 @@ def _user_modules(is_user_file: Callable[[str], bool] | None) -> list[ModuleType
 
 
 def _open(is_user_file: Callable[[str], bool] | None) -> None:
+    _patch.begin()
     for owner, name, original in _PATCHED_ATTRIBUTES:
         _patch.set(owner, name, original, REPLACEMENTS[id(original)])
     for module in _user_modules(is_user_file):
