@@ -28,7 +28,7 @@ from pytest_concurrency.engine import settings
 from pytest_concurrency.engine.outcomes import CallFailure, RunRecord
 from pytest_concurrency.engine.seeds import run_seed
 from pytest_concurrency.errors import DeadlockError
-from pytest_concurrency.races import primitives, scheduler, strategies
+from pytest_concurrency.races import originals, primitives, scheduler, strategies, tracked
 from pytest_concurrency.races.lockgraph import LockOrderGraph, OrderEdge, wait_cycle
 from pytest_concurrency.races.primitives import tracked_primitives
 from pytest_concurrency.races.scheduler import ControlledScheduler, make_scheduler
@@ -251,7 +251,7 @@ def test_tracked_primitives_behave_like_the_real_ones_and_are_put_back() -> None
     originals = (threading.Lock, threading.RLock, threading.Condition, time.sleep)
     with tracked_primitives():
         lock, rlock = threading.Lock(), threading.RLock()
-        assert isinstance(lock, primitives.TrackedLock)
+        assert isinstance(lock, tracked.TrackedLock)
         assert lock.acquire() and not lock.acquire(False) and lock.locked()
         lock.release()
         with pytest.raises(RuntimeError):
@@ -305,13 +305,13 @@ def test_a_module_first_imported_inside_the_window_gets_the_originals_back(
     try:
         with tracked_primitives():
             lazy = importlib.import_module(name)
-            assert lazy.Lock is primitives.TrackedLock  # bound while the window was open
-            assert lazy.nap is primitives.tracked_sleep
-        assert lazy.Lock is threading.Lock is primitives.ORIGINAL_LOCK
-        assert lazy.LOCK_FACTORY is primitives.ORIGINAL_LOCK
-        assert lazy.RLock is threading.RLock is primitives.ORIGINAL_RLOCK
-        assert lazy.Condition is threading.Condition is primitives.ORIGINAL_CONDITION
-        assert lazy.nap is time.sleep is primitives.ORIGINAL_SLEEP
+            assert lazy.Lock is tracked.TrackedLock  # bound while the window was open
+            assert lazy.nap is tracked.tracked_sleep
+        assert lazy.Lock is threading.Lock is originals.ORIGINAL_LOCK
+        assert lazy.LOCK_FACTORY is originals.ORIGINAL_LOCK
+        assert lazy.RLock is threading.RLock is originals.ORIGINAL_RLOCK
+        assert lazy.Condition is threading.Condition is originals.ORIGINAL_CONDITION
+        assert lazy.nap is time.sleep is originals.ORIGINAL_SLEEP
         assert lazy.NOT_A_PRIMITIVE == 42
     finally:
         sys.modules.pop(name, None)
@@ -763,7 +763,7 @@ def test_restored_after_a_failing_series() -> None:
     sched = make_scheduler("random", roots=[HERE], seed=1, workers=2)
     drive(sched, two_locks_opposite_order, runs=20)
     assert primitives.originals_in_place()
-    assert threading.Lock is primitives.ORIGINAL_LOCK
+    assert threading.Lock is originals.ORIGINAL_LOCK
 
 
 def test_a_tracer_beneath_ours_still_sees_the_schedulers_own_code() -> None:

@@ -10,7 +10,7 @@ come back. Scheduling points are
   tracing layer (``sys.settrace`` opcode events on 3.10/3.11, ``sys.monitoring`` on 3.12+,
   filtered by :mod:`pytest_concurrency.races.codefilter`), and
 * every operation on a tracked lock, condition, event, semaphore, barrier or queue and every
-  ``time.sleep`` (:mod:`pytest_concurrency.races.primitives`), where a worker that would block
+  ``time.sleep`` (:mod:`pytest_concurrency.races.tracked`), where a worker that would block
   *blocks in the scheduler* instead, so that another worker can run.
 
 Between two points a worker runs alone, so a run is one interleaving, chosen from the run's
@@ -23,7 +23,7 @@ degrades to ordinary threading for that step rather than hanging; the report say
 When no worker can go on the scheduler decides what happens next: a timed wait times out (the
 earliest virtual deadline first), or, if every worker waits for a lock held by another, or
 still waits after :data:`IDLE_GRACE`, it is a deadlock: the cycle is reported and every
-blocked worker raises :class:`~pytest_concurrency.races.primitives.DeadlockError`.
+blocked worker raises :class:`~pytest_concurrency.errors.DeadlockError`.
 
 Pure module: no pytest import.
 """
@@ -50,13 +50,8 @@ from pytest_concurrency.engine.outcomes import RunRecord
 from pytest_concurrency.engine.seeds import derive_seed
 from pytest_concurrency.errors import DeadlockError, ScheduleAborted
 from pytest_concurrency.races.lockgraph import UNKNOWN_SITE, Site, format_site, wait_cycle
-from pytest_concurrency.races.primitives import (
-    CONTROL,
-    ORIGINAL_SLEEP,
-    TRACKER,
-    Blocked,
-    tracked_primitives,
-)
+from pytest_concurrency.races.originals import ORIGINAL_SLEEP
+from pytest_concurrency.races.primitives import tracked_primitives
 from pytest_concurrency.races.strategies import (
     DEFAULT_DEPTH,
     STRATEGY_PCT,
@@ -66,6 +61,7 @@ from pytest_concurrency.races.strategies import (
     Strategy,
     make_strategy,
 )
+from pytest_concurrency.races.tracker import CONTROL, TRACKER, Blocked
 
 _allocate_lock = _thread.allocate_lock
 _get_ident = _thread.get_ident
@@ -216,7 +212,7 @@ class _TracerHook:
 
 
 class ControlledWorker:
-    """The :class:`~pytest_concurrency.races.primitives.Controller` of one worker in one run."""
+    """The :class:`~pytest_concurrency.races.tracker.Controller` of one worker in one run."""
 
     __slots__ = ("busy", "index", "run", "scheduler")
 
