@@ -24,6 +24,8 @@ MACHINERY = (
     "pytest_concurrency.races.tracker",
     "pytest_concurrency.races.tracked",
     "pytest_concurrency.races.primitives",
+    "pytest_concurrency.races.runstate",
+    "pytest_concurrency.races.runreport",
     "pytest_concurrency.races.scheduler",
     "pytest_concurrency.runners.processes",
     "multiprocessing",

@@ -28,7 +28,15 @@ from pytest_concurrency.engine import settings
 from pytest_concurrency.engine.outcomes import CallFailure, RunRecord
 from pytest_concurrency.engine.seeds import run_seed
 from pytest_concurrency.errors import DeadlockError
-from pytest_concurrency.races import originals, primitives, scheduler, strategies, tracked
+from pytest_concurrency.races import (
+    originals,
+    primitives,
+    runreport,
+    runstate,
+    scheduler,
+    strategies,
+    tracked,
+)
 from pytest_concurrency.races.lockgraph import LockOrderGraph, OrderEdge, wait_cycle
 from pytest_concurrency.races.primitives import tracked_primitives
 from pytest_concurrency.races.scheduler import ControlledScheduler, make_scheduler
@@ -168,11 +176,11 @@ def test_the_bound_counts_only_covered_clean_runs_without_detached_steps() -> No
     sched = make_scheduler("pct", roots=[HERE], seed=1, workers=2)
     covered = strategies.RunCoverage(True, 12)
     sched.runs = [
-        scheduler.RunSummary(2, 20, 9, 0, strategies.NOT_COVERED, True),  # the measuring run
-        scheduler.RunSummary(2, 20, 10, 0, covered, True),
-        scheduler.RunSummary(2, 20, 12, 0, covered, True),
-        scheduler.RunSummary(2, 20, 12, 0, covered, False),  # failed
-        scheduler.RunSummary(2, 20, 12, 1, covered, True),  # a step left the scheduler
+        runstate.RunSummary(2, 20, 9, 0, strategies.NOT_COVERED, True),  # the measuring run
+        runstate.RunSummary(2, 20, 10, 0, covered, True),
+        runstate.RunSummary(2, 20, 12, 0, covered, True),
+        runstate.RunSummary(2, 20, 12, 0, covered, False),  # failed
+        runstate.RunSummary(2, 20, 12, 1, covered, True),  # a step left the scheduler
     ]
     guarantee = sched.guarantee()
     assert guarantee is not None
@@ -708,15 +716,15 @@ def test_a_step_busy_past_its_deadline_is_detached_so_others_can_run(
 def test_consecutive_steps_of_a_worker_on_one_line_fold_into_one_line_of_the_report() -> None:
     site, other = (str(HERE / "x.py"), 3), (str(HERE / "x.py"), 4)
     steps = [
-        scheduler.Step(1, 0, site),
-        scheduler.Step(2, 0, site, "acquire Lock#1"),
-        scheduler.Step(3, 0, site, "waits for Barrier#2"),
-        scheduler.Step(4, 1, site),
-        scheduler.Step(5, 1, other),
-        scheduler.Step(6, 1, scheduler.NO_SITE, "end"),
-        scheduler.Step(7, 0, site),
+        runstate.Step(1, 0, site),
+        runstate.Step(2, 0, site, "acquire Lock#1"),
+        runstate.Step(3, 0, site, "waits for Barrier#2"),
+        runstate.Step(4, 1, site),
+        runstate.Step(5, 1, other),
+        runstate.Step(6, 1, runstate.NO_SITE, "end"),
+        runstate.Step(7, 0, site),
     ]
-    lines = scheduler.format_steps(steps)
+    lines = runreport.format_steps(steps)
     assert len(lines) == 5
     assert re.match(r"\s+step\s+1\s+worker 0\s+x.py:3\s+waits for Barrier#2.*\(x3\)$", lines[0])
     assert re.match(r"\s+step\s+4\s+worker 1\s+x.py:3", lines[1])

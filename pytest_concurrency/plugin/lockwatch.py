@@ -241,6 +241,6 @@ class LockWatch:
 
 def summarize(schedulers: Sequence[ControlledScheduler]) -> dict[str, Any]:
     """One summary for the schedulers of a test (the harness makes one per worker count)."""
-    from pytest_concurrency.races.scheduler import summary_of
+    from pytest_concurrency.races.runreport import summary_of
 
     return summary_of(schedulers)
