@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_concurrency import messages
-from pytest_concurrency.races import primitives
+from pytest_concurrency.races import tracker
 from pytest_concurrency.runners import hangs
 
 SITE = ("/work/app/store.py", 12)
@@ -25,7 +25,7 @@ def waits_on(monkeypatch: pytest.MonkeyPatch, holder: int | None) -> None:
     def waiting_on(ident: int) -> Any:
         return ("Lock#3", SITE, holder, TAKEN_AT) if ident == ME else None
 
-    monkeypatch.setattr(primitives.TRACKER, "waiting_on", waiting_on)
+    monkeypatch.setattr(tracker.TRACKER, "waiting_on", waiting_on)
 
 
 def ended_thread_ident() -> int:
@@ -44,7 +44,7 @@ def test_no_wait_line_for_a_thread_that_waits_on_no_tracked_lock(
 
 
 def test_no_wait_line_when_lock_tracking_never_ran(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "pytest_concurrency.races.primitives")
+    monkeypatch.delitem(sys.modules, "pytest_concurrency.races.tracker")
     assert hangs.lock_wait(ME, {}) is None
 
 
@@ -56,7 +56,7 @@ def test_a_free_lock_is_said_to_be_held_by_nobody(monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_lock_held_through_an_old_reference_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    waits_on(monkeypatch, holder=primitives.UNKNOWN_HOLDER)
+    waits_on(monkeypatch, holder=tracker.UNKNOWN_HOLDER)
     line = hangs.lock_wait(ME, {})
     assert line is not None and "reference taken before the test began" in line
 

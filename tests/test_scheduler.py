@@ -7,13 +7,16 @@ bound, the lock-order graph, and the scheduler driven by hand-written thread loo
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import random
 import re
 import shlex
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,15 @@ from pytest_concurrency.engine import settings
 from pytest_concurrency.engine.outcomes import CallFailure, RunRecord
 from pytest_concurrency.engine.seeds import run_seed
 from pytest_concurrency.errors import DeadlockError
-from pytest_concurrency.races import primitives, scheduler, strategies
+from pytest_concurrency.races import (
+    originals,
+    primitives,
+    runreport,
+    runstate,
+    scheduler,
+    strategies,
+    tracked,
+)
 from pytest_concurrency.races.lockgraph import LockOrderGraph, OrderEdge, wait_cycle
 from pytest_concurrency.races.primitives import tracked_primitives
 from pytest_concurrency.races.scheduler import ControlledScheduler, make_scheduler
@@ -165,11 +176,11 @@ def test_the_bound_counts_only_covered_clean_runs_without_detached_steps() -> No
     sched = make_scheduler("pct", roots=[HERE], seed=1, workers=2)
     covered = strategies.RunCoverage(True, 12)
     sched.runs = [
-        scheduler.RunSummary(2, 20, 9, 0, strategies.NOT_COVERED, True),  # the measuring run
-        scheduler.RunSummary(2, 20, 10, 0, covered, True),
-        scheduler.RunSummary(2, 20, 12, 0, covered, True),
-        scheduler.RunSummary(2, 20, 12, 0, covered, False),  # failed
-        scheduler.RunSummary(2, 20, 12, 1, covered, True),  # a step left the scheduler
+        runstate.RunSummary(2, 20, 9, 0, strategies.NOT_COVERED, True),  # the measuring run
+        runstate.RunSummary(2, 20, 10, 0, covered, True),
+        runstate.RunSummary(2, 20, 12, 0, covered, True),
+        runstate.RunSummary(2, 20, 12, 0, covered, False),  # failed
+        runstate.RunSummary(2, 20, 12, 1, covered, True),  # a step left the scheduler
     ]
     guarantee = sched.guarantee()
     assert guarantee is not None
@@ -248,7 +259,7 @@ def test_tracked_primitives_behave_like_the_real_ones_and_are_put_back() -> None
     originals = (threading.Lock, threading.RLock, threading.Condition, time.sleep)
     with tracked_primitives():
         lock, rlock = threading.Lock(), threading.RLock()
-        assert isinstance(lock, primitives.TrackedLock)
+        assert isinstance(lock, tracked.TrackedLock)
         assert lock.acquire() and not lock.acquire(False) and lock.locked()
         lock.release()
         with pytest.raises(RuntimeError):
@@ -280,6 +291,58 @@ def test_a_failure_inside_the_window_still_restores_everything() -> None:
         assert not primitives.originals_in_place()
         1 / 0  # noqa: B018
     assert primitives.originals_in_place()
+
+
+LAZY_MODULE = """
+import threading
+from threading import Condition, Lock, RLock
+from time import sleep as nap
+
+LOCK_FACTORY = threading.Lock
+NOT_A_PRIMITIVE = 42
+"""
+
+
+def test_a_module_first_imported_inside_the_window_gets_the_originals_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = "lazy_locks_for_the_window"
+    (tmp_path / f"{name}.py").write_text(LAZY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert name not in sys.modules
+    try:
+        with tracked_primitives():
+            lazy = importlib.import_module(name)
+            assert lazy.Lock is tracked.TrackedLock  # bound while the window was open
+            assert lazy.nap is tracked.tracked_sleep
+        assert lazy.Lock is threading.Lock is originals.ORIGINAL_LOCK
+        assert lazy.LOCK_FACTORY is originals.ORIGINAL_LOCK
+        assert lazy.RLock is threading.RLock is originals.ORIGINAL_RLOCK
+        assert lazy.Condition is threading.Condition is originals.ORIGINAL_CONDITION
+        assert lazy.nap is time.sleep is originals.ORIGINAL_SLEEP
+        assert lazy.NOT_A_PRIMITIVE == 42
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_an_attribute_that_refuses_to_be_put_back_raises_once_the_rest_is_back() -> None:
+    class Fickle:
+        refuse = False
+
+        def __setattr__(self, name: str, value: object) -> None:
+            if Fickle.refuse:
+                raise AttributeError(f"{name} is read-only now")
+            object.__setattr__(self, name, value)
+
+    fickle, plain = Fickle(), types.SimpleNamespace()
+    patch = primitives._Patch()
+    patch.set(plain, "lock", "original", "replacement")
+    patch.set(fickle, "lock", "original", "replacement")  # put back first: the last set
+    Fickle.refuse = True
+    with pytest.raises(AttributeError, match="read-only"):
+        patch.restore()
+    assert plain.lock == "original"
+    assert not patch.replaced
 
 
 def test_the_watchdog_breaks_a_real_deadlock_with_one_error_naming_the_cycle() -> None:
@@ -653,15 +716,15 @@ def test_a_step_busy_past_its_deadline_is_detached_so_others_can_run(
 def test_consecutive_steps_of_a_worker_on_one_line_fold_into_one_line_of_the_report() -> None:
     site, other = (str(HERE / "x.py"), 3), (str(HERE / "x.py"), 4)
     steps = [
-        scheduler.Step(1, 0, site),
-        scheduler.Step(2, 0, site, "acquire Lock#1"),
-        scheduler.Step(3, 0, site, "waits for Barrier#2"),
-        scheduler.Step(4, 1, site),
-        scheduler.Step(5, 1, other),
-        scheduler.Step(6, 1, scheduler.NO_SITE, "end"),
-        scheduler.Step(7, 0, site),
+        runstate.Step(1, 0, site),
+        runstate.Step(2, 0, site, "acquire Lock#1"),
+        runstate.Step(3, 0, site, "waits for Barrier#2"),
+        runstate.Step(4, 1, site),
+        runstate.Step(5, 1, other),
+        runstate.Step(6, 1, runstate.NO_SITE, "end"),
+        runstate.Step(7, 0, site),
     ]
-    lines = scheduler.format_steps(steps)
+    lines = runreport.format_steps(steps)
     assert len(lines) == 5
     assert re.match(r"\s+step\s+1\s+worker 0\s+x.py:3\s+waits for Barrier#2.*\(x3\)$", lines[0])
     assert re.match(r"\s+step\s+4\s+worker 1\s+x.py:3", lines[1])
@@ -708,7 +771,7 @@ def test_restored_after_a_failing_series() -> None:
     sched = make_scheduler("random", roots=[HERE], seed=1, workers=2)
     drive(sched, two_locks_opposite_order, runs=20)
     assert primitives.originals_in_place()
-    assert threading.Lock is primitives.ORIGINAL_LOCK
+    assert threading.Lock is originals.ORIGINAL_LOCK
 
 
 def test_a_tracer_beneath_ours_still_sees_the_schedulers_own_code() -> None:

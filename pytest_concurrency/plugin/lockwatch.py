@@ -34,8 +34,8 @@ from pytest_concurrency.plugin.items import SERIAL_KEY, SETTINGS_KEY, is_async_t
 
 if TYPE_CHECKING:
     from pytest_concurrency.plugin.session import ConcurrencySession
-    from pytest_concurrency.races.primitives import LockTracker
     from pytest_concurrency.races.scheduler import ControlledScheduler
+    from pytest_concurrency.races.tracker import LockTracker
 
 LOCKWATCH_NAME = "concurrency-lockwatch"
 MODE_THREADS = "threads"
@@ -241,6 +241,6 @@ class LockWatch:
 
 def summarize(schedulers: Sequence[ControlledScheduler]) -> dict[str, Any]:
     """One summary for the schedulers of a test (the harness makes one per worker count)."""
-    from pytest_concurrency.races.scheduler import summary_of
+    from pytest_concurrency.races.runreport import summary_of
 
     return summary_of(schedulers)

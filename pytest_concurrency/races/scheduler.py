@@ -10,7 +10,7 @@ come back. Scheduling points are
   tracing layer (``sys.settrace`` opcode events on 3.10/3.11, ``sys.monitoring`` on 3.12+,
   filtered by :mod:`pytest_concurrency.races.codefilter`), and
 * every operation on a tracked lock, condition, event, semaphore, barrier or queue and every
-  ``time.sleep`` (:mod:`pytest_concurrency.races.primitives`), where a worker that would block
+  ``time.sleep`` (:mod:`pytest_concurrency.races.tracked`), where a worker that would block
   *blocks in the scheduler* instead, so that another worker can run.
 
 Between two points a worker runs alone, so a run is one interleaving, chosen from the run's
@@ -23,7 +23,10 @@ degrades to ordinary threading for that step rather than hanging; the report say
 When no worker can go on the scheduler decides what happens next: a timed wait times out (the
 earliest virtual deadline first), or, if every worker waits for a lock held by another, or
 still waits after :data:`IDLE_GRACE`, it is a deadlock: the cycle is reported and every
-blocked worker raises :class:`~pytest_concurrency.races.primitives.DeadlockError`.
+blocked worker raises :class:`~pytest_concurrency.errors.DeadlockError`.
+
+The state of a run is in :mod:`pytest_concurrency.races.runstate`, what the scheduler reports
+of runs and tests in :mod:`pytest_concurrency.races.runreport`.
 
 Pure module: no pytest import.
 """
@@ -32,40 +35,36 @@ from __future__ import annotations
 
 import _thread
 import contextlib
-import hashlib
-import linecache
-import os
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from pytest_concurrency import messages
 from pytest_concurrency.engine.outcomes import RunRecord
 from pytest_concurrency.engine.seeds import derive_seed
 from pytest_concurrency.errors import DeadlockError, ScheduleAborted
-from pytest_concurrency.races.lockgraph import UNKNOWN_SITE, Site, format_site, wait_cycle
-from pytest_concurrency.races.primitives import (
-    CONTROL,
-    ORIGINAL_SLEEP,
-    TRACKER,
-    Blocked,
-    tracked_primitives,
+from pytest_concurrency.races.lockgraph import Site
+from pytest_concurrency.races.originals import ORIGINAL_SLEEP
+from pytest_concurrency.races.primitives import tracked_primitives
+from pytest_concurrency.races.runreport import deadlock_text, guarantee_of, run_notes, summary_of
+from pytest_concurrency.races.runstate import (
+    NO_SITE,
+    SLEEPING_STATES,
+    RunState,
+    RunSummary,
+    Status,
+    os_thread_state,
 )
 from pytest_concurrency.races.strategies import (
     DEFAULT_DEPTH,
     STRATEGY_PCT,
     Guarantee,
-    PCTStrategy,
-    RunCoverage,
     Strategy,
     make_strategy,
 )
+from pytest_concurrency.races.tracker import CONTROL, TRACKER, Blocked
 
 _allocate_lock = _thread.allocate_lock
 _get_ident = _thread.get_ident
@@ -81,123 +80,7 @@ WAIT_SLICE = 0.02
 IDLE_GRACE = 0.2
 """Seconds every worker must have been blocked on waits with no known holder before the
 scheduler calls it a deadlock (a thread outside the run might still notify)."""
-HISTORY_STEPS = 512
-SHOWN_LINES = 20
-"""Lines of interleaving in a failure report (a worker's steps on one line fold into one)."""
-SOURCE_WIDTH = 64
 MUTEX_TIMEOUT = 1.0
-
-
-class Status(Enum):
-    ARRIVING = "arriving"
-    READY = "ready"  # running, or waiting for the token (blocked or not)
-    DETACHED = "detached"  # ran past the step deadline; runs uncontrolled until its next point
-    DONE = "done"
-
-
-class Step(NamedTuple):
-    """One scheduling point: which worker, where, and what (empty for a shared-state access)."""
-
-    number: int
-    worker: int
-    site: Site
-    label: str = ""
-
-
-_STEP_KEYS: dict[tuple[Site, str], int] = {}
-FINGERPRINT_MASK = (1 << 64) - 1
-
-
-def step_key(site: Site, label: str) -> int:
-    """A number for (file name, line, kind of step), the same in every process."""
-    key = _STEP_KEYS.get((site, label))
-    if key is None:
-        kind = label.split(" ", 1)[0]
-        text = f"{os.path.basename(site[0])}:{site[1]}:{kind}"
-        key = _STEP_KEYS[(site, label)] = int.from_bytes(
-            hashlib.blake2b(text.encode(), digest_size=8).digest(), "big"
-        )
-    return key
-
-
-@dataclass
-class _Run:
-    """The state of one run: gates, statuses, what each blocked worker waits for, history."""
-
-    index: int
-    seed: int
-    workers: int
-    gates: list[Any]
-    status: list[Status]
-    idents: list[int]
-    native_ids: list[int]
-    blocked: list[Blocked | None]
-    doomed: list[str | None]
-    timed_out: list[bool]
-    virtual_deadline: list[float]
-    history: deque[Step] = field(default_factory=lambda: deque(maxlen=HISTORY_STEPS))
-    fingerprint: int = 0
-    current: int | None = None
-    arrived: int = 0
-    finished: int = 0
-    points: int = 0
-    decisions: int = 0
-    detaches: int = 0
-    progress_at: float = 0.0
-    sleep_until: float = 0.0
-    idle_since: float | None = None
-    asleep_since: tuple[float, float, int] | None = None  # (step began, first look, CPU ticks)
-    virtual_clock: float = 0.0
-    deadlock: str | None = None
-    aborted: bool = False
-    coverage: RunCoverage | None = None
-    clean: bool | None = None
-
-    @classmethod
-    def new(cls, index: int, seed: int, workers: int) -> _Run:
-        gates = []
-        for _ in range(workers):
-            gate = _allocate_lock()
-            gate.acquire()
-            gates.append(gate)
-        return cls(
-            index=index,
-            seed=seed,
-            workers=workers,
-            gates=gates,
-            status=[Status.ARRIVING] * workers,
-            idents=[0] * workers,
-            native_ids=[0] * workers,
-            blocked=[None] * workers,
-            doomed=[None] * workers,
-            timed_out=[False] * workers,
-            virtual_deadline=[0.0] * workers,
-        )
-
-    def record(self, worker: int, site: Site, label: str = "") -> None:
-        self.points += 1
-        if site == UNKNOWN_SITE:
-            return  # the plugin's own use of a primitive (the runner's barrier): not shown
-        self.history.append(Step(self.points, worker, site, label))
-        key = step_key(site, label) ^ (worker + 1)
-        self.fingerprint = (self.fingerprint * 1_000_003 + key) & FINGERPRINT_MASK
-
-    @property
-    def interleaving(self) -> str:
-        """The fingerprint of every step of the run, in order: equal for equal interleavings."""
-        return f"{self.fingerprint:016x}"
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What one finished run tells about the schedule (kept for the guarantee and the JSON)."""
-
-    workers: int
-    points: int
-    decisions: int
-    detaches: int
-    coverage: RunCoverage
-    clean: bool | None
 
 
 class _TracerHook:
@@ -216,11 +99,11 @@ class _TracerHook:
 
 
 class ControlledWorker:
-    """The :class:`~pytest_concurrency.races.primitives.Controller` of one worker in one run."""
+    """The :class:`~pytest_concurrency.races.tracker.Controller` of one worker in one run."""
 
     __slots__ = ("busy", "index", "run", "scheduler")
 
-    def __init__(self, scheduler: ControlledScheduler, run: _Run, index: int) -> None:
+    def __init__(self, scheduler: ControlledScheduler, run: RunState, index: int) -> None:
         self.scheduler = scheduler
         self.run = run
         self.index = index
@@ -282,8 +165,8 @@ class ControlledScheduler:
         self.tracer = seeded_perturbation(roots, seed)
         self.runs: list[RunSummary] = []
         self._mutex = _allocate_lock()
-        self._run: _Run | None = None
-        self._last: _Run | None = None
+        self._run: RunState | None = None
+        self._last: RunState | None = None
         self._window: contextlib.ExitStack | None = None
         TRACKER.controlled = TRACKER.active  # the runner made next needs cooperative barriers
         CREATED.append(self)
@@ -350,11 +233,11 @@ class ControlledScheduler:
 
     # -- arrivals and departures ----------------------------------------------------------
 
-    def _arrive(self, worker: int, index: int, run_seed: int) -> _Run:
+    def _arrive(self, worker: int, index: int, run_seed: int) -> RunState:
         with self._mutex:
             run = self._run
             if run is None:
-                run = self._run = _Run.new(index, run_seed, self.workers)
+                run = self._run = RunState.new(index, run_seed, self.workers)
                 run.progress_at = _monotonic()
                 self.strategy.begin_run(self.workers, derive_seed("schedule", self.seed, run_seed))
             run.status[worker] = Status.READY
@@ -365,7 +248,7 @@ class ControlledScheduler:
                 self._hand_over(run, None)
             return run
 
-    def _finish(self, run: _Run, worker: int) -> None:
+    def _finish(self, run: RunState, worker: int) -> None:
         with self._mutex:
             if run.status[worker] is Status.DONE:
                 return
@@ -377,7 +260,7 @@ class ControlledScheduler:
             elif run.current in (worker, None) and not run.aborted:
                 self._hand_over(run, worker)
 
-    def _end_run(self, run: _Run) -> None:
+    def _end_run(self, run: RunState) -> None:
         run.current = None
         run.coverage = self.strategy.end_run(run.decisions)
         if self._run is run:
@@ -389,7 +272,7 @@ class ControlledScheduler:
 
     # -- scheduling points ----------------------------------------------------------------
 
-    def _point(self, run: _Run, worker: int, site: Site, label: str) -> None:
+    def _point(self, run: RunState, worker: int, site: Site, label: str) -> None:
         __tracebackhide__ = True
         with self._mutex:
             if run.aborted:
@@ -401,14 +284,14 @@ class ControlledScheduler:
                 self._hand_over(run, worker)
         self._await_turn(run, worker)
 
-    def _rejoin(self, run: _Run, worker: int, site: Site) -> None:
+    def _rejoin(self, run: RunState, worker: int, site: Site) -> None:
         """A detached worker is back at a point: it takes the token if nobody has it."""
         run.status[worker] = Status.READY
         run.record(worker, site, "rejoins")
         if run.current is None:
             self._give(run, worker)
 
-    def _block(self, run: _Run, worker: int, blocked: Blocked) -> bool:
+    def _block(self, run: RunState, worker: int, blocked: Blocked) -> bool:
         __tracebackhide__ = True
         started = _monotonic()
         with self._mutex:
@@ -434,7 +317,7 @@ class ControlledScheduler:
             return False
         return True
 
-    def _sleep(self, run: _Run, worker: int, seconds: float, site: Site) -> None:
+    def _sleep(self, run: RunState, worker: int, seconds: float, site: Site) -> None:
         __tracebackhide__ = True
         with self._mutex:
             if run.aborted:
@@ -451,7 +334,7 @@ class ControlledScheduler:
         if alone and seconds > 0:
             self._sleep_until(run, _monotonic() + seconds)
 
-    def _sleep_until(self, run: _Run, deadline: float) -> None:
+    def _sleep_until(self, run: RunState, deadline: float) -> None:
         """Let real time pass while holding the token (nothing else could run meanwhile)."""
         __tracebackhide__ = True
         run.sleep_until = deadline
@@ -462,7 +345,7 @@ class ControlledScheduler:
 
     # -- who goes on ----------------------------------------------------------------------
 
-    def _enabled(self, run: _Run) -> list[int]:
+    def _enabled(self, run: RunState) -> list[int]:
         enabled = []
         for worker in range(run.workers):
             if run.status[worker] is not Status.READY:
@@ -477,7 +360,7 @@ class ControlledScheduler:
                 enabled.append(worker)
         return enabled
 
-    def _hand_over(self, run: _Run, running: int | None) -> None:
+    def _hand_over(self, run: RunState, running: int | None) -> None:
         """Pick who runs next (under the mutex) and open its gate; idle if nobody can."""
         enabled = self._enabled(run)
         if not enabled:
@@ -494,7 +377,7 @@ class ControlledScheduler:
             chosen = self.strategy.pick(enabled, running)
         self._give(run, chosen)
 
-    def _give(self, run: _Run, worker: int) -> None:
+    def _give(self, run: RunState, worker: int) -> None:
         """The token goes to ``worker``: its gate opens (it may be the caller, who then passes
         its own gate at once)."""
         run.current = worker
@@ -504,7 +387,7 @@ class ControlledScheduler:
         except RuntimeError:  # already open: the worker has not passed it yet
             pass
 
-    def _await_turn(self, run: _Run, worker: int) -> None:
+    def _await_turn(self, run: RunState, worker: int) -> None:
         __tracebackhide__ = True
         gate = run.gates[worker]
         while not gate.acquire(True, WAIT_SLICE):
@@ -515,7 +398,7 @@ class ControlledScheduler:
         if run.aborted:
             raise ScheduleAborted
 
-    def _poll(self, run: _Run) -> None:
+    def _poll(self, run: RunState) -> None:
         """A waiting worker's look around: detach an overdue step, retry an idle run."""
         if run.aborted or run.finished == run.workers:
             return
@@ -535,7 +418,7 @@ class ControlledScheduler:
             run.current = None
             self._hand_over(run, None)
 
-    def _overdue(self, run: _Run, worker: int, now: float) -> bool:
+    def _overdue(self, run: RunState, worker: int, now: float) -> bool:
         """Has the running worker left Python: past the step deadline, or asleep in the
         operating system (two looks, :data:`BLOCKED_AFTER` apart, without CPU time)?"""
         elapsed = now - run.progress_at
@@ -555,7 +438,7 @@ class ControlledScheduler:
 
     # -- nobody can go on -----------------------------------------------------------------
 
-    def _resolve_idle(self, run: _Run) -> None:
+    def _resolve_idle(self, run: RunState) -> None:
         """Nobody can go on: time out a timed wait, wait for outsiders, or call a deadlock."""
         if run.finished == run.workers or run.aborted:
             return
@@ -582,7 +465,7 @@ class ControlledScheduler:
             return
         self._declare_deadlock(run, waiting, holders)
 
-    def _holder(self, run: _Run, worker: int) -> int | None:
+    def _holder(self, run: RunState, worker: int) -> int | None:
         """The worker holding what ``worker`` waits for; None if nobody; OUTSIDE if a stranger."""
         blocked = run.blocked[worker]
         ident = blocked.holder() if blocked is not None else None
@@ -593,53 +476,15 @@ class ControlledScheduler:
         return OUTSIDE
 
     def _declare_deadlock(
-        self, run: _Run, waiting: list[int], holders: dict[int, int | None]
+        self, run: RunState, waiting: list[int], holders: dict[int, int | None]
     ) -> None:
-        text = self._deadlock_text(run, waiting, holders)
+        text = deadlock_text(run, waiting, holders)
         run.deadlock = text
         TRACKER.deadlocks.append(text)
         run.record(waiting[0], NO_SITE, "deadlock")
         for worker in waiting:
             run.doomed[worker] = text
         self._hand_over(run, None)
-
-    def _deadlock_text(self, run: _Run, waiting: list[int], holders: dict[int, int | None]) -> str:
-        lines = [messages.DEADLOCK_CONTROLLED_HEADLINE.format(run=run.index, step=run.points)]
-        for worker in waiting:
-            blocked = run.blocked[worker]
-            if blocked is None:
-                continue
-            holder = holders.get(worker)
-            if holder is None:
-                lines.append(
-                    messages.DEADLOCK_NO_HOLDER_LINE.format(
-                        who=f"worker {worker}", what=blocked.what, site=format_site(blocked.site)
-                    )
-                )
-            else:
-                lines.append(
-                    messages.DEADLOCK_WAIT_LINE.format(
-                        who=f"worker {worker}",
-                        what=blocked.what,
-                        site=format_site(blocked.site),
-                        holder=f"worker {holder}",
-                        taken_at=format_site(blocked.taken_at()),
-                    )
-                )
-        known = {w: h for w, h in holders.items() if h is not None}
-        cycle = wait_cycle(waiting[0], {w: w for w in known}, known)
-        for start in waiting:
-            if cycle is not None:
-                break
-            cycle = wait_cycle(start, {w: w for w in known}, known)
-        if cycle is not None:
-            parts = []
-            for worker, _ in cycle:
-                blocked = run.blocked[worker]
-                parts.append(f"worker {worker} -> {blocked.what if blocked else '?'}")
-            parts.append(f"worker {cycle[0][0]}")
-            lines.append(messages.DEADLOCK_CYCLE_LINE.format(cycle=" -> ".join(parts)))
-        return "\n".join(lines)
 
     # -- what the runner asks after each run ------------------------------------------------
 
@@ -674,7 +519,7 @@ class ControlledScheduler:
         finally:
             self._mutex.release()
 
-    def _account(self, run: _Run, *, clean: bool) -> None:
+    def _account(self, run: RunState, *, clean: bool) -> None:
         if run.clean is not None:
             return
         run.clean = clean
@@ -684,75 +529,13 @@ class ControlledScheduler:
                 last.workers, last.points, last.decisions, last.detaches, last.coverage, clean
             )
 
-    def _notes(self, run: _Run, record: RunRecord) -> list[str]:
+    def _notes(self, run: RunState, record: RunRecord) -> list[str]:
         name = self.strategy_name + (
             f", depth {self.depth}" if self.strategy_name == STRATEGY_PCT else ""
         )
-        lines = [
-            messages.SCHEDULE_NOTE.format(
-                strategy=name,
-                points=run.points,
-                decisions=run.decisions,
-                fingerprint=run.interleaving,
-            )
-        ]
-        if run.detaches:
-            lines.append(
-                messages.SCHEDULE_DETACHED.format(
-                    count=run.detaches, seconds=STEP_DEADLINE, blocked=2 * BLOCKED_AFTER
-                )
-            )
-        else:
-            lines.append(messages.SCHEDULE_EXACT)
-        steps, what = self._steps_before_failure(run, record)
-        folded = fold_steps(steps)[-SHOWN_LINES:]
-        if folded:
-            shown = sum(len(group) for group in folded)
-            lines.append(
-                messages.SCHEDULE_STEPS_TITLE.format(shown=shown, total=run.points, what=what)
-            )
-            lines.extend(_step_line(group) for group in folded)
-        if record.hung_workers:
-            lines.extend(self._state_lines(run))
-        return lines
-
-    def _steps_before_failure(self, run: _Run, record: RunRecord) -> tuple[list[Step], str]:
-        history = list(run.history)
-        if record.failures:  # up to the end of the first failing call
-            failure = record.failures[0]
-            ends = [
-                i
-                for i, step in enumerate(history)
-                if step.worker == failure.worker and step.label == "end"
-            ]
-            stop = ends[0] if ends else len(history) - 1
-            what = messages.SCHEDULE_BEFORE_FAILURE.format(
-                worker=failure.worker, error=failure.origin.exc_type
-            )
-            return history[: stop + 1], what
-        if record.hung_workers:
-            return history, messages.SCHEDULE_BEFORE_HANG
-        return history, messages.SCHEDULE_BEFORE_CHECK
-
-    def _state_lines(self, run: _Run) -> list[str]:
-        lines = []
-        for worker in range(run.workers):
-            status = run.status[worker]
-            blocked = run.blocked[worker]
-            if status is Status.DONE:
-                continue
-            if blocked is not None:
-                state = f"waits for {blocked.what} at {format_site(blocked.site)}"
-            elif status is Status.DETACHED:
-                state = messages.SCHEDULE_STATE_DETACHED
-            elif run.current == worker:
-                state = messages.SCHEDULE_STATE_RUNNING.format(
-                    seconds=_monotonic() - run.progress_at
-                )
-            else:
-                state = "waits for its turn"
-            lines.append(f"    worker {worker} {state}")
-        return lines
+        return run_notes(
+            run, record, name, step_deadline=STEP_DEADLINE, blocked_after=BLOCKED_AFTER
+        )
 
     # -- what the test's summary says -----------------------------------------------------
 
@@ -763,69 +546,7 @@ class ControlledScheduler:
         return guarantee_of([self])
 
 
-def guarantee_of(schedulers: Sequence[ControlledScheduler]) -> Guarantee | None:
-    """PCT's statement over the covered clean runs; None for random or when none count.
-
-    Each counted run found a given depth-d bug with probability at least 1/(n k^(d-1)) for its
-    own n and k; with the largest n and k of them, the stated bound holds for all.
-    """
-    pct = [s for s in schedulers if isinstance(s.strategy, PCTStrategy)]
-    counted = [
-        run
-        for s in pct
-        for run in s.runs
-        if run.clean and run.coverage.covered and not run.detaches
-    ]
-    if not pct or not counted:
-        return None
-    return Guarantee(
-        workers=max(run.workers for run in counted),
-        steps=max(run.coverage.steps_bound for run in counted),
-        depth=max(s.depth for s in pct),
-        clean_runs=len(counted),
-        runs=sum(len(s.runs) for s in pct),
-    )
-
-
-def summary_of(schedulers: Sequence[ControlledScheduler]) -> dict[str, Any]:
-    """The JSON-able summary of a test's controlled runs."""
-    runs = [run for s in schedulers for run in s.runs]
-    first = schedulers[0]
-    entry: dict[str, Any] = {
-        "strategy": first.strategy_name,
-        "workers": max(s.workers for s in schedulers),
-        "runs": len(runs),
-        "max_points": max((run.points for run in runs), default=0),
-        "max_decisions": max((run.decisions for run in runs), default=0),
-        "detached_runs": sum(1 for run in runs if run.detaches),
-    }
-    if first.strategy_name == STRATEGY_PCT:
-        entry["depth"] = first.depth
-        guarantee = guarantee_of(schedulers)
-        entry["guarantee"] = guarantee.as_dict() if guarantee is not None else None
-    return entry
-
-
-SLEEPING_STATES = frozenset("SD")
-"""/proc thread states of a thread waiting in the kernel (a lock, I/O, a sleep)."""
-
-
-def os_thread_state(native_id: int) -> tuple[str, int] | None:
-    """(state letter, CPU ticks) of a thread of this process from /proc; None elsewhere."""
-    try:
-        with open(f"/proc/self/task/{native_id}/stat", "rb") as stat:
-            text = stat.read().decode()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    try:
-        return fields[0], int(fields[11]) + int(fields[12])
-    except (IndexError, ValueError):
-        return None
-
-
 OUTSIDE = -1
-NO_SITE: Site = ("", 0)  # a step that is an event (end, detach, deadlock), not a line
 CREATED: list[ControlledScheduler] = []
 """Schedulers made since the last :func:`take_created` (the plugin reads them per test)."""
 
@@ -834,46 +555,6 @@ def take_created() -> list[ControlledScheduler]:
     made = list(CREATED)
     CREATED.clear()
     return made
-
-
-def fold_steps(steps: Sequence[Step]) -> list[list[Step]]:
-    """Steps grouped so that a worker's consecutive steps on one line of code are one group
-    (the accesses and synchronization calls of ``concurrency.barrier()`` fold into one); events
-    without a line (end, detached, deadlock) stay apart."""
-    groups: list[list[Step]] = []
-    for step in steps:
-        last = groups[-1][-1] if groups else None
-        if (
-            last is not None
-            and step.site[0]
-            and last.worker == step.worker
-            and last.site == step.site
-        ):
-            groups[-1].append(step)
-        else:
-            groups.append([step])
-    return groups
-
-
-def format_steps(steps: Sequence[Step]) -> list[str]:
-    """One line per group of :func:`fold_steps`."""
-    return [_step_line(group) for group in fold_steps(steps)]
-
-
-def _step_line(group: Sequence[Step]) -> str:
-    """ "step N  worker W  file:line  [what it did last there: ]source (xcount)"."""
-    step = group[0]
-    repeat = f" (x{len(group)})" if len(group) > 1 else ""
-    where = format_site(step.site) if step.site[0] else ""
-    label = next((s.label for s in reversed(group) if s.label), "")
-    if label and not step.site[0]:
-        text = label
-    else:
-        source = linecache.getline(step.site[0], step.site[1]).strip() if step.site[0] else ""
-        if len(source) > SOURCE_WIDTH:
-            source = source[: SOURCE_WIDTH - 3] + "..."
-        text = f"{label}: {source}" if label else source
-    return f"    step {step.number:>5}  worker {step.worker}  {where:<24} {text}{repeat}".rstrip()
 
 
 def make_scheduler(

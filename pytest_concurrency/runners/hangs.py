@@ -46,16 +46,16 @@ def lock_wait(ident: int, workers: Mapping[int, int]) -> str | None:
 
     ``workers`` maps thread idents to worker indexes, to name the holder.
     """
-    primitives = sys.modules.get("pytest_concurrency.races.primitives")
-    if primitives is None:  # lock tracking never ran in this process
+    tracker = sys.modules.get("pytest_concurrency.races.tracker")
+    if tracker is None:  # lock tracking never ran in this process
         return None
-    waiting = primitives.TRACKER.waiting_on(ident)
+    waiting = tracker.TRACKER.waiting_on(ident)
     if waiting is None:
         return None
     from pytest_concurrency.races.lockgraph import format_site
 
     what, site, holder, taken_at = waiting
-    if holder == primitives.UNKNOWN_HOLDER:
+    if holder == tracker.UNKNOWN_HOLDER:
         return messages.HANG_WAITS_ON_UNTRACKED_HOLDER.format(what=what, site=format_site(site))
     if holder is None:
         return messages.HANG_WAITS_ON_FREE_LOCK.format(what=what, site=format_site(site))
