@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections import deque
+from pathlib import Path
 
 import pytest
 
 from pytest_concurrency import messages
-from pytest_concurrency.runners import aio
+from pytest_concurrency.engine.outcomes import RunRecord
+from pytest_concurrency.runners import aio, make_perturbation, make_runner
+from pytest_concurrency.runners.base import RunPlan, Series
 
 SHOP = """
 import asyncio
@@ -149,6 +153,92 @@ def test_one_seed_is_one_schedule_and_another_seed_another(
     fifo = "".join(f"{w}{i}" for i in range(6) for w in range(4))
     assert first[0] == fifo == other[0]  # run 0 is plain FIFO order
     assert len(set(first[1:])) > 1
+
+
+def asyncio_traces(*, perturb: bool, seed: int, runs: int = 12, workers: int = 4) -> list[str]:
+    """The interleaving of every run of a series, straight from the runner ``make_runner``
+    builds for asyncio mode, with perturbation on or off (as the plugin makes it)."""
+    perturbation = make_perturbation(enabled=perturb, roots=[Path(__file__).parent], seed=seed)
+    runner = make_runner("asyncio", workers, perturbation=perturbation)
+    log: list[str] = []
+    traces: list[str] = []
+
+    async def step(worker: int) -> None:
+        for i in range(6):
+            log.append(f"{worker}{i}")
+            await asyncio.sleep(0)
+
+    def run_done(record: RunRecord) -> bool:
+        assert not record.failures, record.failures
+        traces.append("".join(log))
+        log.clear()
+        return True
+
+    calls = [functools.partial(step, worker) for worker in range(workers)]
+    series = Series(calls, RunPlan(runs), seed=seed, timeout=10, on_run_done=run_done)
+    try:
+        runner.run_series(series)
+    finally:
+        runner.close()
+    assert len(traces) == runs
+    return traces
+
+
+FIFO_TRACE = "".join(f"{w}{i}" for i in range(6) for w in range(4))
+
+
+def test_without_perturbation_every_asyncio_run_keeps_fifo_order() -> None:
+    """``perturb=False`` in asyncio mode: no seeded order, so tasks start and resume in FIFO
+    order (worker 0, 1, 2, ...) in every run, whatever the seed."""
+    for seed in (11, 12):
+        assert asyncio_traces(perturb=False, seed=seed) == [FIFO_TRACE] * 12
+    # the control: with perturbation on, the seeded runs after run 0 differ
+    on = asyncio_traces(perturb=True, seed=11)
+    assert on[0] == FIFO_TRACE
+    assert len(set(on[1:])) > 1
+
+
+def test_perturb_false_marker_and_option_keep_asyncio_runs_fifo(
+    pytester, run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(
+        test_fifo="""
+        import asyncio
+        import json
+        import os
+        import pytest
+
+        LOG = []
+
+        @pytest.mark.concurrent(mode="asyncio", workers=4, runs=12, perturb=False)
+        async def test_marked(concurrency):
+            if concurrency.worker == 0 and concurrency.run > 0:
+                LOG.append("|")
+            LOG.append(str(concurrency.worker))
+            await asyncio.sleep(0)
+
+        def test_record():
+            with open(os.environ["TRACE_FILE"], "a") as out:
+                out.write(json.dumps("".join(LOG)) + "\\n")
+        """
+    )
+    trace_file = pytester.path / "traces.jsonl"
+    monkeypatch.setenv("TRACE_FILE", str(trace_file))
+    for seed in ("11", "12"):
+        run(f"--concurrency-seed={seed}", "test_fifo.py").assert_outcomes(passed=2)
+    pytester.makepyfile(test_trace=TRACE)
+    for seed in ("11", "12"):
+        run(
+            f"--concurrency-seed={seed}",
+            "--concurrency-mode=asyncio",
+            "--concurrency-perturb=false",
+            "test_trace.py",
+        ).assert_outcomes(passed=1)
+    marked_11, marked_12, option_11, option_12 = (
+        json.loads(line) for line in trace_file.read_text().splitlines()
+    )
+    assert marked_11 == marked_12 == "|".join(["0123"] * 12)  # every run starts in FIFO order
+    assert option_11 == option_12 == [FIFO_TRACE] * 12
 
 
 def test_marked_async_test_runs_once_per_worker_with_its_identity_and_barrier(

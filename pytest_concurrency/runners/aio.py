@@ -4,7 +4,8 @@ The loop is a :class:`ScheduledEventLoop`: a stock selector loop whose ``_run_on
 a :class:`ReadyOrder` arrange the callbacks that are ready for this pass. Only *task steps* are
 moved (a task starting, or resuming after an ``await``); other callbacks (transports, futures'
 done callbacks) keep asyncio's documented FIFO order, so no protocol sees its calls reordered.
-How a run arranges them comes from its index and seed (:func:`order_for_run`):
+How a run arranges them comes from its index and seed (:func:`order_for_run`; with
+``perturb=False`` every run keeps FIFO order):
 
 * run 0 keeps plain FIFO order, which is what ``asyncio.gather`` on a fresh loop does;
 * odd runs shuffle the ready task steps of every pass;
@@ -451,8 +452,9 @@ class AsyncioRunner:
 
     mode = MODE
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, *, perturb: bool = True) -> None:
         self.workers = workers
+        self.perturb = perturb  # False (perturb=False): every run keeps FIFO order
         self._host: LoopHost | None = None
         self._usage_error: ConcurrencyUsageError | None = None
         self._abandoned: list[threading.Thread] = []
@@ -515,7 +517,7 @@ class AsyncioRunner:
         )
         barrier = TaskBarrier(self.workers)
         watch = RunWatch(record, {}, time.monotonic(), series.timeout, series.on_run_done)
-        loop.use_order(order_for_run(index, seed))
+        loop.use_order(order_for_run(index, seed) if self.perturb else FIFO)
         loop.watch = watch
         try:
             for worker in range(self.workers):
