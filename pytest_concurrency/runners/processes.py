@@ -66,6 +66,7 @@ from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation, Seed
 from pytest_concurrency.runners import child_coverage
 from pytest_concurrency.runners import process_child as child
 from pytest_concurrency.runners.base import Series, WorkerCall, drop_collateral
+from pytest_concurrency.runners.framework import NO_HOOKS, FrameworkHooks, SignalFactory
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
@@ -197,8 +198,11 @@ def call_location(call: object) -> tuple[str, int]:
 # -- what comes back: rebuild an exception that reads like the user's ---------------------
 
 
-def rebuild_exception(data: child.FailureData, worker: int) -> BaseException:
-    """The child's exception: the original if it unpickles, else a stand-in of the same name.
+def rebuild_exception(
+    data: child.FailureData, worker: int, signal: SignalFactory | None = None
+) -> BaseException:
+    """The child's exception: the original if it unpickles, else the framework's own skip or
+    xfail (``signal``, see :class:`~.framework.FrameworkHooks`) or a stand-in of the same name.
 
     Either way it carries the child's traceback text as a note, so the report shows the lines
     of the user's code that ran in the worker process.
@@ -209,7 +213,7 @@ def rebuild_exception(data: child.FailureData, worker: int) -> BaseException:
             loaded = pickle.loads(data["pickled"])
             exc = loaded if isinstance(loaded, BaseException) else None
     if exc is None:
-        exc = _pytest_signal(data) or _stand_in(data)
+        exc = _framework_signal(data, signal) or _stand_in(data)
     notes = getattr(exc, "__notes__", None)
     if not isinstance(notes, list):
         notes = []
@@ -218,13 +222,13 @@ def rebuild_exception(data: child.FailureData, worker: int) -> BaseException:
     return exc
 
 
-def _pytest_signal(data: child.FailureData) -> BaseException | None:
+def _framework_signal(
+    data: child.FailureData, signal: SignalFactory | None
+) -> BaseException | None:
     kind = data["kind"]
-    if kind not in (CallKind.SKIPPED.value, CallKind.XFAILED.value):
+    if signal is None or kind not in (CallKind.SKIPPED.value, CallKind.XFAILED.value):
         return None
-    from _pytest.outcomes import Skipped, XFailed
-
-    return Skipped(data["text"]) if kind == CallKind.SKIPPED.value else XFailed(data["text"])
+    return signal(CallKind(kind), data["text"])
 
 
 def _stand_in(data: child.FailureData) -> BaseException:
@@ -238,13 +242,15 @@ def _stand_in(data: child.FailureData) -> BaseException:
     return instance
 
 
-def failure_from_child(data: child.FailureData, worker: int, run: int) -> CallFailure:
+def failure_from_child(
+    data: child.FailureData, worker: int, run: int, signal: SignalFactory | None = None
+) -> CallFailure:
     return CallFailure(
         worker=worker,
         run=run,
         origin=FailureOrigin(data["type"], data["filename"], data["lineno"]),
         message=data["message"],
-        exception=rebuild_exception(data, worker),
+        exception=rebuild_exception(data, worker, signal),
         traceback_text=data["traceback"],
     )
 
@@ -356,9 +362,11 @@ class ProcessRunner:
         perturbation: Perturbation = NO_PERTURBATION,
         start_method: str | None = None,
         start_jitter: bool | None = None,
+        hooks: FrameworkHooks = NO_HOOKS,
     ) -> None:
         self.workers = workers
         self.perturbation = perturbation
+        self.hooks = hooks  # pytest's skip, xfail and assertion rewriting, lent by the plugin
         # seeded start offsets are part of perturbing the schedule: off with perturb=False
         self.start_jitter = (
             perturbation is not NO_PERTURBATION if start_jitter is None else start_jitter
@@ -460,7 +468,7 @@ class ProcessRunner:
             child.LOAD,
             payload,
             modules,
-            rewrites_asserts(modules),
+            self._assert_rewriter(modules),
             series.keep_results,
             series.timeout,
             self.start_jitter,
@@ -470,6 +478,15 @@ class ProcessRunner:
         for worker in pool.children:
             worker.conn.send_bytes(data)
         self._expect(pool, child.LOADED, time.monotonic() + max(START_SECONDS, series.timeout))
+
+    def _assert_rewriter(self, modules: Sequence[tuple[str, str | None]]) -> bytes | None:
+        """The framework's assert rewriter, pickled for the children (who unpickle it only when
+        they import a module, and fall back to a plain import if that fails), when pytest
+        rewrote these modules' asserts in the parent."""
+        rewriter = self.hooks.rewrite_asserts
+        if rewriter is None or not rewrites_asserts(modules):
+            return None
+        return pickle.dumps(rewriter)
 
     def _perturbation_spec(self) -> tuple[list[str], int] | None:
         perturbation = self.perturbation
@@ -580,12 +597,13 @@ class ProcessRunner:
         if failure is None:
             return
         kind = failure["kind"]
+        signal = self.hooks.signal
         if kind == CallKind.FAILED.value:
-            record.failures.append(failure_from_child(failure, worker, record.index))
+            record.failures.append(failure_from_child(failure, worker, record.index, signal))
         elif kind == CallKind.INTERRUPTED.value:
-            record.interrupt = rebuild_exception(failure, worker)
+            record.interrupt = rebuild_exception(failure, worker, signal)
         else:
-            record.signals.append((worker, rebuild_exception(failure, worker)))
+            record.signals.append((worker, rebuild_exception(failure, worker, signal)))
 
     def _crash(self, worker: _Child, run: int, series: Series) -> CallFailure:
         worker.process.join(REAP_SECONDS)
