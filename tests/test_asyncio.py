@@ -535,3 +535,13 @@ def test_pytest_asyncio_tests_behave_as_without_us_and_ours_run_once_per_worker(
     for name in ("test_both_markers", "test_ours_with_their_async_fixture", "test_count"):
         assert outcome(with_us, name) == "PASSED", name
     assert "never awaited" not in with_us.stdout.str() + with_us.stderr.str()
+
+
+def test_own_frames_are_the_plugins_and_asyncios() -> None:
+    import asyncio.tasks
+
+    from pytest_concurrency.driver import harness
+
+    assert aio.is_own_frame(aio.__file__) and aio.is_own_frame(harness.__file__)
+    assert aio.is_own_frame(asyncio.tasks.__file__)
+    assert not aio.is_own_frame(__file__) and not aio.is_own_frame(json.__file__)

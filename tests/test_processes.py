@@ -486,6 +486,18 @@ def test_a_signal_that_did_not_unpickle_is_rebuilt_by_the_hooks_the_plugin_lends
     assert pickle.loads(pickle.dumps(hooks.rewrite_asserts)) is hooks.rewrite_asserts
 
 
+def test_a_crash_is_placed_in_user_code_not_the_stdlib_or_an_installed_package() -> None:
+    assert processes.is_library_file(os.__file__) and processes.is_library_file(pytest.__file__)
+    assert not processes.is_library_file(__file__)
+    dump = (
+        "Current thread 0x1 (most recent call first):\n"
+        f'  File "{os.__file__}", line 3 in write\n'
+        f'  File "{pytest.__file__}", line 5 in main\n'
+        f'  File "{__file__}", line 7 in test_body\n'
+    )
+    assert processes.stack_origin(dump) == (__file__, 7)
+
+
 def test_the_header_names_the_start_method_process_mode_uses() -> None:
     """The header answers without importing multiprocessing; the runner asks multiprocessing."""
     from pytest_concurrency.engine import cores

@@ -30,6 +30,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import inspect
+import os
 import random
 import sys
 import threading
@@ -42,6 +43,7 @@ from types import FrameType
 from typing import Any, Protocol, TypeVar
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine import owncode
 from pytest_concurrency.engine.context import CURRENT, WorkerContext
 from pytest_concurrency.engine.leaks import note_leftover_tasks
 from pytest_concurrency.engine.outcomes import (
@@ -361,11 +363,12 @@ def _settle(task: asyncio.Task[T], done: concurrent.futures.Future[T]) -> None:
 # -- stacks -------------------------------------------------------------------------------------
 
 
-def _is_own_frame(filename: str) -> bool:
-    return filename == __file__ or filename.startswith(_ASYNCIO_DIR)
+_ASYNCIO_DIR = os.path.realpath(os.path.dirname(asyncio.__file__)) + os.sep
 
 
-_ASYNCIO_DIR = asyncio.__file__.rsplit("__init__", 1)[0]
+def is_own_frame(filename: str) -> bool:
+    """Frames of this plugin and of asyncio: how a task got to the user's code."""
+    return owncode.is_plugin_file(filename) or os.path.realpath(filename).startswith(_ASYNCIO_DIR)
 
 
 def task_stack(task: asyncio.Task[Any]) -> str:
@@ -376,7 +379,7 @@ def task_stack(task: asyncio.Task[Any]) -> str:
         frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
         if frame is None:
             break
-        if not _is_own_frame(frame.f_code.co_filename):
+        if not is_own_frame(frame.f_code.co_filename):
             frames.append((frame, frame.f_lineno))
         awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
     text = "".join(traceback.StackSummary.extract(iter(frames)).format())
@@ -391,7 +394,7 @@ def user_stack(frame: FrameType) -> str:
     kept = [
         entry
         for entry in summary
-        if not _is_own_frame(entry.filename) and "threading.py" not in entry.filename
+        if not is_own_frame(entry.filename) and "threading.py" not in entry.filename
     ]
     return "".join(traceback.StackSummary.from_list(kept).format())
 

@@ -41,7 +41,6 @@ import pickle
 import shutil
 import signal
 import sys
-import sysconfig
 import tempfile
 import time
 import weakref
@@ -53,6 +52,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine import owncode
 from pytest_concurrency.engine.outcomes import (
     CallFailure,
     CallKind,
@@ -284,16 +284,14 @@ def stack_origin(stack: str) -> tuple[str, int] | None:
         if line.startswith('File "') and '", line ' in line:
             filename, rest = line[len('File "') :].split('", line ', 1)
             number = rest.split()[0]
-            if number.isdigit() and not is_installed_code(filename):
+            if number.isdigit() and not is_library_file(filename):
                 return filename, int(number)
     return None
 
 
-def is_installed_code(filename: str) -> bool:
+def is_library_file(filename: str) -> bool:
     """The standard library or an installed package: where a crash surfaces, not its cause."""
-    paths = sysconfig.get_paths()
-    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
-    return any(filename.startswith(root + os.sep) for root in roots)
+    return owncode.is_stdlib_file(filename) or owncode.is_installed_file(filename)
 
 
 # -- the pool ---------------------------------------------------------------------------------
