@@ -12,7 +12,7 @@ import pytest
 
 from pytest_concurrency import messages
 from pytest_concurrency.engine.outcomes import RunRecord
-from pytest_concurrency.runners import aio, make_perturbation, make_runner
+from pytest_concurrency.runners import aio, aio_loop, make_perturbation, make_runner
 from pytest_concurrency.runners.base import RunPlan, Series
 
 SHOP = """
@@ -397,15 +397,15 @@ def test_seeded_order_moves_only_task_steps_and_brings_every_held_step_back() ->
     try:
         plain = [asyncio.Handle(print, (i,), loop) for i in range(4)]
         steps = [asyncio.Handle(task.get_name, (), loop) for _ in range(8)]
-        assert all(aio.is_task_step(h) for h in steps)
-        assert not any(aio.is_task_step(h) for h in plain)
-        order = aio.SeededOrder(seed=3, hold_rate=0.5)
+        assert all(aio_loop.is_task_step(h) for h in steps)
+        assert not any(aio_loop.is_task_step(h) for h in plain)
+        order = aio_loop.SeededOrder(seed=3, hold_rate=0.5)
         ready: deque[asyncio.Handle] = deque(plain[:2] + steps + plain[2:])
         order.arrange(ready)
         assert [h for h in ready if h in plain] == plain  # other callbacks keep FIFO order
         assert order.held, "with this seed some steps are held back"
         returned = list(ready)
-        for _ in range(aio.MAX_HOLD_PASSES):
+        for _ in range(aio_loop.MAX_HOLD_PASSES):
             ready.clear()
             order.arrange(ready)
             returned.extend(ready)
@@ -422,8 +422,8 @@ def test_seeded_order_moves_only_task_steps_and_brings_every_held_step_back() ->
 def test_steps_held_back_resume_when_another_order_takes_over() -> None:
     """A run that ends (or is cancelled) while its order holds steps back hands them to the
     ready queue: dropped, their tasks would never resume and be blamed on the test as leaks."""
-    loop = aio.ScheduledEventLoop()
-    order = aio.SeededOrder(seed=3, hold_rate=0.5)
+    loop = aio_loop.ScheduledEventLoop()
+    order = aio_loop.SeededOrder(seed=3, hold_rate=0.5)
 
     async def ticks() -> None:
         for _ in range(20):
@@ -434,7 +434,7 @@ def test_steps_held_back_resume_when_another_order_takes_over() -> None:
         while not order.held:
             await asyncio.sleep(0)
         held = len(order.held)
-        loop.use_order(aio.FIFO)
+        loop.use_order(aio_loop.FIFO)
         await asyncio.wait_for(asyncio.gather(*tasks), 5)  # no hang if one is lost
         return held
 
@@ -448,12 +448,12 @@ def test_steps_held_back_resume_when_another_order_takes_over() -> None:
 
 
 def test_order_for_run_is_fifo_then_shuffles_then_holds() -> None:
-    assert aio.order_for_run(0, 123) is aio.FIFO
-    odd = aio.order_for_run(1, 123)
-    even = aio.order_for_run(2, 123)
-    assert isinstance(odd, aio.SeededOrder) and odd.hold_rate == 0
-    assert isinstance(even, aio.SeededOrder) and even.hold_rate > 0
-    assert aio.order_for_run(2, 123) == even  # derived from the seed alone
+    assert aio_loop.order_for_run(0, 123) is aio_loop.FIFO
+    odd = aio_loop.order_for_run(1, 123)
+    even = aio_loop.order_for_run(2, 123)
+    assert isinstance(odd, aio_loop.SeededOrder) and odd.hold_rate == 0
+    assert isinstance(even, aio_loop.SeededOrder) and even.hold_rate > 0
+    assert aio_loop.order_for_run(2, 123) == even  # derived from the seed alone
 
 
 THEIRS_AND_OURS = """
@@ -542,6 +542,7 @@ def test_own_frames_are_the_plugins_and_asyncios() -> None:
 
     from pytest_concurrency.driver import harness
 
-    assert aio.is_own_frame(aio.__file__) and aio.is_own_frame(harness.__file__)
-    assert aio.is_own_frame(asyncio.tasks.__file__)
-    assert not aio.is_own_frame(__file__) and not aio.is_own_frame(json.__file__)
+    assert aio_loop.is_own_frame(aio.__file__) and aio_loop.is_own_frame(aio_loop.__file__)
+    assert aio_loop.is_own_frame(harness.__file__)
+    assert aio_loop.is_own_frame(asyncio.tasks.__file__)
+    assert not aio_loop.is_own_frame(__file__) and not aio_loop.is_own_frame(json.__file__)

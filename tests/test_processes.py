@@ -19,7 +19,7 @@ import pytest
 from pytest_concurrency import messages
 from pytest_concurrency.driver.series import run_series
 from pytest_concurrency.engine.outcomes import SeriesOutcome
-from pytest_concurrency.runners import processes
+from pytest_concurrency.runners import process_data, processes
 from pytest_concurrency.runners.base import RunPlan
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses fcntl and POSIX signals")
@@ -406,8 +406,8 @@ def test_messages_and_default_method() -> None:
     assert processes.describe_start_method("spawn") == messages.START_METHOD_CHOSEN.format(
         method="spawn"
     )
-    assert processes.describe_exit(-signal.SIGKILL) == "was killed by signal SIGKILL (9)"
-    assert processes.stack_origin('Current thread 0x1:\n  File "/a/b.py", line 12 in f\n') == (
+    assert process_data.describe_exit(-signal.SIGKILL) == "was killed by signal SIGKILL (9)"
+    assert process_data.stack_origin('Current thread 0x1:\n  File "/a/b.py", line 12 in f\n') == (
         "/a/b.py",
         12,
     )
@@ -477,9 +477,9 @@ def test_a_signal_that_did_not_unpickle_is_rebuilt_by_the_hooks_the_plugin_lends
         (CallKind.XFAILED, pytest.xfail.Exception("xfailed in a child")),
     ):
         data = {**process_child.failure_data(outcome, kind), "pickled": None}
-        rebuilt = processes.rebuild_exception(data, 0, hooks.signal)
+        rebuilt = process_data.rebuild_exception(data, 0, hooks.signal)
         assert type(rebuilt) is type(outcome) and str(rebuilt) == str(outcome)
-        stand_in = processes.rebuild_exception(data, 0)  # no hooks: a stand-in of that name
+        stand_in = process_data.rebuild_exception(data, 0)  # no hooks: a stand-in of that name
         assert type(stand_in).__qualname__ == type(outcome).__qualname__
         assert not isinstance(stand_in, type(outcome))
     assert hooks.rewrite_asserts is not None
@@ -487,15 +487,17 @@ def test_a_signal_that_did_not_unpickle_is_rebuilt_by_the_hooks_the_plugin_lends
 
 
 def test_a_crash_is_placed_in_user_code_not_the_stdlib_or_an_installed_package() -> None:
-    assert processes.is_library_file(os.__file__) and processes.is_library_file(pytest.__file__)
-    assert not processes.is_library_file(__file__)
+    assert process_data.is_library_file(os.__file__) and process_data.is_library_file(
+        pytest.__file__
+    )
+    assert not process_data.is_library_file(__file__)
     dump = (
         "Current thread 0x1 (most recent call first):\n"
         f'  File "{os.__file__}", line 3 in write\n'
         f'  File "{pytest.__file__}", line 5 in main\n'
         f'  File "{__file__}", line 7 in test_body\n'
     )
-    assert processes.stack_origin(dump) == (__file__, 7)
+    assert process_data.stack_origin(dump) == (__file__, 7)
 
 
 def test_the_header_names_the_start_method_process_mode_uses() -> None:
