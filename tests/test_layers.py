@@ -38,3 +38,11 @@ def test_runners_import_neither_pytest_nor_the_driver_or_plugin() -> None:
                 if part not in RUNNERS_MAY_IMPORT:
                     offending.append(f"{path.name}: {name}")
     assert offending == []
+
+
+def test_no_runner_module_is_longer_than_600_lines() -> None:
+    lengths = {
+        path.name: len(path.read_text(encoding="utf-8").splitlines())
+        for path in (PACKAGE / "runners").glob("*.py")
+    }
+    assert {name: n for name, n in lengths.items() if n > 600} == {}
