@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections import deque
+from pathlib import Path
 
 import pytest
 
 from pytest_concurrency import messages
-from pytest_concurrency.runners import aio
+from pytest_concurrency.engine.outcomes import RunRecord
+from pytest_concurrency.runners import aio, aio_loop, make_perturbation, make_runner
+from pytest_concurrency.runners.base import RunPlan, Series
 
 SHOP = """
 import asyncio
@@ -149,6 +153,92 @@ def test_one_seed_is_one_schedule_and_another_seed_another(
     fifo = "".join(f"{w}{i}" for i in range(6) for w in range(4))
     assert first[0] == fifo == other[0]  # run 0 is plain FIFO order
     assert len(set(first[1:])) > 1
+
+
+def asyncio_traces(*, perturb: bool, seed: int, runs: int = 12, workers: int = 4) -> list[str]:
+    """The interleaving of every run of a series, straight from the runner ``make_runner``
+    builds for asyncio mode, with perturbation on or off (as the plugin makes it)."""
+    perturbation = make_perturbation(enabled=perturb, roots=[Path(__file__).parent], seed=seed)
+    runner = make_runner("asyncio", workers, perturbation=perturbation)
+    log: list[str] = []
+    traces: list[str] = []
+
+    async def step(worker: int) -> None:
+        for i in range(6):
+            log.append(f"{worker}{i}")
+            await asyncio.sleep(0)
+
+    def run_done(record: RunRecord) -> bool:
+        assert not record.failures, record.failures
+        traces.append("".join(log))
+        log.clear()
+        return True
+
+    calls = [functools.partial(step, worker) for worker in range(workers)]
+    series = Series(calls, RunPlan(runs), seed=seed, timeout=10, on_run_done=run_done)
+    try:
+        runner.run_series(series)
+    finally:
+        runner.close()
+    assert len(traces) == runs
+    return traces
+
+
+FIFO_TRACE = "".join(f"{w}{i}" for i in range(6) for w in range(4))
+
+
+def test_without_perturbation_every_asyncio_run_keeps_fifo_order() -> None:
+    """``perturb=False`` in asyncio mode: no seeded order, so tasks start and resume in FIFO
+    order (worker 0, 1, 2, ...) in every run, whatever the seed."""
+    for seed in (11, 12):
+        assert asyncio_traces(perturb=False, seed=seed) == [FIFO_TRACE] * 12
+    # the control: with perturbation on, the seeded runs after run 0 differ
+    on = asyncio_traces(perturb=True, seed=11)
+    assert on[0] == FIFO_TRACE
+    assert len(set(on[1:])) > 1
+
+
+def test_perturb_false_marker_and_option_keep_asyncio_runs_fifo(
+    pytester, run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(
+        test_fifo="""
+        import asyncio
+        import json
+        import os
+        import pytest
+
+        LOG = []
+
+        @pytest.mark.concurrent(mode="asyncio", workers=4, runs=12, perturb=False)
+        async def test_marked(concurrency):
+            if concurrency.worker == 0 and concurrency.run > 0:
+                LOG.append("|")
+            LOG.append(str(concurrency.worker))
+            await asyncio.sleep(0)
+
+        def test_record():
+            with open(os.environ["TRACE_FILE"], "a") as out:
+                out.write(json.dumps("".join(LOG)) + "\\n")
+        """
+    )
+    trace_file = pytester.path / "traces.jsonl"
+    monkeypatch.setenv("TRACE_FILE", str(trace_file))
+    for seed in ("11", "12"):
+        run(f"--concurrency-seed={seed}", "test_fifo.py").assert_outcomes(passed=2)
+    pytester.makepyfile(test_trace=TRACE)
+    for seed in ("11", "12"):
+        run(
+            f"--concurrency-seed={seed}",
+            "--concurrency-mode=asyncio",
+            "--concurrency-perturb=false",
+            "test_trace.py",
+        ).assert_outcomes(passed=1)
+    marked_11, marked_12, option_11, option_12 = (
+        json.loads(line) for line in trace_file.read_text().splitlines()
+    )
+    assert marked_11 == marked_12 == "|".join(["0123"] * 12)  # every run starts in FIFO order
+    assert option_11 == option_12 == [FIFO_TRACE] * 12
 
 
 def test_marked_async_test_runs_once_per_worker_with_its_identity_and_barrier(
@@ -307,15 +397,15 @@ def test_seeded_order_moves_only_task_steps_and_brings_every_held_step_back() ->
     try:
         plain = [asyncio.Handle(print, (i,), loop) for i in range(4)]
         steps = [asyncio.Handle(task.get_name, (), loop) for _ in range(8)]
-        assert all(aio.is_task_step(h) for h in steps)
-        assert not any(aio.is_task_step(h) for h in plain)
-        order = aio.SeededOrder(seed=3, hold_rate=0.5)
+        assert all(aio_loop.is_task_step(h) for h in steps)
+        assert not any(aio_loop.is_task_step(h) for h in plain)
+        order = aio_loop.SeededOrder(seed=3, hold_rate=0.5)
         ready: deque[asyncio.Handle] = deque(plain[:2] + steps + plain[2:])
         order.arrange(ready)
         assert [h for h in ready if h in plain] == plain  # other callbacks keep FIFO order
         assert order.held, "with this seed some steps are held back"
         returned = list(ready)
-        for _ in range(aio.MAX_HOLD_PASSES):
+        for _ in range(aio_loop.MAX_HOLD_PASSES):
             ready.clear()
             order.arrange(ready)
             returned.extend(ready)
@@ -332,8 +422,8 @@ def test_seeded_order_moves_only_task_steps_and_brings_every_held_step_back() ->
 def test_steps_held_back_resume_when_another_order_takes_over() -> None:
     """A run that ends (or is cancelled) while its order holds steps back hands them to the
     ready queue: dropped, their tasks would never resume and be blamed on the test as leaks."""
-    loop = aio.ScheduledEventLoop()
-    order = aio.SeededOrder(seed=3, hold_rate=0.5)
+    loop = aio_loop.ScheduledEventLoop()
+    order = aio_loop.SeededOrder(seed=3, hold_rate=0.5)
 
     async def ticks() -> None:
         for _ in range(20):
@@ -344,7 +434,7 @@ def test_steps_held_back_resume_when_another_order_takes_over() -> None:
         while not order.held:
             await asyncio.sleep(0)
         held = len(order.held)
-        loop.use_order(aio.FIFO)
+        loop.use_order(aio_loop.FIFO)
         await asyncio.wait_for(asyncio.gather(*tasks), 5)  # no hang if one is lost
         return held
 
@@ -358,12 +448,12 @@ def test_steps_held_back_resume_when_another_order_takes_over() -> None:
 
 
 def test_order_for_run_is_fifo_then_shuffles_then_holds() -> None:
-    assert aio.order_for_run(0, 123) is aio.FIFO
-    odd = aio.order_for_run(1, 123)
-    even = aio.order_for_run(2, 123)
-    assert isinstance(odd, aio.SeededOrder) and odd.hold_rate == 0
-    assert isinstance(even, aio.SeededOrder) and even.hold_rate > 0
-    assert aio.order_for_run(2, 123) == even  # derived from the seed alone
+    assert aio_loop.order_for_run(0, 123) is aio_loop.FIFO
+    odd = aio_loop.order_for_run(1, 123)
+    even = aio_loop.order_for_run(2, 123)
+    assert isinstance(odd, aio_loop.SeededOrder) and odd.hold_rate == 0
+    assert isinstance(even, aio_loop.SeededOrder) and even.hold_rate > 0
+    assert aio_loop.order_for_run(2, 123) == even  # derived from the seed alone
 
 
 THEIRS_AND_OURS = """
@@ -445,3 +535,14 @@ def test_pytest_asyncio_tests_behave_as_without_us_and_ours_run_once_per_worker(
     for name in ("test_both_markers", "test_ours_with_their_async_fixture", "test_count"):
         assert outcome(with_us, name) == "PASSED", name
     assert "never awaited" not in with_us.stdout.str() + with_us.stderr.str()
+
+
+def test_own_frames_are_the_plugins_and_asyncios() -> None:
+    import asyncio.tasks
+
+    from pytest_concurrency.driver import harness
+
+    assert aio_loop.is_own_frame(aio.__file__) and aio_loop.is_own_frame(aio_loop.__file__)
+    assert aio_loop.is_own_frame(harness.__file__)
+    assert aio_loop.is_own_frame(asyncio.tasks.__file__)
+    assert not aio_loop.is_own_frame(__file__) and not aio_loop.is_own_frame(json.__file__)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 from pytest_concurrency import messages
 from pytest_concurrency.driver.series import run_series
 from pytest_concurrency.engine.outcomes import SeriesOutcome
-from pytest_concurrency.runners import processes
+from pytest_concurrency.runners import process_data, processes
 from pytest_concurrency.runners.base import RunPlan
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses fcntl and POSIX signals")
@@ -204,6 +205,68 @@ def test_children_run_the_body_and_what_does_not_pickle_is_named_before_any_run(
     assert "RACE DETECTED" not in result.stdout.str()
 
 
+SIGNALS = """
+import threading
+import pytest
+
+def unpicklable(signal):
+    signal.lock = threading.Lock()  # the child cannot send this exception itself
+    return signal
+
+@pytest.mark.concurrent(mode="processes", workers=2, runs=2)
+def test_skip():
+    pytest.skip("every worker skips")
+
+@pytest.mark.concurrent(mode="processes", workers=2, runs=2)
+def test_skip_unpicklable():
+    try:
+        pytest.skip("skips with a lock")
+    except pytest.skip.Exception as signal:
+        raise unpicklable(signal)
+
+@pytest.mark.concurrent(mode="processes", workers=2, runs=2)
+def test_xfail():
+    pytest.xfail("every worker xfails")
+
+@pytest.mark.concurrent(mode="processes", workers=2, runs=2)
+def test_xfail_unpicklable():
+    try:
+        pytest.xfail("xfails with a lock")
+    except pytest.xfail.Exception as signal:
+        raise unpicklable(signal)
+
+@pytest.mark.concurrent(mode="processes", workers=2, runs=2)
+def test_rewritten_assert():
+    found = 3
+    assert found == 1
+"""
+
+
+def test_skip_xfail_and_rewritten_asserts_in_worker_processes(
+    pytester: pytest.Pytester, run_subprocess
+) -> None:
+    """A skip or xfail in a child is pytest's own outcome in the parent (rebuilt from its text
+    when the child's exception does not unpickle), and a failing ``assert`` in a child explains
+    itself as pytest's assertion rewriting does in the parent."""
+    pytester.makepyfile(test_signals=SIGNALS)
+    result = run_subprocess("-rsx", "-v")
+    result.assert_outcomes(skipped=2, xfailed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_skip SKIPPED*",
+            "*::test_skip_unpicklable SKIPPED*",
+            "*::test_xfail XFAIL*",
+            "*::test_xfail_unpicklable XFAIL*",
+            "*::test_rewritten_assert FAILED*",
+        ]
+    )
+    out = result.stdout.str()
+    for text in ("every worker skips", "skips with a lock", "every worker xfails"):
+        assert text in out
+    assert "xfails with a lock" in out
+    result.stdout.fnmatch_lines(["*assert 3 == 1*"])
+
+
 CRASHES = """
 import ctypes
 import os
@@ -343,8 +406,8 @@ def test_messages_and_default_method() -> None:
     assert processes.describe_start_method("spawn") == messages.START_METHOD_CHOSEN.format(
         method="spawn"
     )
-    assert processes.describe_exit(-signal.SIGKILL) == "was killed by signal SIGKILL (9)"
-    assert processes.stack_origin('Current thread 0x1:\n  File "/a/b.py", line 12 in f\n') == (
+    assert process_data.describe_exit(-signal.SIGKILL) == "was killed by signal SIGKILL (9)"
+    assert process_data.stack_origin('Current thread 0x1:\n  File "/a/b.py", line 12 in f\n') == (
         "/a/b.py",
         12,
     )
@@ -401,6 +464,40 @@ def _series(runner: processes.ProcessRunner, call, runs: int = 3) -> SeriesOutco
         keep_results=True,
     )
     return outcome
+
+
+def test_a_signal_that_did_not_unpickle_is_rebuilt_by_the_hooks_the_plugin_lends() -> None:
+    from pytest_concurrency.engine.outcomes import CallKind
+    from pytest_concurrency.plugin.calls import pytest_hooks
+    from pytest_concurrency.runners import process_child
+
+    hooks = pytest_hooks()
+    for kind, outcome in (
+        (CallKind.SKIPPED, pytest.skip.Exception("skipped in a child")),
+        (CallKind.XFAILED, pytest.xfail.Exception("xfailed in a child")),
+    ):
+        data = {**process_child.failure_data(outcome, kind), "pickled": None}
+        rebuilt = process_data.rebuild_exception(data, 0, hooks.signal)
+        assert type(rebuilt) is type(outcome) and str(rebuilt) == str(outcome)
+        stand_in = process_data.rebuild_exception(data, 0)  # no hooks: a stand-in of that name
+        assert type(stand_in).__qualname__ == type(outcome).__qualname__
+        assert not isinstance(stand_in, type(outcome))
+    assert hooks.rewrite_asserts is not None
+    assert pickle.loads(pickle.dumps(hooks.rewrite_asserts)) is hooks.rewrite_asserts
+
+
+def test_a_crash_is_placed_in_user_code_not_the_stdlib_or_an_installed_package() -> None:
+    assert process_data.is_library_file(os.__file__) and process_data.is_library_file(
+        pytest.__file__
+    )
+    assert not process_data.is_library_file(__file__)
+    dump = (
+        "Current thread 0x1 (most recent call first):\n"
+        f'  File "{os.__file__}", line 3 in write\n'
+        f'  File "{pytest.__file__}", line 5 in main\n'
+        f'  File "{__file__}", line 7 in test_body\n'
+    )
+    assert process_data.stack_origin(dump) == (__file__, 7)
 
 
 def test_the_header_names_the_start_method_process_mode_uses() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pytest_concurrency.driver.series import failure_exception
+from pytest_concurrency.driver.series import failure_exception, run_series, run_series_async
 from pytest_concurrency.engine import cores, report, seeds
 from pytest_concurrency.engine.outcomes import (
     CallFailure,
@@ -26,7 +28,7 @@ from pytest_concurrency.engine.settings import (
     resolve_session_options,
 )
 from pytest_concurrency.errors import SettingsError
-from pytest_concurrency.runners.base import RunPlan
+from pytest_concurrency.runners.base import RunPlan, Series
 
 # -- settings ---------------------------------------------------------------------------------
 
@@ -289,3 +291,74 @@ def test_the_task_ledger_holds_one_test_at_most() -> None:
     assert ledger.since(second) == ()
     ledger.note(["'Task-4' (late)"])
     assert ledger.since(second) == ("'Task-4' (late)",)
+
+
+# -- driving a series: sync and async share one accounting -------------------------------------
+
+
+class ScriptedRunner:
+    """Makes ``runs`` good runs of one worker, then raises ``exc`` (if any)."""
+
+    mode = "threads"
+
+    def __init__(self, runs: int, exc: BaseException | None = None) -> None:
+        self.runs, self.exc = runs, exc
+
+    def run_series(self, series: Series) -> None:
+        for index in range(self.runs):
+            record = RunRecord(index=index, seed=index, workers=1, results=[index])
+            if not series.on_run_done(record):
+                return
+        if self.exc is not None:
+            raise self.exc
+
+    async def run_series_async(self, series: Series) -> None:
+        self.run_series(series)
+
+    def close(self) -> None:
+        return None
+
+
+def drive(kind: str, runner: ScriptedRunner, outcome: SeriesOutcome) -> RunRecord | None:
+    records: list[RunRecord] = []
+    options = {"outcome": outcome, "plan": RunPlan(count=5), "timeout": 1, "keep_results": True}
+    if kind == "sync":
+        last = run_series(runner, [print], on_record=records.append, **options)
+        assert records == ([] if last is None else records[: last.index + 1])
+        return last
+    return asyncio.run(run_series_async(runner, [print], **options))
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_run_series_and_its_async_twin_count_runs_and_keep_interrupts(kind: str) -> None:
+    outcome = SeriesOutcome(mode="threads", workers=1, runs_planned=5, seed=1)
+    last = drive(kind, ScriptedRunner(3), outcome)
+    assert last is not None and last.results == [2]
+    assert (outcome.runs_done, outcome.calls, outcome.interrupt) == (3, 3, None)
+
+    for exc in (KeyboardInterrupt(), pytest.fail.Exception("Timeout (>1.0s) from pytest-timeout.")):
+        outcome = SeriesOutcome(mode="threads", workers=1, runs_planned=5, seed=1)
+        with pytest.raises(type(exc)) as raised:
+            drive(kind, ScriptedRunner(2, exc), outcome)
+        assert raised.value is exc and outcome.interrupt is exc and outcome.runs_done == 2
+        if isinstance(exc, pytest.fail.Exception):  # no frame of the runner's wait is kept
+            assert all(hidden(entry) for entry in from_series(raised.traceback))
+
+    error = ValueError("the plugin's own error")
+    outcome = SeriesOutcome(mode="threads", workers=1, runs_planned=5, seed=1)
+    with pytest.raises(ValueError) as raised:
+        drive(kind, ScriptedRunner(1, error), outcome)
+    assert raised.value is error and outcome.interrupt is None
+    innermost = raised.traceback[-1].frame.code.raw  # raised where it was, traceback intact
+    assert innermost is ScriptedRunner.run_series.__code__
+
+
+def from_series(traceback: list[Any]) -> list[Any]:
+    """The entries from the driver's frame inward (asyncio.run's frames are above it)."""
+    names = [entry.name for entry in traceback]
+    first = min(names.index(name) for name in ("run_series", "run_series_async") if name in names)
+    return traceback[first:]
+
+
+def hidden(entry: Any) -> bool:
+    return "__tracebackhide__" in entry.frame.f_locals

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from types import TracebackType
 
 from pytest_concurrency.engine.outcomes import (
     CallKind,
@@ -63,21 +64,9 @@ def run_series(
 ) -> RunRecord | None:
     """Run ``plan`` on ``runner``; return the last record (with results if kept)."""
     __tracebackhide__ = True
-    series, last = accounted_series(
-        calls,
-        outcome=outcome,
-        plan=plan,
-        timeout=timeout,
-        keep_results=keep_results,
-        on_record=on_record,
-    )
-    try:
-        runner.run_series(series)
-    except BaseException as exc:
-        if not is_outside_interrupt(exc):
-            raise
-        raise interrupted(outcome, exc)  # noqa: B904 (the same exception, its traceback trimmed)
-    return last[0] if last else None
+    with AccountedSeries(calls, outcome, plan, timeout, keep_results, on_record) as accounted:
+        runner.run_series(accounted.series)
+    return accounted.last
 
 
 async def run_series_async(
@@ -91,16 +80,9 @@ async def run_series_async(
 ) -> RunRecord | None:
     """:func:`run_series` on the caller's event loop (asyncio mode, from an async test)."""
     __tracebackhide__ = True
-    series, last = accounted_series(
-        calls, outcome=outcome, plan=plan, timeout=timeout, keep_results=keep_results
-    )
-    try:
-        await runner.run_series_async(series)
-    except BaseException as exc:
-        if not is_outside_interrupt(exc):
-            raise
-        raise interrupted(outcome, exc)  # noqa: B904 (the same exception, its traceback trimmed)
-    return last[0] if last else None
+    with AccountedSeries(calls, outcome, plan, timeout, keep_results) as accounted:
+        await runner.run_series_async(accounted.series)
+    return accounted.last
 
 
 def interrupted(outcome: SeriesOutcome, exc: BaseException) -> BaseException:
@@ -115,33 +97,52 @@ def interrupted(outcome: SeriesOutcome, exc: BaseException) -> BaseException:
     return without_traceback(exc)
 
 
-def accounted_series(
-    calls: Sequence[WorkerCall],
-    *,
-    outcome: SeriesOutcome,
-    plan: RunPlan,
-    timeout: float,
-    keep_results: bool = False,
-    on_record: Callable[[RunRecord], None] | None = None,
-) -> tuple[Series, list[RunRecord]]:
-    """A series whose finished runs are counted into ``outcome``; the list gets the last."""
-    last: list[RunRecord] = []
+class AccountedSeries:
+    """What :func:`run_series` and :func:`run_series_async` share: a :class:`Series` whose
+    finished runs are counted into ``outcome`` (:attr:`last` is the last record), and, around
+    the runner's call (``with``), an interrupt from outside kept as the series' outcome and
+    re-raised without its traceback (:func:`interrupted`); any other exception passes as is."""
 
-    def on_run_done(record: RunRecord) -> bool:
-        last[:] = [record]
-        if on_record is not None:
-            on_record(record)
-        return account(outcome, record)
+    def __init__(
+        self,
+        calls: Sequence[WorkerCall],
+        outcome: SeriesOutcome,
+        plan: RunPlan,
+        timeout: float,
+        keep_results: bool = False,
+        on_record: Callable[[RunRecord], None] | None = None,
+    ) -> None:
+        self.outcome = outcome
+        self.on_record = on_record
+        self.last: RunRecord | None = None
+        self.series = Series(
+            calls=calls,
+            plan=plan,
+            seed=outcome.seed,
+            timeout=timeout,
+            on_run_done=self.on_run_done,
+            keep_results=keep_results,
+        )
 
-    series = Series(
-        calls=calls,
-        plan=plan,
-        seed=outcome.seed,
-        timeout=timeout,
-        on_run_done=on_run_done,
-        keep_results=keep_results,
-    )
-    return series, last
+    def on_run_done(self, record: RunRecord) -> bool:
+        self.last = record
+        if self.on_record is not None:
+            self.on_record(record)
+        return account(self.outcome, record)
+
+    def __enter__(self) -> AccountedSeries:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        __tracebackhide__ = True
+        if exc is not None and is_outside_interrupt(exc):
+            raise interrupted(self.outcome, exc)  # the same exception, its traceback trimmed
+        # anything else propagates unchanged
 
 
 def failure_exception(

@@ -31,9 +31,10 @@ from pytest_concurrency.plugin.items import (
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from pytest_concurrency.driver.harness import Concurrency, HarnessConfig, HarnessLoop
     from pytest_concurrency.driver.progress import LiveProgress
-    from pytest_concurrency.engine.outcomes import SeriesOutcome
+    from pytest_concurrency.engine.outcomes import CallKind, SeriesOutcome
     from pytest_concurrency.plugin.session import ConcurrencySession
     from pytest_concurrency.runners.base import Runner, RunPlan
+    from pytest_concurrency.runners.framework import FrameworkHooks
 
 
 def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool | None:
@@ -314,8 +315,29 @@ def schedule_options(settings: Settings) -> tuple[str, ...]:
 def runner_options(settings: Settings) -> dict[str, Any]:
     """Mode-specific knobs for :func:`~pytest_concurrency.runners.make_runner`."""
     if settings.mode == "processes":
-        return {"start_method": settings.start_method}
+        return {"start_method": settings.start_method, "hooks": pytest_hooks()}
     return {}
+
+
+def pytest_hooks() -> FrameworkHooks:
+    """What process mode borrows from pytest (the runners never import it): its skip and xfail
+    outcomes, rebuilt in the parent, and its assertion rewriting, pickled to the children."""
+    from _pytest.assertion.rewrite import rewrite_asserts
+
+    from pytest_concurrency.runners.framework import FrameworkHooks
+
+    return FrameworkHooks(signal=pytest_signal, rewrite_asserts=rewrite_asserts)
+
+
+def pytest_signal(kind: CallKind, text: str) -> BaseException | None:
+    """pytest's own exception for a skip or xfail whose exception did not come back whole."""
+    from pytest_concurrency.engine.outcomes import CallKind
+
+    if kind is CallKind.SKIPPED:
+        return pytest.skip.Exception(text)
+    if kind is CallKind.XFAILED:
+        return pytest.xfail.Exception(text)
+    return None
 
 
 def run_scaling(item: pytest.Function) -> bool:

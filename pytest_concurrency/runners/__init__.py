@@ -46,6 +46,8 @@ def make_runner(
     if mode == "asyncio":
         from pytest_concurrency.runners.aio import AsyncioRunner  # type: ignore[import-not-found,unused-ignore]
 
-        runner = AsyncioRunner(workers, **(options or {}))
+        # the seeded task orders are asyncio mode's schedule perturbation: off with perturb=False
+        perturb = perturbation is not NO_PERTURBATION
+        runner = AsyncioRunner(workers, perturb=perturb, **(options or {}))
         return runner
     raise ValueError(f"unknown mode {mode!r}")

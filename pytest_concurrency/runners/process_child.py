@@ -4,15 +4,17 @@ A child is started once per test item (see :mod:`.processes`) and then serves ru
 :class:`multiprocessing.connection.Connection` until told to stop or its parent goes away. It
 imports only the standard library, :mod:`pytest_concurrency.engine.context` (so that the
 ``concurrency`` fixture answers ``.worker``, ``.run`` and ``.barrier()`` in the child) and the
-pure :mod:`pytest_concurrency.engine.outcomes`; pytest itself only if the test module imports it.
+pure :mod:`pytest_concurrency.engine.outcomes`; pytest itself only if the test module imports it
+or the parent lends pytest's assertion rewriting (:class:`~.framework.FrameworkHooks`).
 Everything it sends back is plain data: tuples of strings, numbers and pickled bytes.
 
 The protocol, one tuple per message, tag first:
 
-* parent -> child: ``(LOAD, payload, modules, rewrite, keep_results, timeout, jitter,
+* parent -> child: ``(LOAD, payload, modules, rewriter, keep_results, timeout, jitter,
   perturbation)``
   (``payload`` is the pickled list of calls, or None to use the calls the child inherited at
-  start; ``modules`` are imported first, see :func:`import_user_modules`),
+  start; ``modules`` are imported first, see :func:`import_user_modules`, their asserts
+  rewritten by ``rewriter``, the pickled assert rewriter the plugin lends, or None),
   ``(RUN, run_index, run_seed)``, ``(STOP,)``;
 * child -> parent: ``(READY, pid)``, ``(LOADED,)``, ``(LOAD_ERROR, text)``,
   ``(DONE, run_index, result_bytes, failure, result_error)`` where ``failure`` is a
@@ -48,6 +50,7 @@ from pytest_concurrency.engine.outcomes import CallKind, classify, first_line, o
 from pytest_concurrency.errors import BarrierAborted
 from pytest_concurrency.runners import child_coverage
 from pytest_concurrency.runners.base import BARRIER_ABORTED
+from pytest_concurrency.runners.framework import AssertRewriter
 
 LOAD = "load"
 RUN = "run"
@@ -135,51 +138,55 @@ def arm_stack_dumps(stack_path: str) -> None:
         faulthandler.register(number, stream, all_threads=True, chain=False)
 
 
-def import_user_modules(modules: Sequence[tuple[str, str | None]], rewrite: bool) -> None:
+def import_user_modules(
+    modules: Sequence[tuple[str, str | None]], rewriter: bytes | None = None
+) -> None:
     """Import the modules the calls live in, so that unpickling finds them.
 
     Each module is imported by name; when that fails (``--import-mode=importlib``, a rootdir
-    that is not on ``sys.path``) it is loaded from its file under the same name. Test modules
-    get pytest's assertion rewriting when pytest is importable, so that an ``assert`` that
-    fails in a child explains itself as it would in the parent.
+    that is not on ``sys.path``) it is loaded from its file under the same name. With a
+    ``rewriter`` (pytest's assertion rewriting, pickled by the parent; see
+    :class:`~.framework.FrameworkHooks`) test modules get their asserts rewritten when it
+    loads, so that an ``assert`` that fails in a child explains itself as it would in the parent.
     """
     for name, filename in modules:
         if name in sys.modules:
             continue
-        loaded = _load_rewritten(name, filename) if rewrite and filename else None
+        loaded = _load_rewritten(name, filename, rewriter) if rewriter and filename else None
         if loaded is None:
             try:
                 importlib.import_module(name)
             except ImportError:
                 if not filename:
                     raise
-                _load_from_file(name, filename, rewritten=False)
+                _load_from_file(name, filename)
 
 
-def _load_rewritten(name: str, filename: str) -> ModuleType | None:
+def _load_rewritten(name: str, filename: str, rewriter: bytes) -> ModuleType | None:
     try:
-        return _load_from_file(name, filename, rewritten=True)
+        rewrite: AssertRewriter = pickle.loads(rewriter)
+        return _load_from_file(name, filename, rewrite=rewrite)
     except Exception:  # rewriting is a nicety: fall back to a plain import
         sys.modules.pop(name, None)
         return None
 
 
-def _load_from_file(name: str, filename: str, *, rewritten: bool) -> ModuleType:
+def _load_from_file(
+    name: str, filename: str, *, rewrite: AssertRewriter | None = None
+) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, filename)
     if spec is None:
         raise ImportError(f"cannot load {name} from {filename}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        if rewritten:
+        if rewrite is not None:
             import ast
-
-            from _pytest.assertion.rewrite import rewrite_asserts
 
             with open(filename, "rb") as handle:
                 source = handle.read()
             tree = ast.parse(source, filename)
-            rewrite_asserts(tree, source, filename)
+            rewrite(tree, source, filename)
             exec(compile(tree, filename, "exec", dont_inherit=True), module.__dict__)
         else:
             assert spec.loader is not None
@@ -315,14 +322,14 @@ class ChildWorker:
         self,
         payload: bytes | None,
         modules: Sequence[tuple[str, str | None]],
-        rewrite: bool,
+        rewriter: bytes | None,
         keep_results: bool,
         timeout: float,
         jitter: bool,
         perturbation: tuple[list[str], int] | None,
     ) -> None:
         try:
-            import_user_modules(modules, rewrite)
+            import_user_modules(modules, rewriter)
             calls = self.inherited if payload is None else pickle.loads(payload)
             if calls is None:
                 raise RuntimeError("no calls were sent and none were inherited")

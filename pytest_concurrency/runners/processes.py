@@ -6,6 +6,8 @@ run index and seed); the children meet at a :class:`multiprocessing.Barrier` so 
 together, jitter their starts from the run seed (unless ``perturb=False``), call, and send
 back plain data. A run costs
 one message to each child and one answer from each, plus one barrier crossing among them.
+What the messages carry, and how a failure or crash that comes back is rebuilt, is in
+:mod:`.process_data`.
 
 **Start method.** The default is ``forkserver`` where the platform has it (Linux, macOS, BSD),
 else ``spawn``; ``start_method=`` on the marker, ``--concurrency-start-method``, the
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import io
 import multiprocessing
 import os
@@ -41,11 +42,10 @@ import pickle
 import shutil
 import signal
 import sys
-import sysconfig
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing import forkserver, resource_tracker  # noqa: F401 - see below
 from multiprocessing.connection import Connection, wait
@@ -66,6 +66,19 @@ from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation, Seed
 from pytest_concurrency.runners import child_coverage
 from pytest_concurrency.runners import process_child as child
 from pytest_concurrency.runners.base import Series, WorkerCall, drop_collateral
+from pytest_concurrency.runners.framework import NO_HOOKS, FrameworkHooks
+from pytest_concurrency.runners.process_data import (
+    call_location,
+    describe_exit,
+    failure_from_child,
+    rebuild_exception,
+    rewrites_asserts,
+    same_calls,
+    stack_origin,
+    unpicklable_message,
+    user_modules,
+    user_stack,
+)
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
@@ -87,11 +100,6 @@ REAP_SECONDS = 2.0
 WORKER_NAME = "concurrency-worker-{}"
 CRASH_GRACE_SECONDS = 1.0
 """After a child dies, how long the others of the run get to answer before the pool is killed."""
-OWN_FRAME_MARKERS = (
-    os.sep + "multiprocessing" + os.sep,
-    "process_child.py",
-    'File "<string>", line 1 in <module>',  # the fork server's or spawn's -c entry
-)
 
 
 def default_start_method() -> str:
@@ -104,190 +112,6 @@ def describe_start_method(start_method: str | None) -> str:
     if start_method is None:
         return messages.START_METHOD_DEFAULT.format(method=default_start_method())
     return messages.START_METHOD_CHOSEN.format(method=start_method)
-
-
-# -- what to send: pickle the calls, or say exactly what will not pickle -------------------
-
-
-def call_parts(call: object) -> Iterator[tuple[str, object]]:
-    """The named pieces of a call that a child needs: function, arguments, bound object."""
-    if isinstance(call, functools.partial):
-        yield from call_parts(call.func)
-        for position, value in enumerate(call.args):
-            yield f"positional argument {position}", value
-        for name, value in call.keywords.items():
-            yield f"the fixture or argument {name!r}", value
-        return
-    bound_to = getattr(call, "__self__", None)
-    function = getattr(call, "__func__", None)
-    if bound_to is not None and function is not None and not isinstance(bound_to, type):
-        yield (
-            f"the object {type(bound_to).__qualname__} that {function.__qualname__} is bound to",
-            bound_to,
-        )
-        yield f"the function {function.__qualname__}", function
-        return
-    yield f"the function {getattr(call, '__qualname__', repr(call))}", call
-
-
-def unpicklable_part(calls: Sequence[object]) -> tuple[str, object, Exception] | None:
-    """The first piece of ``calls`` that does not pickle, with the error pickling raised."""
-    for call in calls:
-        for what, value in call_parts(call):
-            try:
-                pickle.dumps(value)
-            except Exception as error:
-                return what, value, error
-    return None
-
-
-def unpicklable_message(calls: Sequence[object], error: Exception, start_method: str) -> str:
-    part = unpicklable_part(calls)
-    what, value = ("the test body", calls[0]) if part is None else part[:2]
-    reason = error if part is None else part[2]
-    local = what.startswith("the function") and ("<locals>" in what or "<lambda>" in what)
-    hint = messages.UNPICKLABLE_FUNCTION_FIX if local else messages.UNPICKLABLE_VALUE_FIX
-    return messages.UNPICKLABLE.format(
-        what=what, type=type(value).__qualname__, error=reason, method=start_method, fix=hint
-    )
-
-
-def user_modules(calls: Sequence[object]) -> list[tuple[str, str | None]]:
-    """Modules the children import before unpickling: where the functions and classes live."""
-    names: dict[str, str | None] = {}
-    for call in calls:
-        for _, value in call_parts(call):
-            module_name = getattr(value, "__module__", None) or type(value).__module__
-            module = sys.modules.get(module_name)
-            filename = getattr(module, "__file__", None)
-            if module_name in ("__main__", "builtins") or module is None or not filename:
-                continue
-            names.setdefault(module_name, filename)
-    return list(names.items())
-
-
-def rewrites_asserts(modules: Sequence[tuple[str, str | None]]) -> bool:
-    """Whether pytest rewrote the asserts of these modules in the parent."""
-    for name, _ in modules:
-        loader = getattr(sys.modules.get(name), "__loader__", None)
-        if type(loader).__name__ == "AssertionRewritingHook":
-            return True
-    return False
-
-
-def same_calls(held: Sequence[WorkerCall] | None, wanted: Sequence[WorkerCall]) -> bool:
-    """Whether a forked pool already holds these very calls (then it need not fork again)."""
-    return (
-        held is not None
-        and len(held) == len(wanted)
-        and all(a is b for a, b in zip(held, wanted, strict=True))
-    )
-
-
-def call_location(call: object) -> tuple[str, int]:
-    """The file and first line of the function a call runs (for crashes without a stack)."""
-    while isinstance(call, functools.partial):
-        call = call.func
-    code = getattr(getattr(call, "__func__", call), "__code__", None)
-    if code is None:
-        return "<worker process>", 0
-    return code.co_filename, code.co_firstlineno
-
-
-# -- what comes back: rebuild an exception that reads like the user's ---------------------
-
-
-def rebuild_exception(data: child.FailureData, worker: int) -> BaseException:
-    """The child's exception: the original if it unpickles, else a stand-in of the same name.
-
-    Either way it carries the child's traceback text as a note, so the report shows the lines
-    of the user's code that ran in the worker process.
-    """
-    exc: BaseException | None = None
-    if data["pickled"] is not None:
-        with contextlib.suppress(Exception):
-            loaded = pickle.loads(data["pickled"])
-            exc = loaded if isinstance(loaded, BaseException) else None
-    if exc is None:
-        exc = _pytest_signal(data) or _stand_in(data)
-    notes = getattr(exc, "__notes__", None)
-    if not isinstance(notes, list):
-        notes = []
-        exc.__notes__ = notes  # type: ignore[attr-defined,unused-ignore]
-    notes.append(messages.CHILD_TRACEBACK.format(worker=worker) + "\n" + data["traceback"].rstrip())
-    return exc
-
-
-def _pytest_signal(data: child.FailureData) -> BaseException | None:
-    kind = data["kind"]
-    if kind not in (CallKind.SKIPPED.value, CallKind.XFAILED.value):
-        return None
-    from _pytest.outcomes import Skipped, XFailed
-
-    return Skipped(data["text"]) if kind == CallKind.SKIPPED.value else XFailed(data["text"])
-
-
-def _stand_in(data: child.FailureData) -> BaseException:
-    base: type[BaseException] = Exception
-    if data["kind"] == CallKind.INTERRUPTED.value:
-        base = KeyboardInterrupt
-    cls = type(data["qualname"].rsplit(".", 1)[-1], (base,), {})
-    cls.__qualname__ = data["qualname"]
-    cls.__module__ = data["module"]
-    instance: BaseException = cls(data["text"])
-    return instance
-
-
-def failure_from_child(data: child.FailureData, worker: int, run: int) -> CallFailure:
-    return CallFailure(
-        worker=worker,
-        run=run,
-        origin=FailureOrigin(data["type"], data["filename"], data["lineno"]),
-        message=data["message"],
-        exception=rebuild_exception(data, worker),
-        traceback_text=data["traceback"],
-    )
-
-
-def describe_exit(exitcode: int | None) -> str:
-    if exitcode is None:
-        return messages.CRASH_NO_ANSWER
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return messages.CRASH_SIGNAL.format(signal=name, number=-exitcode)
-    return messages.CRASH_EXIT.format(code=exitcode)
-
-
-def user_stack(text: str) -> str:
-    """A faulthandler dump without the frames of this plugin and of multiprocessing."""
-    lines = [
-        line
-        for line in text.splitlines()
-        if not any(marker in line for marker in OWN_FRAME_MARKERS)
-    ]
-    return "\n".join(lines).strip()
-
-
-def stack_origin(stack: str) -> tuple[str, int] | None:
-    """The innermost frame of user code in a faulthandler dump ("most recent call first")."""
-    for line in stack.splitlines():
-        line = line.strip()
-        if line.startswith('File "') and '", line ' in line:
-            filename, rest = line[len('File "') :].split('", line ', 1)
-            number = rest.split()[0]
-            if number.isdigit() and not is_installed_code(filename):
-                return filename, int(number)
-    return None
-
-
-def is_installed_code(filename: str) -> bool:
-    """The standard library or an installed package: where a crash surfaces, not its cause."""
-    paths = sysconfig.get_paths()
-    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
-    return any(filename.startswith(root + os.sep) for root in roots)
 
 
 # -- the pool ---------------------------------------------------------------------------------
@@ -356,9 +180,11 @@ class ProcessRunner:
         perturbation: Perturbation = NO_PERTURBATION,
         start_method: str | None = None,
         start_jitter: bool | None = None,
+        hooks: FrameworkHooks = NO_HOOKS,
     ) -> None:
         self.workers = workers
         self.perturbation = perturbation
+        self.hooks = hooks  # pytest's skip, xfail and assertion rewriting, lent by the plugin
         # seeded start offsets are part of perturbing the schedule: off with perturb=False
         self.start_jitter = (
             perturbation is not NO_PERTURBATION if start_jitter is None else start_jitter
@@ -460,7 +286,7 @@ class ProcessRunner:
             child.LOAD,
             payload,
             modules,
-            rewrites_asserts(modules),
+            self._assert_rewriter(modules),
             series.keep_results,
             series.timeout,
             self.start_jitter,
@@ -470,6 +296,15 @@ class ProcessRunner:
         for worker in pool.children:
             worker.conn.send_bytes(data)
         self._expect(pool, child.LOADED, time.monotonic() + max(START_SECONDS, series.timeout))
+
+    def _assert_rewriter(self, modules: Sequence[tuple[str, str | None]]) -> bytes | None:
+        """The framework's assert rewriter, pickled for the children (who unpickle it only when
+        they import a module, and fall back to a plain import if that fails), when pytest
+        rewrote these modules' asserts in the parent."""
+        rewriter = self.hooks.rewrite_asserts
+        if rewriter is None or not rewrites_asserts(modules):
+            return None
+        return pickle.dumps(rewriter)
 
     def _perturbation_spec(self) -> tuple[list[str], int] | None:
         perturbation = self.perturbation
@@ -580,12 +415,13 @@ class ProcessRunner:
         if failure is None:
             return
         kind = failure["kind"]
+        signal = self.hooks.signal
         if kind == CallKind.FAILED.value:
-            record.failures.append(failure_from_child(failure, worker, record.index))
+            record.failures.append(failure_from_child(failure, worker, record.index, signal))
         elif kind == CallKind.INTERRUPTED.value:
-            record.interrupt = rebuild_exception(failure, worker)
+            record.interrupt = rebuild_exception(failure, worker, signal)
         else:
-            record.signals.append((worker, rebuild_exception(failure, worker)))
+            record.signals.append((worker, rebuild_exception(failure, worker, signal)))
 
     def _crash(self, worker: _Child, run: int, series: Series) -> CallFailure:
         worker.process.join(REAP_SECONDS)

@@ -1,0 +1,389 @@
+"""asyncio mode's event loop: a selector loop that orders ready task steps from the seed.
+
+The loop is a :class:`ScheduledEventLoop`: a stock selector loop whose ``_run_once`` first lets
+a :class:`ReadyOrder` arrange the callbacks that are ready for this pass. Only *task steps* are
+moved (a task starting, or resuming after an ``await``); other callbacks (transports, futures'
+done callbacks) keep asyncio's documented FIFO order, so no protocol sees its calls reordered.
+How a run arranges them comes from its index and seed (:func:`order_for_run`; with
+``perturb=False`` the runner keeps FIFO order in every run):
+
+* run 0 keeps plain FIFO order, which is what ``asyncio.gather`` on a fresh loop does;
+* odd runs shuffle the ready task steps of every pass;
+* even runs from 2 on shuffle and also *hold back* a step for one or two passes now and then,
+  which breaks the lockstep of identical tasks: a race whose window one task has to enter
+  while another is a step or two further on never shows in FIFO order, and shows here.
+
+The choices depend only on the seed and on the sequence of ready queues, so one seed is one
+schedule: code that awaits only other tasks, futures, locks, queues and ``sleep(0)`` is
+interleaved the same way every time (timers and real I/O complete when the clock says).
+
+The loop runs in a thread of its own (:class:`LoopHost`), owned by the runner for one test
+item, or by the session for an ``async def`` test that drives the harness. The thread that
+waits for it watches each run's deadline (:class:`RunWatch`): a loop that a synchronous call
+blocks is reported with the thread's stack and abandoned, so pytest never hangs. The stacks
+of hung tasks and of a blocked loop leave out the plugin's and asyncio's frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import os
+import random
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Protocol, TypeVar
+
+from pytest_concurrency import messages
+from pytest_concurrency.engine import owncode
+from pytest_concurrency.engine.leaks import note_leftover_tasks
+from pytest_concurrency.engine.outcomes import RunRecord, without_traceback
+from pytest_concurrency.engine.seeds import derive_seed
+from pytest_concurrency.errors import LoopBlocked
+
+__tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
+
+POLL_SECONDS = 0.05
+CANCEL_SECONDS = 2.0
+"""How long hung tasks get to finish after they are cancelled."""
+BLOCKED_SECONDS = 1.0
+"""A run past its deadline whose loop has not turned for this long is a blocked loop."""
+CLOSE_SECONDS = 5.0
+LOOP_THREAD_NAME = "concurrency-event-loop"
+MIN_HOLD_RATE = 0.05
+MAX_HOLD_RATE = 0.5
+"""Bounds of the per-run chance that a ready task step is held back (drawn uniformly)."""
+MAX_HOLD_PASSES = 2
+NOT_STARTED = "  (not started: its first step never ran)\n"
+
+T = TypeVar("T")
+Handle = asyncio.Handle
+
+
+# -- the order of ready callbacks ---------------------------------------------------------------
+
+
+class ReadyOrder(Protocol):
+    def arrange(self, ready: deque[Handle]) -> None:
+        """Reorder ``ready`` in place before the loop runs this pass's callbacks."""
+
+    def release(self) -> list[Handle]:
+        """The steps held back, handed over when another order takes this one's place."""
+
+
+class FifoOrder:
+    """asyncio's own order: callbacks run in the order they became ready."""
+
+    def arrange(self, ready: deque[Handle]) -> None:
+        return None
+
+    def release(self) -> list[Handle]:
+        return []
+
+
+FIFO = FifoOrder()
+
+
+def is_task_step(handle: Handle) -> bool:
+    """Whether a ready callback starts or resumes a task (and so may be moved)."""
+    callback = getattr(handle, "_callback", None)
+    return isinstance(getattr(callback, "__self__", None), asyncio.Task)
+
+
+@dataclass
+class SeededOrder:
+    """Shuffle ready task steps and hold some back, every choice from one seeded generator."""
+
+    seed: int
+    shuffle: bool = True
+    hold_rate: float = 0.0
+    passes: int = 0
+    held: list[tuple[Handle, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def arrange(self, ready: deque[Handle]) -> None:
+        self.passes += 1
+        if len(ready) < 2 and not self.held:
+            return  # nothing to reorder, and a lone step is never held
+        # popleft and extendleft, never clear(): call_soon_threadsafe may append meanwhile
+        handles = [ready.popleft() for _ in range(len(ready))]
+        fresh = len(handles)  # steps coming back from a hold are not held again
+        if self.held:
+            handles.extend(self._due())
+        slots = [index for index, handle in enumerate(handles) if is_task_step(handle)]
+        if slots and self.hold_rate:
+            handles = self._hold_some(handles, [index for index in slots if index < fresh])
+            slots = [index for index, handle in enumerate(handles) if is_task_step(handle)]
+        if slots and self.shuffle:
+            self._shuffle_steps(handles, slots)
+        if not handles and self.held:  # never leave the loop idle while steps are held
+            handles = [handle for handle, _ in self.held]
+            self.held = []
+        ready.extendleft(reversed(handles))
+
+    def release(self) -> list[Handle]:
+        released = [handle for handle, _ in self.held]
+        self.held = []
+        return released
+
+    def _due(self) -> list[Handle]:
+        due = [handle for handle, until in self.held if until <= self.passes]
+        self.held = [(handle, until) for handle, until in self.held if until > self.passes]
+        return due
+
+    def _shuffle_steps(self, handles: list[Handle], slots: list[int]) -> None:
+        """Permute the task steps among the places task steps occupy; the rest stay put."""
+        steps = [handles[index] for index in slots]
+        self.rng.shuffle(steps)
+        for index, step in zip(slots, steps, strict=True):
+            handles[index] = step
+
+    def _hold_some(self, handles: list[Handle], slots: list[int]) -> list[Handle]:
+        held = {index for index in slots if self.rng.random() < self.hold_rate}
+        if held and len(held) == len(handles):  # keep one step running: the run moves on
+            held.discard(slots[0])
+        for index in sorted(held):
+            self.held.append((handles[index], self.passes + self.rng.randint(1, MAX_HOLD_PASSES)))
+        return [handle for index, handle in enumerate(handles) if index not in held]
+
+
+def order_for_run(run_index: int, seed: int) -> ReadyOrder:
+    """Run 0: FIFO; odd runs: seeded shuffles; even runs from 2: shuffles and holds."""
+    if run_index == 0:
+        return FIFO
+    if run_index % 2 == 1:
+        return SeededOrder(seed)
+    rng = random.Random(derive_seed("hold", seed))
+    return SeededOrder(seed, hold_rate=rng.uniform(MIN_HOLD_RATE, MAX_HOLD_RATE))
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+class ScheduledEventLoop(asyncio.SelectorEventLoop):
+    """A selector event loop whose ready callbacks are arranged by :attr:`order` each pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: ReadyOrder = FIFO
+        self.watch: RunWatch | None = None
+        self.last_pass = time.monotonic()
+
+    def use_order(self, order: ReadyOrder) -> None:
+        """Arrange the ready callbacks with ``order`` from the next pass on. The steps the
+        previous order holds back go to the ready queue: dropped, their tasks would never
+        resume (a run cut short by a cancellation leaves some)."""
+        self._ready.extend(self.order.release())  # type: ignore[attr-defined]
+        self.order = order
+
+    def _run_once(self) -> None:
+        self.last_pass = time.monotonic()
+        if self.order is not FIFO:
+            self.order.arrange(self._ready)  # type: ignore[attr-defined]
+        super()._run_once()  # type: ignore[misc]
+
+
+@dataclass
+class RunWatch:
+    """The run in progress, as the thread waiting for the loop sees it."""
+
+    record: RunRecord
+    tasks: dict[asyncio.Task[None], int]
+    started: float
+    timeout: float
+    on_run_done: Callable[[RunRecord], bool]
+    _claimed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim(self) -> bool:
+        """True exactly once: whoever claims the run reports it (the loop, or the watcher)."""
+        with self._lock:
+            claimed, self._claimed = self._claimed, True
+            return not claimed
+
+    def overdue(self, now: float) -> bool:
+        return now > self.started + self.timeout
+
+
+class LoopHost:
+    """A :class:`ScheduledEventLoop` running in a daemon thread, and a way to run coroutines
+    on it from another thread with every wait bounded."""
+
+    def __init__(self) -> None:
+        self.loop = ScheduledEventLoop()
+        self.abandoned = False
+        self._died: BaseException | None = None
+        self.thread = threading.Thread(target=self._serve, name=LOOP_THREAD_NAME, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.loop.run_forever()
+        except BaseException as exc:  # KeyboardInterrupt or SystemExit escaped a task
+            self._died = exc
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the loop, in a copy of the caller's context, and wait for it."""
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+        context = contextvars.copy_context()
+        self.loop.call_soon_threadsafe(self._start, coroutine, context, done)
+        try:
+            return self._wait(done)
+        except BaseException as exc:
+            if done.done():
+                raise  # the coroutine's own outcome
+            # raised into the wait (pytest-timeout's failure, Ctrl-C): the loop's tasks end here
+            if not self.abandoned and self._died is None and self.loop.is_running():
+                self._wait_bounded(self._cancel_all(), CANCEL_SECONDS)
+            raise without_traceback(exc)  # noqa: B904 (the same exception)
+
+    def _start(
+        self,
+        coroutine: Coroutine[Any, Any, T],
+        context: contextvars.Context,
+        done: concurrent.futures.Future[T],
+    ) -> None:
+        task = context.run(self.loop.create_task, coroutine)
+        task.add_done_callback(lambda finished: _settle(finished, done))
+
+    def _wait(self, done: concurrent.futures.Future[T]) -> T:
+        while True:
+            try:
+                return done.result(POLL_SECONDS)
+            except concurrent.futures.TimeoutError:
+                pass
+            if self._died is not None:
+                raise self._died
+            watch = self.loop.watch
+            if watch is not None and self._blocked(watch):
+                self._report_blocked(watch)
+                workers = ", ".join(map(str, watch.record.hung_workers))
+                raise LoopBlocked(
+                    messages.LOOP_BLOCKED.format(seconds=watch.timeout, worker=workers), self.thread
+                )
+
+    def _blocked(self, watch: RunWatch) -> bool:
+        now = time.monotonic()
+        return watch.overdue(now) and now - self.loop.last_pass > BLOCKED_SECONDS
+
+    def _report_blocked(self, watch: RunWatch) -> None:
+        """Record who blocks the loop, with the loop thread's stack; abandon the loop."""
+        self.abandoned = True
+        if not watch.claim():
+            return
+        record = watch.record
+        try:
+            current = asyncio.current_task(self.loop)
+        except RuntimeError:
+            current = None
+        blocking = watch.tasks.get(current) if current is not None else None
+        record.hung_workers = sorted(
+            index for task, index in watch.tasks.items() if not task.done()
+        )
+        for task, index in watch.tasks.items():
+            if not task.done() and index != blocking:
+                record.stacks[index] = task_stack(task)
+        frame = sys._current_frames().get(self.thread.ident or -1)
+        if blocking is not None and frame is not None:
+            record.stacks[blocking] = (
+                messages.LOOP_BLOCKED.format(seconds=watch.timeout, worker=blocking)
+                + "\n"
+                + user_stack(frame)
+            )
+        watch.on_run_done(record)
+
+    async def _cancel_all(self) -> None:
+        """Cancel every other task and let them unwind, so that none is left for the leak
+        check to blame on the test."""
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_SECONDS)
+
+    def close(self) -> None:
+        """Cancel what is left, stop the loop and join its thread (unless it was abandoned)."""
+        if self.abandoned or not self.thread.is_alive():
+            if not self.thread.is_alive() and not self.loop.is_closed():
+                self.loop.close()
+            return
+        try:
+            self._wait_bounded(self._shutdown(), CLOSE_SECONDS)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(CLOSE_SECONDS)
+            if not self.thread.is_alive():
+                self.loop.close()
+            else:
+                self.abandoned = True
+
+    def _wait_bounded(self, coroutine: Coroutine[Any, Any, None], seconds: float) -> None:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            future.result(seconds)
+        except (concurrent.futures.TimeoutError, Exception):
+            future.cancel()
+
+    async def _shutdown(self) -> None:
+        current = asyncio.current_task()
+        note_leftover_tasks([task for task in asyncio.all_tasks() if task is not current])
+        await self._cancel_all()  # the leftovers: reported as the test's leak, then cancelled
+        await self.loop.shutdown_asyncgens()
+
+
+def _settle(task: asyncio.Task[T], done: concurrent.futures.Future[T]) -> None:
+    if task.cancelled():
+        done.set_exception(concurrent.futures.CancelledError())
+    elif task.exception() is not None:
+        done.set_exception(task.exception())
+    else:
+        done.set_result(task.result())
+
+
+# -- stacks -------------------------------------------------------------------------------------
+
+
+_ASYNCIO_DIR = os.path.realpath(os.path.dirname(asyncio.__file__)) + os.sep
+
+
+def is_own_frame(filename: str) -> bool:
+    """Frames of this plugin and of asyncio: how a task got to the user's code."""
+    return owncode.is_plugin_file(filename) or os.path.realpath(filename).startswith(_ASYNCIO_DIR)
+
+
+def task_stack(task: asyncio.Task[Any]) -> str:
+    """Where a suspended task waits: its coroutine chain, innermost last, and what it awaits."""
+    frames: list[tuple[FrameType, int]] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            break
+        if not is_own_frame(frame.f_code.co_filename):
+            frames.append((frame, frame.f_lineno))
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    text = "".join(traceback.StackSummary.extract(iter(frames)).format())
+    if isinstance(awaited, asyncio.Future):  # a task, or a bare future; C iterators hide theirs
+        text += f"  awaiting {awaited!r}\n"
+    return text or NOT_STARTED
+
+
+def user_stack(frame: FrameType) -> str:
+    summary = traceback.StackSummary.extract(traceback.walk_stack(frame))
+    summary.reverse()
+    kept = [
+        entry
+        for entry in summary
+        if not is_own_frame(entry.filename) and "threading.py" not in entry.filename
+    ]
+    return "".join(traceback.StackSummary.from_list(kept).format())
