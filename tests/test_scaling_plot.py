@@ -10,8 +10,9 @@ import pytest
 
 from pytest_concurrency.errors import PlotUnavailableError
 from pytest_concurrency.scaling import plot
-from pytest_concurrency.scaling.api import MeasurementContext, RoundRecord, analyze
 from pytest_concurrency.scaling.records import WorkerSample
+from pytest_concurrency.scaling.report import analyze
+from pytest_concurrency.scaling.stats import MeasurementContext, RoundRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

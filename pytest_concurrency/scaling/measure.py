@@ -1,7 +1,9 @@
 """Run one round of a scaling measurement: N workers, in threads or in a persistent process pool.
 
-This is the measuring half of scaling, kept apart from the statistics in
-:mod:`pytest_concurrency.scaling.api` so those get plain unit tests on synthetic numbers.
+This is the measuring half of scaling, kept apart from the statistics and the report
+(:mod:`~pytest_concurrency.scaling.stats`, :mod:`~pytest_concurrency.scaling.report`) so those
+get plain unit tests on synthetic numbers; the method is described in
+:mod:`pytest_concurrency.scaling.api`.
 Each round starts its workers together (a barrier for threads, a shared start time for
 processes), lets each call the unit a fixed number of times, and returns one
 :class:`WorkerSample` per worker. Nothing here waits without a deadline: a round that

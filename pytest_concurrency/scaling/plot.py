@@ -3,7 +3,7 @@
 Drawn with matplotlib, the optional ``plot`` extra, imported only when a chart is asked for.
 The charts use matplotlib's object API on an Agg canvas (no ``pyplot``, no global backend
 switch), so drawing is safe inside a test session. Input is the ``to_json()`` dicts of
-:class:`pytest_concurrency.scaling.api.ScalingReport`, each with the ``nodeid`` the caller added.
+:class:`pytest_concurrency.scaling.report.ScalingReport`, each with the ``nodeid`` the caller added.
 
 Pure module: no pytest import.
 """
