@@ -76,6 +76,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
+from pytest_concurrency import messages
 from pytest_concurrency.engine.cores import core_budget, free_threaded_build, gil_enabled
 from pytest_concurrency.errors import ScalingUsageError
 from pytest_concurrency.scaling.child import reference_work
@@ -126,21 +127,6 @@ REFERENCE_UNIT = Unit(reference_work, (), {})
 ROUND_DEADLINE_FLOOR = 10.0
 ROUND_DEADLINE_FACTOR = 20.0
 """A round may take this many times its worst-case planned time (at least the floor)."""
-
-# --------------------------------------------------------------------------- user-facing text
-
-UNKNOWN_EXPECT = "scaling: expect={value!r} is not a verdict; use one of {choices}."
-BAD_MIN_EFFICIENCY = "scaling: min_efficiency={value!r} is not a number between 0 and 1."
-OVER_BUDGET = (
-    "the measurement took {elapsed:.1f} s, over its budget of {budget:g} s: one call of the "
-    "unit takes {call:.2g} s"
-)
-EXPECT_FAILED = "scaling: expected {expected}, got {verdict}."
-EFFICIENCY_FAILED = (
-    "scaling: efficiency {efficiency:.0%} with {workers} {mode} (interval {low:.0%} to "
-    "{high:.0%}) is below min_efficiency={minimum:.0%}."
-)
-NO_JUDGED_LEVEL = "scaling: no efficiency at the usable cores to compare with min_efficiency."
 
 # --------------------------------------------------------------------------- measuring
 
@@ -278,7 +264,7 @@ def measure_scaling(
     report.context = replace(context, elapsed=time.perf_counter() - started)
     if report.context.elapsed > OVER_BUDGET_WARNING * budget_s:
         report.add_warning(
-            OVER_BUDGET.format(
+            messages.SCALING_OVER_BUDGET.format(
                 elapsed=report.context.elapsed, budget=budget_s, call=seconds_per_call
             )
         )
@@ -289,9 +275,13 @@ def _expected_words(expect: str | Iterable[str]) -> tuple[str, ...]:
     words = (expect,) if isinstance(expect, str) else tuple(expect)
     for word in words:
         if word not in VERDICTS:
-            raise ScalingUsageError(UNKNOWN_EXPECT.format(value=word, choices=", ".join(VERDICTS)))
+            raise ScalingUsageError(
+                messages.SCALING_UNKNOWN_EXPECT.format(value=word, choices=", ".join(VERDICTS))
+            )
     if not words:
-        raise ScalingUsageError(UNKNOWN_EXPECT.format(value=expect, choices=", ".join(VERDICTS)))
+        raise ScalingUsageError(
+            messages.SCALING_UNKNOWN_EXPECT.format(value=expect, choices=", ".join(VERDICTS))
+        )
     return words
 
 
@@ -304,7 +294,7 @@ def validate_expectation(expect: str | Iterable[str] | None, min_efficiency: flo
         or not isinstance(min_efficiency, (int, float))
         or not 0 < min_efficiency <= 1
     ):
-        raise ScalingUsageError(BAD_MIN_EFFICIENCY.format(value=min_efficiency))
+        raise ScalingUsageError(messages.SCALING_BAD_MIN_EFFICIENCY.format(value=min_efficiency))
 
 
 def check_expectation(
@@ -324,16 +314,18 @@ def check_expectation(
         words = _expected_words(expect)
         if report.verdict not in words:
             failures.append(
-                EXPECT_FAILED.format(expected=" or ".join(words), verdict=report.verdict)
+                messages.SCALING_EXPECT_FAILED.format(
+                    expected=" or ".join(words), verdict=report.verdict
+                )
             )
     if min_efficiency is not None:
         if not report.judged_workers:
-            failures.append(NO_JUDGED_LEVEL)
+            failures.append(messages.SCALING_NO_JUDGED_LEVEL)
         for mode, workers in report.judged_workers.items():
             level = report.level(mode, workers)
             if level.efficiency < min_efficiency:
                 failures.append(
-                    EFFICIENCY_FAILED.format(
+                    messages.SCALING_EFFICIENCY_FAILED.format(
                         efficiency=level.efficiency,
                         workers=workers,
                         mode=mode,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pytest_concurrency import messages
 from pytest_concurrency.errors import ScalingUsageError
 from pytest_concurrency.scaling.measure import Unit
 from pytest_concurrency.scaling.stats import DEFAULT_BUDGET_SECONDS
@@ -36,43 +37,6 @@ MAX_OVERRUN = 3.0
 """Refuse a measurement whose smallest plan would take more than this many budgets."""
 MIN_BATCH_SECONDS = 0.02
 """A worker's batch of calls lasts at least this long, so start skew stays a small error."""
-
-# --------------------------------------------------------------------------- user-facing text
-
-BAD_MODE = "scaling: unknown mode {mode!r}; use one or both of {choices}."
-ASYNCIO_MODE = (
-    "scaling: mode 'asyncio' runs every task on one thread, so it cannot use more cores; "
-    "measure modes=('threads', 'processes')."
-)
-NO_MODES = "scaling: modes= is empty; use one or both of {choices}."
-BAD_WORKERS = (
-    "scaling: workers={value!r} is not usable; give the largest worker count as an integer "
-    "from 2 to {limit}, or a list of worker counts from 1 to {limit} including one above 1."
-)
-BAD_ROUNDS = (
-    "scaling: rounds={value!r} is not usable; give an integer from {low} to {high}, "
-    "or leave it out to fit the rounds to the budget."
-)
-BAD_BUDGET = (
-    "scaling: budget={value!r} is not usable; give seconds, more than 0 and at most {high}."
-)
-BAD_SEED = "scaling: seed={value!r} is not an integer."
-NOT_CALLABLE = "scaling: the unit of work {value!r} is not callable; pass a function."
-COROUTINE_UNIT = (
-    "scaling: {name} is a coroutine function; scaling measures plain functions: pass "
-    "a function that runs it, such as lambda: asyncio.run({name}()) (threads mode only)."
-)
-UNPICKLABLE_UNIT = (
-    "scaling: {name} and its arguments cannot be sent to worker processes ({error}). "
-    "In processes mode the unit of work is pickled: define the function at module level "
-    "(not a lambda, a nested function or a local class) and pass picklable arguments, "
-    "or measure threads only with modes=('threads',)."
-)
-BUDGET_TOO_SMALL = (
-    "scaling: one call of {name} takes {call:.2g} s, so {rounds} rounds over the worker counts "
-    "{levels} need about {needed:.0f} s, far over budget={budget:g} s; pass a larger budget= "
-    "(or fewer workers=, or rounds=3), or measure a smaller unit of work."
-)
 
 # --------------------------------------------------------------------------- validation
 
@@ -113,12 +77,12 @@ def validate_modes(modes: str | Iterable[str]) -> tuple[str, ...]:
     chosen = (modes,) if isinstance(modes, str) else tuple(modes)
     choices = ", ".join(repr(m) for m in MODES)
     if not chosen:
-        raise ScalingUsageError(NO_MODES.format(choices=choices))
+        raise ScalingUsageError(messages.SCALING_NO_MODES.format(choices=choices))
     for mode in chosen:
         if mode == "asyncio":
-            raise ScalingUsageError(ASYNCIO_MODE)
+            raise ScalingUsageError(messages.SCALING_ASYNCIO_MODE)
         if mode not in MODES:
-            raise ScalingUsageError(BAD_MODE.format(mode=mode, choices=choices))
+            raise ScalingUsageError(messages.SCALING_BAD_MODE.format(mode=mode, choices=choices))
     return tuple(dict.fromkeys(chosen))
 
 
@@ -130,7 +94,7 @@ def plan_levels(
     usable_cores: int, workers: int | Sequence[int] | None, modes: Sequence[str]
 ) -> dict[str, tuple[int, ...]]:
     """Worker counts per mode: by default threads to twice the cores, processes to the cores."""
-    error = ScalingUsageError(BAD_WORKERS.format(value=workers, limit=MAX_WORKERS))
+    error = ScalingUsageError(messages.SCALING_BAD_WORKERS.format(value=workers, limit=MAX_WORKERS))
     if workers is None:
         limits = {THREADS: max(2, 2 * usable_cores), PROCESSES: max(2, usable_cores)}
         return {mode: default_levels(limits[mode]) for mode in modes}
@@ -156,7 +120,9 @@ def validate_rounds(rounds: int | None) -> int | None:
         return None
     if not _is_count(rounds) or not MIN_EXPLICIT_ROUNDS <= rounds <= MAX_EXPLICIT_ROUNDS:
         raise ScalingUsageError(
-            BAD_ROUNDS.format(value=rounds, low=MIN_EXPLICIT_ROUNDS, high=MAX_EXPLICIT_ROUNDS)
+            messages.SCALING_BAD_ROUNDS.format(
+                value=rounds, low=MIN_EXPLICIT_ROUNDS, high=MAX_EXPLICIT_ROUNDS
+            )
         )
     return rounds
 
@@ -169,7 +135,9 @@ def validate_budget(budget: float | None) -> float:
         or not isinstance(budget, (int, float))
         or not 0 < budget <= MAX_BUDGET_SECONDS
     ):
-        raise ScalingUsageError(BAD_BUDGET.format(value=budget, high=MAX_BUDGET_SECONDS))
+        raise ScalingUsageError(
+            messages.SCALING_BAD_BUDGET.format(value=budget, high=MAX_BUDGET_SECONDS)
+        )
     return float(budget)
 
 
@@ -182,22 +150,24 @@ def unit_name(fn: Callable[..., Any]) -> str:
 
 def validate_unit(unit: Unit, modes: Sequence[str]) -> None:
     if not callable(unit.fn):
-        raise ScalingUsageError(NOT_CALLABLE.format(value=unit.fn))
+        raise ScalingUsageError(messages.SCALING_NOT_CALLABLE.format(value=unit.fn))
     name = unit_name(unit.fn)
     if inspect.iscoroutinefunction(unit.fn):
-        raise ScalingUsageError(COROUTINE_UNIT.format(name=name))
+        raise ScalingUsageError(messages.SCALING_COROUTINE_UNIT.format(name=name))
     if PROCESSES in modes:
         try:
             unit.payload()
         except Exception as exc:
             raise ScalingUsageError(
-                UNPICKLABLE_UNIT.format(name=name, error=f"{type(exc).__name__}: {exc}")
+                messages.SCALING_UNPICKLABLE_UNIT.format(
+                    name=name, error=f"{type(exc).__name__}: {exc}"
+                )
             ) from exc
 
 
 def validate_seed(seed: int) -> None:
     if not _is_count(seed):
-        raise ScalingUsageError(BAD_SEED.format(value=seed))
+        raise ScalingUsageError(messages.SCALING_BAD_SEED.format(value=seed))
 
 
 # --------------------------------------------------------------------------- planning
@@ -237,7 +207,7 @@ def check_budget(plan: MeasurementPlan, seconds_per_call: float, budget: float, 
     if needed > MAX_OVERRUN * budget:
         levels = "; ".join(f"{mode} {list(counts)}" for mode, counts in plan.levels.items())
         raise ScalingUsageError(
-            BUDGET_TOO_SMALL.format(
+            messages.SCALING_BUDGET_TOO_SMALL.format(
                 name=name,
                 call=seconds_per_call,
                 rounds=plan.min_rounds,

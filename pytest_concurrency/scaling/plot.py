@@ -17,12 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_concurrency import messages
 from pytest_concurrency.errors import PlotUnavailableError
 
-PLOT_EXTRA_MISSING = (
-    "pytest-concurrency: --concurrency-plot needs matplotlib, which is not installed: "
-    'pip install "pytest-concurrency[plot]"'
-)
 INDEX_TITLE = "pytest-concurrency: scaling"
 INDEX_NAME = "index.html"
 MODE_STYLES = {
@@ -42,7 +39,7 @@ def _figure_class() -> tuple[Any, Any]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise PlotUnavailableError(PLOT_EXTRA_MISSING) from exc
+        raise PlotUnavailableError(messages.SCALING_PLOT_EXTRA_MISSING) from exc
     return Figure, FigureCanvasAgg
 
 

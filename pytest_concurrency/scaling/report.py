@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_concurrency import messages
 from pytest_concurrency.errors import ScalingUsageError
 from pytest_concurrency.scaling.records import WaitSite
 from pytest_concurrency.scaling.stats import (
@@ -38,8 +39,6 @@ from pytest_concurrency.scaling.verdict import (
     judge_mode,
     set_aside_reason,
 )
-
-NOT_MEASURED = "scaling: no measurement with {workers} {mode}; measured: {levels}."
 
 # --------------------------------------------------------------------------- the report
 
@@ -67,7 +66,9 @@ class ScalingReport:
         measured = ", ".join(
             f"{m} {[level.workers for level in levels]}" for m, levels in self.levels.items()
         )
-        raise ScalingUsageError(NOT_MEASURED.format(workers=workers, mode=mode, levels=measured))
+        raise ScalingUsageError(
+            messages.SCALING_NOT_MEASURED.format(workers=workers, mode=mode, levels=measured)
+        )
 
     def speedup(self, mode: str, n: int) -> float:
         """The median capacity C(n) = throughput(n) / throughput(1)."""
