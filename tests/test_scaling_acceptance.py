@@ -18,11 +18,11 @@ import pytest
 from conftest import ISOLATION_ARGS
 
 from pytest_concurrency import messages
-from pytest_concurrency.scaling import api as scaling
 from pytest_concurrency.scaling import plot
+from pytest_concurrency.scaling.verdict import VERDICTS
 
 pytestmark = pytest.mark.slow  # pytest runs in subprocesses here
-VERDICT_PATTERN = "|".join(scaling.VERDICTS)
+VERDICT_PATTERN = "|".join(VERDICTS)
 
 UNITS = """
 import sys
@@ -71,7 +71,7 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> InnerRun:
     """One inner session, shared by the tests below: the fixture (both modes) and the marker
     (processes, with a fixture value), writing the JSON report and the charts."""
     path = tmp_path_factory.mktemp("measured")
-    source = MEASURED.replace("VERDICTS", repr(scaling.VERDICTS))
+    source = MEASURED.replace("VERDICTS", repr(VERDICTS))
     (path / "test_measured.py").write_text(textwrap.dedent(source))
     command = [
         sys.executable,
@@ -109,7 +109,7 @@ def test_json_entries_have_the_documented_fields(measured: InnerRun) -> None:
     assert set(entries) == {"test_measured.py::test_fixture", "test_measured.py::test_marker"}
     entry = entries["test_measured.py::test_fixture"]
     assert entry["kind"] == "scaling"
-    assert entry["verdict"] in scaling.VERDICTS
+    assert entry["verdict"] in VERDICTS
     assert entry["reasons"]
     assert isinstance(entry["gil_enabled"], bool)
     assert entry["usable_cores"] >= 1

@@ -17,17 +17,14 @@ from collections.abc import Callable
 import pytest
 
 from pytest_concurrency.engine.cores import CoreBudget, core_budget, gil_enabled
+from pytest_concurrency.errors import ScalingMeasurementError, ScalingWorkError
 from pytest_concurrency.plugin import scaling_hooks
 from pytest_concurrency.scaling import api as scaling
-from pytest_concurrency.scaling.api import (
-    VERDICTS,
-    ScalingMeasurementError,
-    ScalingReport,
-    ScalingWorkError,
-    measure_scaling,
-)
+from pytest_concurrency.scaling.api import measure_scaling
 from pytest_concurrency.scaling.measure import Unit, WaitSampler, run_thread_round
 from pytest_concurrency.scaling.records import WorkerSample
+from pytest_concurrency.scaling.report import ScalingReport
+from pytest_concurrency.scaling.verdict import VERDICTS
 
 CALLS_IN_THIS_PROCESS = [0]
 

@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
+from pytest_concurrency import messages
 from pytest_concurrency.errors import PlotUnavailableError
 from pytest_concurrency.scaling import plot
-from pytest_concurrency.scaling.api import MeasurementContext, RoundRecord, analyze
 from pytest_concurrency.scaling.records import WorkerSample
+from pytest_concurrency.scaling.report import analyze
+from pytest_concurrency.scaling.stats import MeasurementContext, RoundRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -72,4 +74,4 @@ def test_missing_matplotlib_names_the_extra(
     with pytest.raises(PlotUnavailableError) as caught:
         plot.write_charts([entry("t.py::test_a")], tmp_path)
     assert 'pip install "pytest-concurrency[plot]"' in str(caught.value)
-    assert str(caught.value) == plot.PLOT_EXTRA_MISSING
+    assert str(caught.value) == messages.SCALING_PLOT_EXTRA_MISSING

@@ -9,17 +9,13 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from pytest_concurrency.scaling import api as scaling
-from pytest_concurrency.scaling.api import (
-    MeasurementContext,
-    RoundRecord,
-    ScalingUsageError,
-    analyze,
-    check_expectation,
-    format_scaling_table,
-    median_interval,
-)
+from pytest_concurrency.errors import ScalingUsageError
+from pytest_concurrency.scaling import plan as scaling_plan
+from pytest_concurrency.scaling import stats
+from pytest_concurrency.scaling.api import check_expectation, measure_scaling
 from pytest_concurrency.scaling.records import WaitSite, WorkerSample
+from pytest_concurrency.scaling.report import analyze, format_scaling_table
+from pytest_concurrency.scaling.stats import MeasurementContext, RoundRecord, median_interval
 
 ROUNDS = 9
 BATCH = 0.1
@@ -386,15 +382,15 @@ def test_median_interval_of_few_values_is_the_range_with_lower_coverage() -> Non
 
 
 def test_karp_flatt_serial_fraction() -> None:
-    assert scaling.karp_flatt(2.0, 2) == pytest.approx(0.0)
-    assert scaling.karp_flatt(1.0, 4) == pytest.approx(1.0)
-    assert scaling.karp_flatt(1.0, 1) is None
+    assert stats.karp_flatt(2.0, 2) == pytest.approx(0.0)
+    assert stats.karp_flatt(1.0, 4) == pytest.approx(1.0)
+    assert stats.karp_flatt(1.0, 1) is None
 
 
 def test_usl_fit_recovers_known_coefficients() -> None:
-    truth = scaling.UslFit(sigma=0.05, kappa=0.002, r_squared=1.0)
+    truth = stats.UslFit(sigma=0.05, kappa=0.002, r_squared=1.0)
     points = [(n, truth.capacity(n)) for n in (1, 2, 4, 8, 16, 32)]
-    fit = scaling.fit_usl(points)
+    fit = stats.fit_usl(points)
     assert fit is not None
     assert fit.sigma == pytest.approx(0.05, abs=1e-6)
     assert fit.kappa == pytest.approx(0.002, abs=1e-6)
@@ -402,7 +398,7 @@ def test_usl_fit_recovers_known_coefficients() -> None:
 
 
 def test_usl_fit_needs_six_levels() -> None:
-    assert scaling.fit_usl([(n, float(n)) for n in (1, 2, 3, 4, 5)]) is None
+    assert stats.fit_usl([(n, float(n)) for n in (1, 2, 3, 4, 5)]) is None
 
 
 def test_usl_fit_appears_in_the_report_only_with_six_levels() -> None:
@@ -416,30 +412,30 @@ def test_usl_fit_appears_in_the_report_only_with_six_levels() -> None:
 
 
 def test_default_levels_reach_twice_the_cores_for_threads() -> None:
-    levels = scaling.plan_levels(2, None, ("threads", "processes"))
+    levels = scaling_plan.plan_levels(2, None, ("threads", "processes"))
     assert levels == {"threads": (1, 2, 3, 4), "processes": (1, 2)}
 
 
 def test_default_levels_on_many_cores_stay_few_and_include_the_ends() -> None:
-    levels = scaling.plan_levels(32, None, ("threads",))["threads"]
+    levels = scaling_plan.plan_levels(32, None, ("threads",))["threads"]
     assert levels[0] == 1 and levels[-1] == 64
-    assert len(levels) <= scaling.MAX_DEFAULT_LEVELS
+    assert len(levels) <= scaling_plan.MAX_DEFAULT_LEVELS
 
 
 def test_explicit_worker_list_always_includes_one() -> None:
-    assert scaling.plan_levels(2, [4, 2], ("threads",)) == {"threads": (1, 2, 4)}
+    assert scaling_plan.plan_levels(2, [4, 2], ("threads",)) == {"threads": (1, 2, 4)}
 
 
 @pytest.mark.parametrize("workers", [0, 1, -3, 10_000, [1], [], "4", 2.5, [0, 2], True])
 def test_unusable_worker_counts_name_the_fix(workers: object) -> None:
     with pytest.raises(ScalingUsageError, match="give the largest worker count"):
-        scaling.plan_levels(2, workers, ("threads",))  # type: ignore[arg-type]
+        scaling_plan.plan_levels(2, workers, ("threads",))  # type: ignore[arg-type]
 
 
 def test_round_order_is_shuffled_by_the_seed_and_visits_everything() -> None:
     import random
 
-    plan = scaling.MeasurementPlan(levels={"threads": (1, 2, 3, 4), "processes": (1, 2)})
+    plan = scaling_plan.MeasurementPlan(levels={"threads": (1, 2, 3, 4), "processes": (1, 2)})
     first = plan.round_order(random.Random(7))
     assert first == plan.round_order(random.Random(7))
     assert sorted(first) == sorted(plan.round_order(random.Random(8)))
@@ -448,23 +444,23 @@ def test_round_order_is_shuffled_by_the_seed_and_visits_everything() -> None:
 
 def test_batch_is_sized_for_the_worst_case_within_the_budget() -> None:
     levels = {"threads": (1, 2, 3, 4), "processes": (1, 2)}
-    plan = scaling.plan_calls(levels, seconds_per_call=0.001, remaining=9.0, rounds=None)
+    plan = scaling_plan.plan_calls(levels, seconds_per_call=0.001, remaining=9.0, rounds=None)
     worst_round = plan.weight * plan.calls * 0.001
-    assert worst_round * scaling.TARGET_ROUNDS <= 9.0
-    assert plan.calls * 0.001 >= scaling.MIN_BATCH_SECONDS
-    fixed = scaling.plan_calls(levels, 0.001, 9.0, rounds=4)
+    assert worst_round * scaling_plan.TARGET_ROUNDS <= 9.0
+    assert plan.calls * 0.001 >= scaling_plan.MIN_BATCH_SECONDS
+    fixed = scaling_plan.plan_calls(levels, 0.001, 9.0, rounds=4)
     assert (fixed.min_rounds, fixed.max_rounds) == (4, 4)
 
 
 def test_a_unit_too_slow_for_the_budget_is_refused_with_the_numbers() -> None:
     levels = {"threads": (1, 2, 3, 4), "processes": (1, 2)}
-    plan = scaling.plan_calls(levels, seconds_per_call=3.0, remaining=9.0, rounds=None)
+    plan = scaling_plan.plan_calls(levels, seconds_per_call=3.0, remaining=9.0, rounds=None)
     with pytest.raises(
         ScalingUsageError, match=r"one call of slow takes 3 s.*pass a larger budget"
     ):
-        scaling.check_budget(plan, 3.0, 10.0, "slow")
-    fast = scaling.plan_calls(levels, seconds_per_call=0.001, remaining=9.0, rounds=None)
-    scaling.check_budget(fast, 0.001, 10.0, "fast")
+        scaling_plan.check_budget(plan, 3.0, 10.0, "slow")
+    fast = scaling_plan.plan_calls(levels, seconds_per_call=0.001, remaining=9.0, rounds=None)
+    scaling_plan.check_budget(fast, 0.001, 10.0, "fast")
 
 
 # --------------------------------------------------------------------------- usage errors
@@ -490,12 +486,12 @@ def test_measure_scaling_rejects_bad_arguments_before_measuring(
     kwargs: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ScalingUsageError, match=message):
-        scaling.measure_scaling(module_level_unit, **kwargs)  # type: ignore[arg-type]
+        measure_scaling(module_level_unit, **kwargs)  # type: ignore[arg-type]
 
 
 def test_unpicklable_unit_in_process_mode_says_define_it_at_module_level() -> None:
     with pytest.raises(ScalingUsageError, match="define the function at module level"):
-        scaling.measure_scaling(lambda: None, modes=("processes",))
+        measure_scaling(lambda: None, modes=("processes",))
 
 
 def test_coroutine_unit_is_refused() -> None:
@@ -503,7 +499,7 @@ def test_coroutine_unit_is_refused() -> None:
         pass
 
     with pytest.raises(ScalingUsageError, match="coroutine function"):
-        scaling.measure_scaling(work, modes=("threads",))
+        measure_scaling(work, modes=("threads",))
 
 
 def test_usage_error_is_a_value_error() -> None:

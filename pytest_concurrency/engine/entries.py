@@ -76,7 +76,7 @@ class SerialEntry(_SerialFields, total=False):
 
 ScalingEntry = dict[str, Any]
 """A scaling measurement: ``kind``, ``nodeid`` and the scaling report's own JSON
-(:func:`pytest_concurrency.scaling.api.report_json`), whose shape the scaling room owns."""
+(:func:`pytest_concurrency.scaling.report.report_json`), whose shape the scaling room owns."""
 
 Entry = ConcurrentEntry | SerialEntry | ScalingEntry
 

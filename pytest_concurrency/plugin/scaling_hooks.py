@@ -26,12 +26,12 @@ from pytest_concurrency import messages
 from pytest_concurrency.errors import ScalingMeasurementError, ScalingUsageError
 from pytest_concurrency.plugin.entries import record_entry
 from pytest_concurrency.scaling.api import (
-    MODES,
-    ScalingReport,
     check_expectation,
     measure_scaling,
     validate_expectation,
 )
+from pytest_concurrency.scaling.report import ScalingReport
+from pytest_concurrency.scaling.verdict import MODES
 
 SESSION_PLUGIN_NAME = "concurrency-session"
 OWN_MONITORING_TOOL = "pytest-concurrency"
@@ -110,7 +110,7 @@ def _record(item: pytest.Item, report: ScalingReport, warnings: Iterable[str]) -
 
 def scaling_fixture_value(request: pytest.FixtureRequest) -> Callable[..., ScalingReport]:
     """The ``scaling`` fixture: ``scaling(fn, *args, **kwargs)`` measures ``fn`` and returns
-    a :class:`~pytest_concurrency.scaling.api.ScalingReport`.
+    a :class:`~pytest_concurrency.scaling.report.ScalingReport`.
 
     The keywords ``workers``, ``modes``, ``rounds``, ``budget``, ``seed`` and ``force`` configure
     the measurement; every other keyword goes to ``fn`` (use :func:`functools.partial` to pass

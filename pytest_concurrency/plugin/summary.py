@@ -76,7 +76,7 @@ def write_summary(session: ConcurrencySession, terminalreporter: Any) -> None:
         lines = summary_lines(session.entries)
     scaling = scaling_entries(session)
     if scaling:
-        from pytest_concurrency.scaling.api import format_scaling_table
+        from pytest_concurrency.scaling.report import format_scaling_table
 
         lines.extend(format_scaling_table(scaling))
     lines.extend(session.plot_lines)

@@ -1,7 +1,9 @@
 """Run one round of a scaling measurement: N workers, in threads or in a persistent process pool.
 
-This is the measuring half of scaling, kept apart from the statistics in
-:mod:`pytest_concurrency.scaling.api` so those get plain unit tests on synthetic numbers.
+This is the measuring half of scaling, kept apart from the statistics and the report
+(:mod:`~pytest_concurrency.scaling.stats`, :mod:`~pytest_concurrency.scaling.report`) so those
+get plain unit tests on synthetic numbers; the method is described in
+:mod:`pytest_concurrency.scaling.api`.
 Each round starts its workers together (a barrier for threads, a shared start time for
 processes), lets each call the unit a fixed number of times, and returns one
 :class:`WorkerSample` per worker. Nothing here waits without a deadline: a round that
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
 
+from pytest_concurrency import messages
 from pytest_concurrency.engine import owncode
 from pytest_concurrency.errors import ScalingMeasurementError, ScalingUsageError, ScalingWorkError
 from pytest_concurrency.scaling import child as scaling_child
@@ -42,19 +45,6 @@ REAP_TIMEOUT = 2.0
 """Longest wait for a worker process to exit at each step of stopping the pool."""
 SAMPLE_INTERVAL = 0.002
 """Time between two looks at the worker threads' stacks when looking for a wait site."""
-
-ROUND_TIMEOUT = (
-    "scaling: a round with {workers} {mode} did not finish within {deadline:.1f} s; the unit of "
-    "work may hang or wait for something that never comes. The measurement was stopped{extra}."
-)
-ABANDONED_THREADS = " and {count} worker thread(s) were left running (daemon threads)"
-WORKER_DIED = "scaling: worker process {index} died (exit code {code}) during the measurement."
-WORKER_RAISED = "scaling: the unit of work raised in a worker ({mode}):\n{detail}"
-CHILD_LOAD_FAILED = (
-    "scaling: the worker processes could not load the unit of work:\n{detail}\n"
-    "In processes mode the function and its arguments are pickled by reference: define the "
-    "function at module level in an importable module, or pass modes=('threads',)."
-)
 
 
 @dataclass(frozen=True)
@@ -200,13 +190,17 @@ def run_thread_round(
     alive = sum(thread.is_alive() for thread in threads)
     if alive:
         barrier.abort()
-        extra = ABANDONED_THREADS.format(count=alive)
+        extra = messages.SCALING_ABANDONED_THREADS.format(count=alive)
         raise ScalingMeasurementError(
-            ROUND_TIMEOUT.format(workers=workers, mode="threads", deadline=deadline, extra=extra)
+            messages.SCALING_ROUND_TIMEOUT.format(
+                workers=workers, mode="threads", deadline=deadline, extra=extra
+            )
         )
     if errors:
         detail = f"{type(errors[0]).__name__}: {errors[0]}"
-        raise ScalingWorkError(WORKER_RAISED.format(mode="threads", detail=detail)) from errors[0]
+        raise ScalingWorkError(
+            messages.SCALING_WORKER_RAISED.format(mode="threads", detail=detail)
+        ) from errors[0]
     return [sample for sample in samples if sample is not None]
 
 
@@ -275,9 +269,11 @@ class ProcessPool:
         for index in range(self.size):
             reply = self._receive(index, ends_at, self.size, POOL_START_TIMEOUT)
             if reply[0] == "unloadable":
-                raise ScalingUsageError(CHILD_LOAD_FAILED.format(detail=reply[1]))
+                raise ScalingUsageError(messages.SCALING_CHILD_LOAD_FAILED.format(detail=reply[1]))
             if reply[0] == "error":
-                raise ScalingWorkError(WORKER_RAISED.format(mode="processes", detail=reply[1]))
+                raise ScalingWorkError(
+                    messages.SCALING_WORKER_RAISED.format(mode="processes", detail=reply[1])
+                )
 
     def run_round(self, workers: int, calls: int, deadline: float) -> list[WorkerSample]:
         """Run one round on the first ``workers`` processes; they start at one shared time."""
@@ -289,7 +285,9 @@ class ProcessPool:
         for index in range(workers):
             reply = self._receive(index, ends_at, workers, deadline)
             if reply[0] == "error":
-                raise ScalingWorkError(WORKER_RAISED.format(mode="processes", detail=reply[1]))
+                raise ScalingWorkError(
+                    messages.SCALING_WORKER_RAISED.format(mode="processes", detail=reply[1])
+                )
             samples.append(WorkerSample(*reply[1]))
         return samples
 
@@ -300,7 +298,9 @@ class ProcessPool:
         conn = self._conns[index]
         if not conn.poll(max(0.0, ends_at - time.monotonic())):
             raise ScalingMeasurementError(
-                ROUND_TIMEOUT.format(workers=workers, mode="processes", deadline=deadline, extra="")
+                messages.SCALING_ROUND_TIMEOUT.format(
+                    workers=workers, mode="processes", deadline=deadline, extra=""
+                )
             )
         try:
             reply: tuple[str, Any] = conn.recv()
@@ -308,7 +308,7 @@ class ProcessPool:
             process = self._processes[index]
             process.join(REAP_TIMEOUT)
             raise ScalingMeasurementError(
-                WORKER_DIED.format(index=index, code=process.exitcode)
+                messages.SCALING_WORKER_DIED.format(index=index, code=process.exitcode)
             ) from None
         return reply
 

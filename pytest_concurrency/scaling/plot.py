@@ -3,7 +3,7 @@
 Drawn with matplotlib, the optional ``plot`` extra, imported only when a chart is asked for.
 The charts use matplotlib's object API on an Agg canvas (no ``pyplot``, no global backend
 switch), so drawing is safe inside a test session. Input is the ``to_json()`` dicts of
-:class:`pytest_concurrency.scaling.api.ScalingReport`, each with the ``nodeid`` the caller added.
+:class:`pytest_concurrency.scaling.report.ScalingReport`, each with the ``nodeid`` the caller added.
 
 Pure module: no pytest import.
 """
@@ -17,12 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_concurrency import messages
 from pytest_concurrency.errors import PlotUnavailableError
 
-PLOT_EXTRA_MISSING = (
-    "pytest-concurrency: --concurrency-plot needs matplotlib, which is not installed: "
-    'pip install "pytest-concurrency[plot]"'
-)
 INDEX_TITLE = "pytest-concurrency: scaling"
 INDEX_NAME = "index.html"
 MODE_STYLES = {
@@ -42,7 +39,7 @@ def _figure_class() -> tuple[Any, Any]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise PlotUnavailableError(PLOT_EXTRA_MISSING) from exc
+        raise PlotUnavailableError(messages.SCALING_PLOT_EXTRA_MISSING) from exc
     return Figure, FigureCanvasAgg
 
 
