@@ -224,3 +224,28 @@ def test_the_entry_point_is_the_plugin_package() -> None:
     pyproject = (ROOT.parent / "pyproject.toml").read_text()
     assert f'concurrency = "{PACKAGE}.plugin"' in pyproject
     assert f"{PACKAGE}.plugin" in modules()
+
+
+MODE_NAMES = {"threads", "processes", "asyncio"}
+MODE_ROOMS = {"runners", "scaling"}  # a runner is its mode; scaling measures modes by name
+
+
+def test_no_mode_branch_outside_the_runners() -> None:
+    """``if mode == "threads"`` belongs in a runner; elsewhere, ask engine/modes.py."""
+    offenders = []
+    for name, path in modules().items():
+        if room_of(name) in MODE_ROOMS or name.endswith("engine.modes"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                if any(isinstance(s, ast.Constant) and s.value in MODE_NAMES for s in sides):
+                    offenders.append(f"{name}:{node.lineno}")
+    assert offenders == []
+
+
+def test_every_mode_has_a_runner() -> None:
+    from pytest_concurrency.engine.modes import MODES
+    from pytest_concurrency.runners import RUNNERS
+
+    assert set(RUNNERS) == set(MODES)

@@ -362,3 +362,10 @@ def from_series(traceback: list[Any]) -> list[Any]:
 
 def hidden(entry: Any) -> bool:
     return "__tracebackhide__" in entry.frame.f_locals
+
+
+def test_an_unknown_mode_has_no_runner() -> None:
+    from pytest_concurrency.runners import make_runner
+
+    with pytest.raises(ValueError, match="unknown mode 'fibers'"):
+        make_runner("fibers", 2)

@@ -28,8 +28,9 @@ from pytest_concurrency.driver.series import (
     run_series_async,
 )
 from pytest_concurrency.engine.context import WorkerContext, current
+from pytest_concurrency.engine.modes import NAMES as MODES
+from pytest_concurrency.engine.modes import mode_of
 from pytest_concurrency.engine.outcomes import RunRecord, SeriesOutcome
-from pytest_concurrency.engine.settings import MODES
 from pytest_concurrency.errors import ConcurrencyUsageError
 from pytest_concurrency.runners.base import AsyncRunner, Runner, RunPlan, WorkerCall
 
@@ -244,7 +245,7 @@ class HarnessRun:
         ``got = await run(make_coro, workers=8)``.
         """
         calls = self._calls(functions, workers)
-        if self.loop.mode == "asyncio" and _loop_running():
+        if mode_of(self.loop.mode).runs_coroutines and _loop_running():
             coroutine = self._run_async(calls)
             self.started.append(coroutine)
             return coroutine

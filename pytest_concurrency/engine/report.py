@@ -27,6 +27,7 @@ from pytest_concurrency.engine.entries import (
     scaling_entries,
     serial_entries,
 )
+from pytest_concurrency.engine.modes import MODES
 from pytest_concurrency.engine.outcomes import (
     FailureGroup,
     RunRecord,
@@ -58,9 +59,8 @@ def run_position(outcome: SeriesOutcome, run: int) -> str:
 
 
 def where(outcome: SeriesOutcome, seed: int) -> str:
-    unit = {"threads": "threads", "processes": "processes", "asyncio": "tasks"}.get(
-        outcome.mode, outcome.mode
-    )
+    known = MODES.get(outcome.mode)
+    unit = known.unit if known else outcome.mode
     return f"{outcome.workers} {unit}, seed {seed}"
 
 

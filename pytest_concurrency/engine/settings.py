@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine.modes import DEFAULT_MODE, mode_of
+from pytest_concurrency.engine.modes import NAMES as MODES
 from pytest_concurrency.errors import SettingsError
 
-MODES = ("threads", "processes", "asyncio")
 MAX_WORKERS = 4096
 MAX_RUNS = 10_000_000
 DEFAULT_WORKERS = 4
@@ -248,7 +249,7 @@ MARKER_KEYS = tuple(name for name, spec in FIELDS.items() if spec.in_marker)
 class Settings:
     """How one concurrent test (or, before a marker is applied, the session) runs."""
 
-    mode: str = "threads"
+    mode: str = DEFAULT_MODE
     workers: int | None = DEFAULT_WORKERS  # None: auto
     runs: int = DEFAULT_RUNS
     seed: int | None = None  # None: derived from the session seed and the test id
@@ -280,7 +281,7 @@ class Settings:
 
 def auto_workers(mode: str, usable_cores: int) -> int:
     """``workers=auto``: processes get one per core; threads and tasks oversubscribe."""
-    if mode == "processes":
+    if mode_of(mode).one_worker_per_core:
         return max(2, usable_cores)
     return max(DEFAULT_WORKERS, 2 * usable_cores)
 

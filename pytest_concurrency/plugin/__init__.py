@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine.modes import NAMES as MODES
 from pytest_concurrency.engine.settings import (
     DEFAULT_UNSAFE_FIXTURES,
     ENV_PREFIX,
     FIELDS,
-    MODES,
     SESSION_FIELDS,
     resolve,
     resolve_session_options,

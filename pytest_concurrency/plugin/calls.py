@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_concurrency.engine.modes import COROUTINE_MODE, mode_of
 from pytest_concurrency.engine.settings import DEFAULT_SCHEDULE_DEPTH, Settings
 from pytest_concurrency.errors import LoopBlocked
 from pytest_concurrency.plugin.entries import (
@@ -204,7 +205,7 @@ def make_runner(
     from pytest_concurrency.runners import make_perturbation, make_runner
 
     roots = [session.config.rootpath, item.path.parent]
-    if settings.mode == "threads" and settings.schedule != "off":
+    if mode_of(settings.mode).workers_are_threads and settings.schedule != "off":
         from pytest_concurrency.races.scheduler import (
             make_scheduler,  # the controlled scheduler (issue 5)
         )
@@ -268,7 +269,7 @@ def concurrency_fixture(session: ConcurrencySession, request: pytest.FixtureRequ
     item = request.node
     settings = item.stash.get(SETTINGS_KEY, None) or session.settings
     if is_async_test(item):
-        settings = dataclasses.replace(settings, mode="asyncio")
+        settings = dataclasses.replace(settings, mode=COROUTINE_MODE)
     config = harness_config(session, item, settings)
 
     def factory(mode: str, workers: int, schedule: str | None = None) -> Runner:
@@ -304,7 +305,7 @@ def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> li
 def schedule_options(settings: Settings) -> tuple[str, ...]:
     """What the reproduce line needs to replay a controlled schedule chosen on the command line
     (harmless when the marker chose it: the marker wins)."""
-    if settings.schedule == "off" or settings.mode != "threads":
+    if settings.schedule == "off" or not mode_of(settings.mode).workers_are_threads:
         return ()
     options: tuple[str, ...] = (f"--concurrency-schedule={settings.schedule}",)
     if settings.schedule == "pct" and settings.schedule_depth != DEFAULT_SCHEDULE_DEPTH:
@@ -314,7 +315,7 @@ def schedule_options(settings: Settings) -> tuple[str, ...]:
 
 def runner_options(settings: Settings) -> dict[str, Any]:
     """Mode-specific knobs for :func:`~pytest_concurrency.runners.make_runner`."""
-    if settings.mode == "processes":
+    if mode_of(settings.mode).start_method_matters:
         return {"start_method": settings.start_method, "hooks": pytest_hooks()}
     return {}
 

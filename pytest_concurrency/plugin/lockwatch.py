@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine.modes import mode_of
 from pytest_concurrency.engine.settings import Settings
 from pytest_concurrency.plugin.entries import ENTRIES_KEY
 from pytest_concurrency.plugin.items import SERIAL_KEY, SETTINGS_KEY, is_async_test, is_concurrent
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from pytest_concurrency.races.tracker import LockTracker
 
 LOCKWATCH_NAME = "concurrency-lockwatch"
-MODE_THREADS = "threads"
 
 
 class LockOrderWarning(pytest.PytestWarning):
@@ -110,7 +110,7 @@ class LockWatch:
         if isinstance(settled, str):
             return None  # the session fails the test's setup with the message
         settings = settled or self.session.settings
-        if settings.mode != MODE_THREADS:
+        if not mode_of(settings.mode).workers_are_threads:
             return None
         if settings.schedule == "off" and settings.lock_order == "off":
             return None
@@ -157,7 +157,7 @@ class LockWatch:
             and marker is not None
             and "schedule" in marker.kwargs
             and resolved.schedule != "off"
-            and resolved.mode != MODE_THREADS
+            and not mode_of(resolved.mode).workers_are_threads
         ):
             pytest.fail(
                 messages.SCHEDULE_NEEDS_THREADS.format(

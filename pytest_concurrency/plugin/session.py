@@ -20,6 +20,7 @@ import pytest
 
 from pytest_concurrency import messages
 from pytest_concurrency.engine import cores
+from pytest_concurrency.engine.modes import COROUTINE_MODE, mode_of
 from pytest_concurrency.engine.settings import Settings
 from pytest_concurrency.errors import SettingsError
 from pytest_concurrency.plugin import calls, harness_entries, summary
@@ -209,11 +210,12 @@ class ConcurrencySession:
             return str(settings_or_error)
         settings = settings_or_error
         if is_async_test(item) and "mode" not in marker.kwargs:
-            settings = dataclasses.replace(settings, mode="asyncio")
-        if is_async_test(item) != (settings.mode == "asyncio"):
+            settings = dataclasses.replace(settings, mode=COROUTINE_MODE)
+        runs_coroutines = mode_of(settings.mode).runs_coroutines
+        if is_async_test(item) != runs_coroutines:
             template = (
                 messages.SYNC_BODY_IN_ASYNCIO
-                if settings.mode == "asyncio"
+                if runs_coroutines
                 else messages.ASYNC_BODY_IN_OTHER_MODE
             )
             return template.format(nodeid=item.nodeid, mode=settings.mode)

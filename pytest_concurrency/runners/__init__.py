@@ -6,6 +6,7 @@ for them.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,14 @@ def make_perturbation(*, enabled: bool, roots: Sequence[Path], seed: int) -> Per
     return result
 
 
+RUNNERS: dict[str, str] = {
+    "threads": "pytest_concurrency.runners.threads",
+    "processes": "pytest_concurrency.runners.processes",
+    "asyncio": "pytest_concurrency.runners.aio",
+}
+"""The registry: each mode's module, imported on first use; it provides ``build_runner``."""
+
+
 def make_runner(
     mode: str,
     workers: int,
@@ -34,20 +43,8 @@ def make_runner(
     options: Mapping[str, Any] | None = None,
 ) -> Runner:
     """A runner for ``mode`` with ``workers`` workers (``options``: mode-specific knobs)."""
-    if mode == "threads":
-        from pytest_concurrency.runners.threads import ThreadRunner
-
-        return ThreadRunner(workers, perturbation)
-    if mode == "processes":
-        from pytest_concurrency.runners.processes import ProcessRunner  # type: ignore[import-not-found,unused-ignore]
-
-        runner: Runner = ProcessRunner(workers, perturbation=perturbation, **(options or {}))
-        return runner
-    if mode == "asyncio":
-        from pytest_concurrency.runners.aio import AsyncioRunner  # type: ignore[import-not-found,unused-ignore]
-
-        # the seeded task orders are asyncio mode's schedule perturbation: off with perturb=False
-        perturb = perturbation is not NO_PERTURBATION
-        runner = AsyncioRunner(workers, perturb=perturb, **(options or {}))
-        return runner
-    raise ValueError(f"unknown mode {mode!r}")
+    if mode not in RUNNERS:
+        raise ValueError(f"unknown mode {mode!r}")
+    module = importlib.import_module(RUNNERS[mode])
+    runner: Runner = module.build_runner(workers, perturbation, dict(options or {}))
+    return runner

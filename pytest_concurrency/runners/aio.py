@@ -23,6 +23,7 @@ from pytest_concurrency.engine.context import CURRENT, WorkerContext
 from pytest_concurrency.engine.outcomes import CallFailure, CallKind, RunRecord, classify
 from pytest_concurrency.engine.seeds import run_seed
 from pytest_concurrency.errors import BarrierAborted, ConcurrencyUsageError, LoopBlocked
+from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation
 from pytest_concurrency.runners.aio_loop import (
     CANCEL_SECONDS,
     FIFO,
@@ -254,3 +255,11 @@ def run_test_coroutine(function: Callable[[], Awaitable[Any]]) -> None:
         host.run(body())
     finally:
         host.close()
+
+
+def build_runner(
+    workers: int, perturbation: Perturbation, options: dict[str, Any]
+) -> AsyncioRunner:
+    """The registry's entry for asyncio mode: its seeded task orders are its schedule
+    perturbation, off (FIFO) with ``perturb=False``."""
+    return AsyncioRunner(workers, perturb=perturbation is not NO_PERTURBATION, **options)

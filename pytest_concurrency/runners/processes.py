@@ -529,3 +529,10 @@ def _reap(pool: _Pool) -> None:
             worker.process.close()
     shutil.rmtree(pool.directory, ignore_errors=True)
     child_coverage.merge_children(pids)  # the lines the children ran, measured in them
+
+
+def build_runner(
+    workers: int, perturbation: Perturbation, options: dict[str, Any]
+) -> ProcessRunner:
+    """The registry's entry for process mode: ``start_method`` and ``hooks`` as options."""
+    return ProcessRunner(workers, perturbation=perturbation, **options)

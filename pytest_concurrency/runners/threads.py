@@ -344,3 +344,8 @@ class ThreadRunner:
         )
         run = self._run = _Run(record, series, _monotonic(), [False] * workers)
         return run
+
+
+def build_runner(workers: int, perturbation: Perturbation, options: dict[str, Any]) -> ThreadRunner:
+    """The registry's entry for thread mode (it takes no options)."""
+    return ThreadRunner(workers, perturbation)
