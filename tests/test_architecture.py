@@ -249,3 +249,16 @@ def test_every_mode_has_a_runner() -> None:
     from pytest_concurrency.runners import RUNNERS
 
     assert set(RUNNERS) == set(MODES)
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    """ARCHITECTURE.md's table lists each room's modules: a new module is placed there too."""
+    page = (ROOT.parent / "ARCHITECTURE.md").read_text()
+    unnamed = [
+        name
+        for name in modules()
+        if room_of(name) is not None
+        and name.count(".") == 2
+        and f"`{name.rsplit('.', 1)[1]}`" not in page
+    ]
+    assert unnamed == []
