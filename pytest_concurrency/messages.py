@@ -262,12 +262,10 @@ SCALING_FORCED_TRACER = (
     "measured under a tracer, {tracer} (force=True): timings are slowed and skewed"
 )
 SCALING_MARKER_POSITIONAL = (
-    "@pytest.mark.scaling on {nodeid} takes keyword arguments only, such as "
-    "@pytest.mark.scaling(expect='scales'); got positional {args!r}"
+    "takes keyword arguments only, such as @pytest.mark.scaling(expect='scales'); "
+    "got positional {args!r}"
 )
-SCALING_MARKER_UNKNOWN_KEY = (
-    "@pytest.mark.scaling on {nodeid}: unknown argument {key!r}; use {choices}"
-)
+SCALING_MARKER_UNKNOWN_KEY = "unknown argument {key!r}; use {choices}"
 SCALING_MARKER_COROUTINE = (
     "@pytest.mark.scaling on {nodeid}: the test is a coroutine function; the marker measures "
     "plain functions: call asyncio.run(...) inside a plain test, or use the scaling fixture"

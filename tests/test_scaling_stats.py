@@ -580,3 +580,12 @@ def test_terminal_table_from_json_entries() -> None:
     assert "x1.00 [1.00, 1.00] @2" in lines[1] and "x2.00 [2.00, 2.00] @2" in lines[1]
     assert any(line.startswith("t.py::test_b: io-bound: threads reach") for line in lines)
     assert format_scaling_table([]) == []
+
+
+def test_scaling_marker_keywords_are_checked_by_name_in_the_plan() -> None:
+    given = {"workers": 2, "expect": "scales", "force": True}
+    assert scaling_plan.marker_options((), given) == given
+    with pytest.raises(ScalingUsageError, match=r"unknown argument 'worker'; use workers, modes"):
+        scaling_plan.marker_options((), {"worker": 2})
+    with pytest.raises(ScalingUsageError, match=r"keyword arguments only.*got positional \(2,\)"):
+        scaling_plan.marker_options((2,), {})

@@ -30,6 +30,7 @@ from pytest_concurrency.scaling.api import (
     measure_scaling,
     validate_expectation,
 )
+from pytest_concurrency.scaling.plan import marker_options
 from pytest_concurrency.scaling.report import ScalingReport
 from pytest_concurrency.scaling.verdict import MODES
 
@@ -37,8 +38,6 @@ SESSION_PLUGIN_NAME = "concurrency-session"
 OWN_MONITORING_TOOL = "pytest-concurrency"
 """Our own ``sys.monitoring`` tool (schedule perturbation) is not a tracer to skip for."""
 MONITORING_TOOL_IDS = range(6)
-
-MARKER_KEYS = ("workers", "modes", "expect", "min_efficiency", "rounds", "budget", "seed", "force")
 
 
 # --------------------------------------------------------------------------- reliability
@@ -156,20 +155,12 @@ def _marker_kwargs(item: pytest.Function) -> dict[str, Any]:
     marker = item.get_closest_marker("scaling")
     if marker is None:
         return {}
-    if marker.args:
+    try:
+        return marker_options(marker.args, marker.kwargs)
+    except ScalingUsageError as error:
         pytest.fail(
-            messages.SCALING_MARKER_POSITIONAL.format(nodeid=item.nodeid, args=marker.args),
-            pytrace=False,
+            messages.SCALING_MARKER_USAGE.format(nodeid=item.nodeid, error=error), pytrace=False
         )
-    for key in marker.kwargs:
-        if key not in MARKER_KEYS:
-            pytest.fail(
-                messages.SCALING_MARKER_UNKNOWN_KEY.format(
-                    nodeid=item.nodeid, key=key, choices=", ".join(MARKER_KEYS)
-                ),
-                pytrace=False,
-            )
-    return dict(marker.kwargs)
 
 
 def _test_body(item: pytest.Function) -> Callable[..., Any]:

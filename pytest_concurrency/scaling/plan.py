@@ -40,6 +40,24 @@ MIN_BATCH_SECONDS = 0.02
 
 # --------------------------------------------------------------------------- validation
 
+MARKER_KEYS = ("workers", "modes", "expect", "min_efficiency", "rounds", "budget", "seed", "force")
+"""The keywords of ``@pytest.mark.scaling``: the measurement's settings and its gate."""
+
+
+def marker_options(args: Sequence[object], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The scaling marker's keywords, checked by name (their values are checked with the plan).
+
+    A positional argument or an unknown keyword is a :class:`ScalingUsageError`.
+    """
+    if args:
+        raise ScalingUsageError(messages.SCALING_MARKER_POSITIONAL.format(args=tuple(args)))
+    for key in kwargs:
+        if key not in MARKER_KEYS:
+            raise ScalingUsageError(
+                messages.SCALING_MARKER_UNKNOWN_KEY.format(key=key, choices=", ".join(MARKER_KEYS))
+            )
+    return dict(kwargs)
+
 
 @dataclass(frozen=True)
 class MeasurementPlan:
