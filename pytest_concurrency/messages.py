@@ -350,5 +350,5 @@ SCALING_CHILD_LOAD_FAILED = (
 # -- scaling: charts (scaling/plot.py) --------------------------------------------------------
 SCALING_PLOT_EXTRA_MISSING = (
     "pytest-concurrency: --concurrency-plot needs matplotlib, which is not installed: "
-    'pip install "pytest-concurrency[plot]"'
+    'pip install matplotlib, or from the project\'s source checkout pip install ".[plot]"'
 )
