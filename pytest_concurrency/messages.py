@@ -242,6 +242,8 @@ argument, the command-line option, the environment variable or the ini key)."""
 UNKNOWN_MARKER_ARGUMENT = (
     "pytest-concurrency: unknown argument {key}= in {where}.{hint} Known arguments: {known}"
 )
+UNPRINTABLE_EXCEPTION = "<unprintable {exc_type} object: str() raised {error}>"
+"""The text of an exception whose ``__str__`` raised (engine/outcomes.exception_text)."""
 INTERRUPTED_SUMMARY = (
     "  {nodeid}: interrupted after {runs_done} runs ({mode}, {workers} workers): {interrupted}"
 )

@@ -369,3 +369,16 @@ def test_an_unknown_mode_has_no_runner() -> None:
 
     with pytest.raises(ValueError, match="unknown mode 'fibers'"):
         make_runner("fibers", 2)
+
+
+def test_exception_text_never_raises_and_names_what_failed() -> None:
+    from pytest_concurrency.engine.outcomes import exception_text, first_line
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise KeyError("error")
+
+    assert exception_text(ValueError("plain")) == "plain"
+    text = exception_text(Unprintable())
+    assert text == "<unprintable Unprintable object: str() raised KeyError: 'error'>"
+    assert first_line(Unprintable()) == text

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from types import TracebackType
 
+from pytest_concurrency import messages
+
 OUTCOME_MODULE = "_pytest.outcomes"
 SKIP_NAMES = frozenset({"Skipped"})
 XFAIL_NAMES = frozenset({"XFailed"})
@@ -46,7 +48,7 @@ def is_outside_interrupt(exc: BaseException) -> bool:
     if not is_pytest_outcome(exc):
         return False
     return "Exit" in {base.__name__ for base in type(exc).__mro__} or (
-        TIMEOUT_FAILURE_MARK in str(exc)
+        TIMEOUT_FAILURE_MARK in exception_text(exc)
     )
 
 
@@ -101,8 +103,26 @@ def exception_name(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, never raising: an exception whose ``__str__`` fails is still a failure to
+    report, so its text falls back to what failed (as pytest shows an unprintable value)."""
+    try:
+        return str(exc)
+    except Exception as error:
+        return messages.UNPRINTABLE_EXCEPTION.format(
+            exc_type=type(exc).__name__, error=_fallback_name(error)
+        )
+
+
+def _fallback_name(error: BaseException) -> str:
+    try:
+        return f"{type(error).__name__}: {error}"
+    except Exception:
+        return type(error).__name__
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()
+    text = exception_text(exc).strip().splitlines()
     line = text[0] if text else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
 

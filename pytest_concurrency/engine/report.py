@@ -32,6 +32,7 @@ from pytest_concurrency.engine.outcomes import (
     FailureGroup,
     RunRecord,
     SeriesOutcome,
+    exception_text,
     group_failures,
 )
 
@@ -188,7 +189,7 @@ def describe_interrupt(exc: BaseException | None) -> str | None:
     """What cut a series short, in one line: "Failed: Timeout (>1.0s) from pytest-timeout"."""
     if exc is None:
         return None
-    text = str(exc).strip().splitlines()
+    text = exception_text(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 

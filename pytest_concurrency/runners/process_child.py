@@ -46,7 +46,13 @@ from types import ModuleType, TracebackType
 from typing import Any, Protocol
 
 from pytest_concurrency.engine.context import CURRENT, WorkerContext
-from pytest_concurrency.engine.outcomes import CallKind, classify, first_line, origin_of
+from pytest_concurrency.engine.outcomes import (
+    CallKind,
+    classify,
+    exception_text,
+    first_line,
+    origin_of,
+)
 from pytest_concurrency.errors import BarrierAborted
 from pytest_concurrency.runners import child_coverage
 from pytest_concurrency.runners.base import BARRIER_ABORTED
@@ -233,7 +239,7 @@ def failure_data(exc: BaseException, kind: CallKind) -> FailureData:
         "module": type(exc).__module__,
         "qualname": type(exc).__qualname__,
         "message": message,
-        "text": str(exc),
+        "text": exception_text(exc),
         "filename": origin.filename,
         "lineno": origin.lineno,
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine.outcomes import exception_text
 from pytest_concurrency.errors import ScalingUsageError
 from pytest_concurrency.scaling.measure import Unit
 from pytest_concurrency.scaling.stats import DEFAULT_BUDGET_SECONDS
@@ -178,7 +179,7 @@ def validate_unit(unit: Unit, modes: Sequence[str]) -> None:
         except Exception as exc:
             raise ScalingUsageError(
                 messages.SCALING_UNPICKLABLE_UNIT.format(
-                    name=name, error=f"{type(exc).__name__}: {exc}"
+                    name=name, error=f"{type(exc).__name__}: {exception_text(exc)}"
                 )
             ) from exc
 
