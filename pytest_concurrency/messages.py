@@ -263,11 +263,6 @@ SCALING_FORCED_XDIST = (
 SCALING_FORCED_TRACER = (
     "measured under a tracer, {tracer} (force=True): timings are slowed and skewed"
 )
-SCALING_MARKER_POSITIONAL = (
-    "takes keyword arguments only, such as @pytest.mark.scaling(expect='scales'); "
-    "got positional {args!r}"
-)
-SCALING_MARKER_UNKNOWN_KEY = "unknown argument {key!r}; use {choices}"
 SCALING_MARKER_COROUTINE = (
     "@pytest.mark.scaling on {nodeid}: the test is a coroutine function; the marker measures "
     "plain functions: call asyncio.run(...) inside a plain test, or use the scaling fixture"
@@ -279,6 +274,11 @@ SCALING_MARKER_USAGE = "@pytest.mark.scaling on {nodeid}: {error}"
 SCALING_FIXTURE_ARGUMENTS_HINT = " (with the marker, the arguments are the test's fixture values)"
 
 # -- scaling: settings of a measurement (scaling/plan.py) -------------------------------------
+SCALING_MARKER_POSITIONAL = (
+    "takes keyword arguments only, such as @pytest.mark.scaling(expect='scales'); "
+    "got positional {args!r}"
+)
+SCALING_MARKER_UNKNOWN_KEY = "unknown argument {key!r}; use {choices}"
 SCALING_BAD_MODE = "scaling: unknown mode {mode!r}; use one or both of {choices}."
 SCALING_ASYNCIO_MODE = (
     "scaling: mode 'asyncio' runs every task on one thread, so it cannot use more cores; "
