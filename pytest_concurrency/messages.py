@@ -61,6 +61,14 @@ RUN_AFTER_LOOP = (
     "pytest-concurrency: this run object belongs to a finished iteration of concurrency.runs(); "
     "call it inside the for loop that produced it"
 )
+BARRIER_ABORTED = (
+    "concurrency.barrier() was abandoned: another worker of this run failed or timed out "
+    "before reaching it"
+)
+COLLATERAL_LINE = (
+    "  and {count} {calls} gave up at concurrency.barrier() because of {it} ({workers}): "
+    "consequences, not causes"
+)
 SERIAL_NOT_CONCURRENT = "marked not_concurrent"
 SERIAL_UNSAFE_FIXTURE = "uses thread-unsafe fixture {names}"
 SERIAL_WARNINGS = "uses {name} (warning filters are process-global)"

@@ -45,6 +45,7 @@ class _ConcurrentFields(TypedDict):
     failing_run_seed: int | None
     hung_workers: list[int]
     failures: list[FailureGroupEntry]
+    collateral_workers: list[int]  # gave up at concurrency.barrier() after another one failed
     observations: dict[str, int]
     reproduce: str | None
     interrupted: str | None

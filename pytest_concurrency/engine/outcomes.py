@@ -167,6 +167,7 @@ class RunRecord:
     hung_workers: list[int] = field(default_factory=list)
     stacks: dict[int, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # lines a schedule adds to the report
+    collateral: list[CallFailure] = field(default_factory=list)  # gave up at the barrier
 
     @property
     def failed(self) -> bool:

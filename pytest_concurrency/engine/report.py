@@ -99,6 +99,25 @@ def group_lines(groups: Iterable[FailureGroup]) -> list[str]:
     return lines
 
 
+def collateral_lines(record: RunRecord) -> list[str]:
+    """The calls that gave up at the barrier because of the failures above, counted apart."""
+    if not record.collateral:
+        return []
+    workers = sorted(failure.worker for failure in record.collateral)
+    listed = ", ".join(str(worker) for worker in workers[:MAX_LISTED_WORKERS])
+    if len(workers) > MAX_LISTED_WORKERS:
+        listed += ", ..."
+    count = len(workers)
+    return [
+        messages.COLLATERAL_LINE.format(
+            count=count,
+            calls="call" if count == 1 else "calls",
+            it="it" if len(record.failures) == 1 else "them",
+            workers=("worker " if count == 1 else "workers ") + listed,
+        )
+    ]
+
+
 def observation_lines(outcome: SeriesOutcome) -> list[str]:
     if not outcome.observations:
         return []
@@ -130,6 +149,7 @@ def failure_report(
         return []
     lines = [headline(outcome, record, timeout, seed)]
     lines.extend(group_lines(group_failures(record.failures)))
+    lines.extend(collateral_lines(record))
     lines.extend(hang_lines(record))
     lines.extend(record.notes)
     lines.extend(observation_lines(outcome))
@@ -162,6 +182,7 @@ def concurrent_entry(
         "failing_run": record.index if record else None,
         "failing_run_seed": record.seed if record else None,
         "hung_workers": list(record.hung_workers) if record else [],
+        "collateral_workers": sorted(f.worker for f in record.collateral) if record else [],
         "failures": [
             {
                 "origin": group.origin.describe(),

@@ -33,7 +33,7 @@ from pytest_concurrency.runners.aio_loop import (
     order_for_run,
     task_stack,
 )
-from pytest_concurrency.runners.base import BARRIER_ABORTED, Series, drop_collateral
+from pytest_concurrency.runners.base import Series, set_collateral_apart
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
@@ -54,7 +54,7 @@ class TaskBarrier:
 
     async def wait(self, timeout: float | None) -> None:
         if self.broken:
-            raise BarrierAborted(BARRIER_ABORTED)
+            raise BarrierAborted(messages.BARRIER_ABORTED)
         if self.gate is None:
             self.gate = asyncio.get_running_loop().create_future()
         gate = self.gate
@@ -66,7 +66,7 @@ class TaskBarrier:
         await asyncio.wait({gate}, timeout=timeout)
         if not gate.done() or gate.cancelled():
             self.abort()
-            raise BarrierAborted(BARRIER_ABORTED)
+            raise BarrierAborted(messages.BARRIER_ABORTED)
 
     def abort(self) -> None:
         self.broken = True
@@ -145,7 +145,7 @@ class AsyncioRunner:
             if not watch.claim():
                 return  # reported as a blocked loop by the waiting thread
             record = watch.record
-            drop_collateral(record)
+            set_collateral_apart(record)
             go_on = series.on_run_done(record)
             if not go_on or record.interrupt is not None or record.hung_workers:
                 return

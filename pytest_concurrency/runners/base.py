@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pytest_concurrency.engine.outcomes import RunRecord
+from pytest_concurrency.engine.outcomes import CallFailure, RunRecord
 from pytest_concurrency.errors import BarrierAborted
 
 WorkerCall = Callable[[], object]
@@ -78,19 +78,17 @@ class AsyncRunner(Runner, Protocol):
         """Like ``run_series``, awaited from a coroutine running on the mode's own loop."""
 
 
-BARRIER_ABORTED = (
-    "concurrency.barrier() was abandoned: another worker of this run failed or timed out "
-    "before reaching it"
-)
+def is_collateral(failure: CallFailure) -> bool:
+    """Did this call give up at ``concurrency.barrier()`` because another one failed?"""
+    exc_type = failure.origin.exc_type
+    return exc_type == BarrierAborted.__qualname__ or exc_type.endswith(".BarrierAborted")
 
 
-def drop_collateral(record: RunRecord) -> None:
-    """Keep barrier-abandoned failures only when nothing else failed: they are consequences."""
-    real = [
-        f
-        for f in record.failures
-        if f.origin.exc_type != BarrierAborted.__qualname__
-        and not f.origin.exc_type.endswith(".BarrierAborted")
-    ]
-    if real:
-        record.failures = real
+def set_collateral_apart(record: RunRecord) -> None:
+    """Calls that gave up at the barrier are consequences of the run's real failures: when
+    there are real ones, count them apart (``record.collateral``), never in their place. When
+    every failure is one (a worker never reached the barrier), they are the failure."""
+    collateral = [failure for failure in record.failures if is_collateral(failure)]
+    if collateral and len(collateral) < len(record.failures):
+        record.failures = [failure for failure in record.failures if not is_collateral(failure)]
+        record.collateral.extend(collateral)

@@ -41,7 +41,6 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from threading import BrokenBarrierError
 from types import ModuleType, TracebackType
 from typing import Any, Protocol
 
@@ -53,9 +52,7 @@ from pytest_concurrency.engine.outcomes import (
     first_line,
     origin_of,
 )
-from pytest_concurrency.errors import BarrierAborted
 from pytest_concurrency.runners import child_coverage
-from pytest_concurrency.runners.base import BARRIER_ABORTED
 from pytest_concurrency.runners.framework import AssertRewriter
 
 LOAD = "load"
@@ -79,7 +76,7 @@ FailureData = dict[str, Any]
 
 
 class BarrierLike(Protocol):
-    def wait(self, timeout: float | None = None) -> int: ...
+    def wait(self, timeout: float | None = None) -> object: ...
 
     def abort(self) -> None: ...
 
@@ -389,10 +386,7 @@ class ChildWorker:
 
     def wait_at_user_barrier(self, timeout: float | None) -> None:
         __tracebackhide__ = True
-        try:
-            self.user_barrier.wait(timeout)
-        except BrokenBarrierError:
-            raise BarrierAborted(BARRIER_ABORTED) from None
+        self.user_barrier.wait(timeout)
 
 
 def _make_perturbation(spec: tuple[list[str], int] | None) -> Any:

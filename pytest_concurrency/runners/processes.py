@@ -65,7 +65,8 @@ from pytest_concurrency.errors import ProcessModeError, WorkerCrashed
 from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation, SeededPerturbation
 from pytest_concurrency.runners import child_coverage
 from pytest_concurrency.runners import process_child as child
-from pytest_concurrency.runners.base import Series, WorkerCall, drop_collateral
+from pytest_concurrency.runners.barrier import process_barrier
+from pytest_concurrency.runners.base import Series, WorkerCall, set_collateral_apart
 from pytest_concurrency.runners.framework import NO_HOOKS, FrameworkHooks
 from pytest_concurrency.runners.process_data import (
     call_location,
@@ -246,7 +247,11 @@ class ProcessRunner:
             preload_forkserver(context)
         directory = tempfile.mkdtemp(prefix="pytest-concurrency-")
         pool = _Pool(
-            [], context.Barrier(self.workers), context.Barrier(self.workers), directory, inherited
+            [],
+            context.Barrier(self.workers),
+            process_barrier(self.workers, context),
+            directory,
+            inherited,
         )
         try:
             for index in range(self.workers):
@@ -358,7 +363,7 @@ class ProcessRunner:
         index = series.plan.first_index
         while series.plan.has_run(index):
             record, pool_intact = self._one_run(pool, series, index)
-            drop_collateral(record)
+            set_collateral_apart(record)
             if self._usage_error is not None:
                 return
             go_on = series.on_run_done(record)

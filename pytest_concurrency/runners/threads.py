@@ -33,9 +33,9 @@ from pytest_concurrency.engine import cores
 from pytest_concurrency.engine.context import CURRENT, WorkerContext
 from pytest_concurrency.engine.outcomes import CallFailure, CallKind, RunRecord, classify
 from pytest_concurrency.engine.seeds import run_seed_base, run_seed_from
-from pytest_concurrency.errors import BarrierAborted
 from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation
-from pytest_concurrency.runners.base import BARRIER_ABORTED, Series, drop_collateral
+from pytest_concurrency.runners.barrier import thread_barrier
+from pytest_concurrency.runners.base import Series, set_collateral_apart
 from pytest_concurrency.runners.hangs import describe_hung_thread
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
@@ -96,7 +96,7 @@ class ThreadRunner:
         self._arrivals = _allocate_lock()
         self._arrived = 0
         self._finished = _held_lock()  # released by the closer of a series' last run
-        self._user_barrier = threading.Barrier(workers)  # tracked/cooperative in a window
+        self._user_barrier = thread_barrier(workers)  # tracked/cooperative in a window
         self._run: _Run | None = None
         self._seed_base = 0
         self._stop = False
@@ -291,10 +291,7 @@ class ThreadRunner:
             record.signals.append((index, exc))
 
     def _wait_at_user_barrier(self, timeout: float | None) -> None:
-        try:
-            self._user_barrier.wait(timeout)
-        except threading.BrokenBarrierError:
-            raise BarrierAborted(BARRIER_ABORTED) from None
+        self._user_barrier.wait(timeout)
 
     # -- the closer: the last worker of a run, once every other one waits at its gate ------
 
@@ -306,7 +303,7 @@ class ThreadRunner:
                 return
             record, series = run.record, run.series
             if record.failures:
-                drop_collateral(record)
+                set_collateral_apart(record)
             self._describe_run(record)
             next_index = record.index + 1
             clean = not record.failures and record.interrupt is None and not run.final
