@@ -382,3 +382,48 @@ def test_exception_text_never_raises_and_names_what_failed() -> None:
     text = exception_text(Unprintable())
     assert text == "<unprintable Unprintable object: str() raised KeyError: 'error'>"
     assert first_line(Unprintable()) == text
+
+
+def test_the_reproduction_line_carries_every_session_setting_that_is_not_its_default() -> None:
+    session = Settings(
+        mode="processes",
+        workers=None,
+        runs=7,
+        timeout=3.5,
+        perturb=False,
+        start_method="spawn",
+        leaks="fail",
+        shards=2,
+        schedule="pct",
+        schedule_depth=5,
+        lock_order="warn",
+        budget=60.0,
+    )
+    options = report.replay_options(session, workers=6, run_all=True, replay_runs=None)
+    assert options == (
+        "--concurrency-mode=processes",
+        "--concurrency-workers=6",  # auto, as this machine resolved it
+        "--concurrency-runs=7",
+        "--concurrency-timeout=3.5",
+        "--concurrency-perturb=false",
+        "--concurrency-start-method=spawn",
+        "--concurrency-leaks=fail",
+        "--concurrency-shards=2",
+        "--concurrency-schedule=pct",
+        "--concurrency-schedule-depth=5",
+        "--concurrency-lock-order=warn",
+        "--concurrency-all",
+    )
+    assert report.replay_options(Settings(), workers=4, run_all=False, replay_runs=None) == ()
+    line = report.reproduce_command("t.py::test_x[a b]", 12, options)
+    assert line.startswith("pytest 't.py::test_x[a b]' --concurrency-seed=12 --concurrency-mode")
+
+
+def test_a_budget_hunt_is_replayed_as_the_count_that_reaches_its_failing_run() -> None:
+    outcome = SeriesOutcome(mode="threads", workers=2, runs_planned=None, seed=1, budget=5.0)
+    outcome.failing_run = RunRecord(index=149, seed=3, workers=2)
+    line = report.reproduce_for(outcome, "pytest t.py::test_x --concurrency-seed=1")
+    assert line.endswith(" --concurrency-replay-runs=150")
+    counted = SeriesOutcome(mode="threads", workers=2, runs_planned=100, seed=1)
+    counted.failing_run = RunRecord(index=3, seed=3, workers=2)
+    assert report.reproduce_for(counted, "pytest x") == "pytest x"

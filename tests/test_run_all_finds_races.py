@@ -46,6 +46,7 @@ def test_run_all_finds_iterate_while_mutating_in_a_plain_suite(pytester, run) ->
         [
             "*RuntimeError: dictionary changed size during iteration*",
             "*RuntimeError at bus.py:* (* call*",
-            "*reproduce: pytest test_racy.py::test_publish_reaches_subscriber --concurrency-seed=1",
+            "*reproduce: pytest test_racy.py::test_publish_reaches_subscriber --concurrency-seed=1"
+            " --concurrency-all",
         ]
     )

@@ -53,6 +53,7 @@ class HarnessConfig:
     reproduce: str
     reproduce_seed: int
     shard: tuple[int, int] | None = None  # (index, count) under --concurrency-shards
+    replay_runs: int | None = None  # --concurrency-replay-runs: this count, whatever runs() says
 
 
 class Concurrency:
@@ -152,11 +153,16 @@ class Concurrency:
                 messages.RUNS_BAD_MODE.format(mode=mode, modes=", ".join(MODES))
             )
         self._schedule = _schedule_choice(schedule)
-        loop = HarnessLoop(self, self._plan(count, budget), mode or self._config.mode)
+        plan = self._plan(count, budget)
+        loop = HarnessLoop(self, plan, mode or self._config.mode)
+        if plan.count is None:
+            loop.outcome.budget = budget if budget is not None else self._config.budget
         self.active = loop
         return loop.iterate()
 
     def _plan(self, count: int | None, budget: float | None) -> RunPlan:
+        if self._config.replay_runs is not None:  # a reproduction line replays a budget hunt
+            return RunPlan(count=self._config.replay_runs)
         budget = budget if budget is not None else self._config.budget
         if budget is not None:
             return RunPlan(count=None, deadline=time.monotonic() + budget)

@@ -35,6 +35,7 @@ from pytest_concurrency.engine.outcomes import (
     exception_text,
     group_failures,
 )
+from pytest_concurrency.engine.settings import FIELDS, SESSION_FIELDS, Settings
 
 JSON_VERSION = 1
 MAX_LISTED_WORKERS = 12
@@ -46,11 +47,60 @@ HEADLINE_HANG = "HANG in run {run} {of} ({where}): {hung} did not finish within 
 REPRODUCE = "reproduce: {command}"
 
 
+REPLAY_RUNS_OPTION = SESSION_FIELDS["replay_runs"].option
+REPLAYED_FIELDS = tuple(name for name in FIELDS if name not in ("seed", "budget"))
+"""Settings a reproduction line carries when the session set them; the seed is written apart
+and a budget becomes the run count that reaches the failing run (:func:`reproduce_for`)."""
+
+
 def reproduce_command(nodeid: str, session_seed: int, extra: Sequence[str] = ()) -> str:
-    parts = ["pytest", shlex.quote(nodeid), f"--concurrency-seed={session_seed}", *extra]
-    if parts[1] == nodeid and any(ch in nodeid for ch in "[] "):
-        parts[1] = f'"{nodeid}"'
-    return " ".join(parts)
+    """``pytest NODEID --concurrency-seed=N [options]``, every part quoted for the shell."""
+    parts = ["pytest", nodeid, f"--concurrency-seed={session_seed}", *extra]
+    return " ".join(shlex.quote(part) for part in parts)
+
+
+def spell(value: object) -> str:
+    """A setting's value as the command line takes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def replay_options(
+    session: Settings, *, workers: int, run_all: bool, replay_runs: int | None
+) -> tuple[str, ...]:
+    """What a reproduction line needs beside the seed to make the same runs again: each
+    setting the session took from the command line, the environment or the ini file that is
+    not its default (a marker's own settings replay themselves: the marker is in the code).
+    ``workers`` is the count this test came to, so that "auto" replays on another machine."""
+    default = Settings()
+    options = []
+    for name in REPLAYED_FIELDS:
+        value = getattr(session, name)
+        if value == getattr(default, name):
+            continue
+        if name == "workers":
+            value = workers
+        if value is not None:
+            options.append(f"{FIELDS[name].option}={spell(value)}")
+    if run_all:
+        options.append(SESSION_FIELDS["run_all"].option)
+    if replay_runs is not None:
+        options.append(f"{REPLAY_RUNS_OPTION}={replay_runs}")
+    return tuple(options)
+
+
+def reproduce_for(outcome: SeriesOutcome, command: str, run: int | None = None) -> str:
+    """The reproduction line of this outcome: a budget hunt (no planned count) is replayed as
+    the count of runs that reaches its failing run (``run``, or the outcome's), whatever
+    budget the marker or the code gives."""
+    if run is None and outcome.failing_run is not None:
+        run = outcome.failing_run.index
+    if outcome.runs_planned is None and run is not None:
+        return f"{command} {REPLAY_RUNS_OPTION}={run + 1}"
+    return command
 
 
 def run_position(outcome: SeriesOutcome, run: int) -> str:
@@ -153,7 +203,7 @@ def failure_report(
     lines.extend(hang_lines(record))
     lines.extend(record.notes)
     lines.extend(observation_lines(outcome))
-    lines.append("  " + REPRODUCE.format(command=reproduce))
+    lines.append("  " + REPRODUCE.format(command=reproduce_for(outcome, reproduce)))
     return lines
 
 
@@ -197,7 +247,7 @@ def concurrent_entry(
             for group in groups
         ],
         "observations": dict(outcome.observations.most_common()),
-        "reproduce": reproduce,
+        "reproduce": reproduce_for(outcome, reproduce) if reproduce is not None else None,
         "interrupted": describe_interrupt(outcome.interrupt),
     }
     if shard is not None:

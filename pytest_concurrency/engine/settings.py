@@ -362,12 +362,14 @@ class SessionOptions:
     run_all: bool = False
     json_path: str | None = None
     plot_dir: str | None = None
+    replay_runs: int | None = None  # make exactly this many runs, whatever marker or budget say
 
 
 SESSION_FIELDS: dict[str, FieldSpec] = {
     "run_all": FieldSpec("all", parse_bool, in_marker=False),
     "json_path": FieldSpec("json", parse_path, in_marker=False),
     "plot_dir": FieldSpec("plot", parse_path, in_marker=False),
+    "replay_runs": FieldSpec("replay_runs", parse_runs, in_marker=False),
 }
 
 

@@ -96,6 +96,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="write scaling charts, one per test, and an index page to DIR",
     )
+    group.addoption(
+        "--concurrency-replay-runs",
+        dest="concurrency_replay_runs",
+        default=None,
+        metavar="N",
+        help="make exactly N runs of each concurrent test, whatever its marker, budget or "
+        "runs() say: how a reproduction line replays a budget hunt up to its failing run",
+    )
     parser.addini(
         "concurrency_unsafe_fixtures",
         "fixtures that make --concurrency-all run a test once, normally "
@@ -135,6 +143,7 @@ def build_session(config: pytest.Config) -> ConcurrencySession:
         unsafe_fixtures=config.getini("concurrency_unsafe_fixtures"),
         json_path=Path(options.json_path).resolve() if options.json_path else None,
         plot_dir=Path(options.plot_dir).resolve() if options.plot_dir else None,
+        replay_runs=options.replay_runs,
     )
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_concurrency.engine.modes import COROUTINE_MODE, mode_of
-from pytest_concurrency.engine.settings import DEFAULT_SCHEDULE_DEPTH, Settings
+from pytest_concurrency.engine.settings import Settings
 from pytest_concurrency.errors import LoopBlocked
 from pytest_concurrency.plugin.entries import (
     record_entry,
@@ -64,15 +64,15 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
         test_function(pyfuncitem), **{n: pyfuncitem.funcargs[n] for n in argnames}
     )
     plan = RunPlan(
-        count=None if settings.budget is not None else config.runs,
-        deadline=None if settings.budget is None else _deadline(settings.budget),
+        count=None if config.budget is not None else config.runs,
+        deadline=None if config.budget is None else _deadline(config.budget),
     )
     outcome = SeriesOutcome(
         mode=settings.mode,
         workers=config.workers,
         runs_planned=plan.count,
         seed=config.seed,
-        budget=settings.budget,
+        budget=config.budget,
     )
     runner = make_runner(session, pyfuncitem, settings, config.workers, config.seed)
     progress = live_progress(session, pyfuncitem, outcome, plan)
@@ -179,23 +179,26 @@ def harness_config(
     reproduce_seed = settings.seed if settings.seed is not None else session.session_seed
     shard = shard_of(item, session.settings.shards)
     runs = settings.runs
-    extra: tuple[str, ...] = ()
     if shard is not None:
         index, count = shard
         seed = derive_seed("shard", seed, index)
         runs = max(1, math.ceil(settings.runs / count))
-        extra = (f"--concurrency-shards={count}",)
-    extra += schedule_options(settings)
+    workers = settings.worker_count(session.budget.usable)
+    replay_runs = session.replay_runs
+    extra = report.replay_options(
+        session.settings, workers=workers, run_all=session.run_all, replay_runs=replay_runs
+    )
     return HarnessConfig(
         mode=settings.mode,
-        workers=settings.worker_count(session.budget.usable),
-        runs=runs,
+        workers=workers,
+        runs=replay_runs or runs,
         seed=seed,
         timeout=settings.timeout or run_timeout(item),
-        budget=settings.budget,
+        budget=None if replay_runs is not None else settings.budget,
         reproduce=report.reproduce_command(invocation_nodeid(item), reproduce_seed, extra),
         reproduce_seed=reproduce_seed,
         shard=shard,
+        replay_runs=replay_runs,
     )
 
 
@@ -294,23 +297,13 @@ def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> li
     from pytest_concurrency.engine import report
 
     outcome = loop.outcome
+    command = report.reproduce_for(outcome, config.reproduce, run)
     return [
         f"FAILED after run {run} {report.run_position(outcome, run)} "
         f"({report.where(outcome, config.reproduce_seed)}): the check after the run failed",
         *report.observation_lines(outcome),
-        "  " + report.REPRODUCE.format(command=config.reproduce),
+        "  " + report.REPRODUCE.format(command=command),
     ]
-
-
-def schedule_options(settings: Settings) -> tuple[str, ...]:
-    """What the reproduce line needs to replay a controlled schedule chosen on the command line
-    (harmless when the marker chose it: the marker wins)."""
-    if settings.schedule == "off" or not mode_of(settings.mode).workers_are_threads:
-        return ()
-    options: tuple[str, ...] = (f"--concurrency-schedule={settings.schedule}",)
-    if settings.schedule == "pct" and settings.schedule_depth != DEFAULT_SCHEDULE_DEPTH:
-        options += (f"--concurrency-schedule-depth={settings.schedule_depth}",)
-    return options
 
 
 def runner_options(settings: Settings) -> dict[str, Any]:

@@ -63,6 +63,7 @@ class ConcurrencySession:
         unsafe_fixtures: Iterable[str],
         json_path: Path | None,
         plot_dir: Path | None,
+        replay_runs: int | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
@@ -71,6 +72,7 @@ class ConcurrencySession:
         self.unsafe_fixtures = frozenset(unsafe_fixtures)
         self.json_path = json_path
         self.plot_dir = plot_dir
+        self.replay_runs = replay_runs
         self.entries: list[Entry] = []
         self.abandoned_threads: list[str] = []
         self.abandoned_idents: frozenset[int] = frozenset()
