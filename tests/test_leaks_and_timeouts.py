@@ -104,6 +104,60 @@ def test_run_deadline_fits_inside_pytest_timeout(pytester, run_subprocess) -> No
     assert "Timeout" not in result.stdout.str().split("short test summary")[0].split("HANG")[0]
 
 
+SHORT_TIMEOUT_HANGS = """
+import asyncio
+import threading
+import pytest
+
+NEVER = threading.Event()
+
+@pytest.mark.timeout(2)
+@pytest.mark.concurrent(workers=2, runs=3)
+def test_threads(concurrency):
+    if concurrency.worker == 0:
+        NEVER.wait(30)
+
+@pytest.mark.timeout(3)
+@pytest.mark.concurrent(workers=2, runs=3, mode="processes")
+def test_processes(concurrency):
+    if concurrency.worker == 0:
+        NEVER.wait(30)
+
+@pytest.mark.timeout(2)
+@pytest.mark.concurrent(workers=2, runs=3)
+async def test_asyncio(concurrency):
+    if concurrency.worker == 0:
+        await asyncio.sleep(30)
+
+@pytest.mark.timeout(2)
+def test_harness(concurrency):
+    def call():
+        if concurrency.worker == 0:
+            NEVER.wait(30)
+    for run in concurrency.runs(3):
+        run(call, workers=2)
+"""
+
+
+def test_a_short_pytest_timeout_still_gets_the_hang_report_with_stacks(
+    pytester, run_subprocess
+) -> None:
+    """pytest-timeout at 2s (3s for processes): the run is called hung a margin before it
+    strikes (1s, 1.5s for processes), so the report and the stuck worker's stack come first,
+    and pytest-timeout never fires in the plugin's or pytest's report code."""
+    pytester.makepyfile(SHORT_TIMEOUT_HANGS)
+    result = run_subprocess("-p", "timeout")
+    result.assert_outcomes(failed=4)
+    for unit in ("threads", "processes", "tasks"):
+        result.stdout.fnmatch_lines(
+            [f"*HANG in run 0 of 3 (2 {unit}, seed *): worker 0 did not finish within *s"]
+        )
+    text = result.stdout.str()
+    assert text.count("NEVER.wait(30)") >= 3 and "asyncio.sleep(30)" in text
+    assert "from pytest-timeout" not in text
+    assert "INTERNALERROR" not in text + result.stderr.str()
+
+
 CUT_BY_PYTEST_TIMEOUT = """
 import asyncio
 import time

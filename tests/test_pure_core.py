@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from pytest_concurrency.engine.settings import (
     resolve_session_options,
 )
 from pytest_concurrency.errors import SettingsError
-from pytest_concurrency.runners.base import RunPlan, Series
+from pytest_concurrency.runners.base import OuterDeadline, RunPlan, Series
 
 # -- settings ---------------------------------------------------------------------------------
 
@@ -427,3 +428,19 @@ def test_a_budget_hunt_is_replayed_as_the_count_that_reaches_its_failing_run() -
     counted = SeriesOutcome(mode="threads", workers=2, runs_planned=100, seed=1)
     counted.failing_run = RunRecord(index=3, seed=3, workers=2)
     assert report.reproduce_for(counted, "pytest x") == "pytest x"
+
+
+def test_the_outer_deadline_keeps_a_margin_and_stops_new_runs_before_it() -> None:
+    threads = OuterDeadline.for_mode(100.0, 5.0, one_worker_per_core=False)
+    processes = OuterDeadline.for_mode(100.0, 5.0, one_worker_per_core=True)
+    short = OuterDeadline.for_mode(100.0, 1.0, one_worker_per_core=False)
+    assert (threads.hang_at, threads.last_start) == (99.0, 98.5)
+    assert (processes.hang_at, processes.last_start) == (98.5, 97.75)
+    assert (short.hang_at, short.last_start) == (99.5, 99.25)  # half of a short timeout
+    now = time.monotonic()
+    plan = RunPlan(count=10, outer=OuterDeadline(now + 1.0, 1.0))  # last start passed
+    assert plan.has_run(0) and not plan.has_run(1)
+    assert plan.stopped_for_outer(runs_done=1) and not plan.stopped_for_outer(runs_done=10)
+    series = Series(calls=[], plan=plan, seed=0, timeout=30.0, on_run_done=lambda r: True)
+    assert series.run_deadline(now - 1.0) == now  # hung at the outer deadline less its margin
+    assert series.run_deadline(now + 0.5) == now + 30.5  # started late: pytest-timeout's call

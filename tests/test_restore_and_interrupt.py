@@ -137,9 +137,14 @@ def test_processes_hang(concurrency):
 async def test_asyncio_fails(concurrency):
     assert concurrency.run < 1
 
+@pytest.fixture
+def slow_setup():
+    import time
+    time.sleep(0.6)  # past the last start pytest-timeout's 1s leave: its call, not ours
+
 @pytest.mark.timeout(1, method="signal")
 @pytest.mark.concurrent(workers=2, runs=3, timeout=30)
-def test_interrupted_by_pytest_timeout(concurrency):
+def test_interrupted_by_pytest_timeout(slow_setup, concurrency):
     if concurrency.worker == 0:
         NEVER.wait(10)
 """

@@ -518,8 +518,14 @@ def test_only_one_worker_runs_at_a_time(tmp_path: Path) -> None:
         previous = sys.getswitchinterval()
         sys.setswitchinterval(1e-6)
         try:
-            if perturbation is None:
-                threads = [threading.Thread(target=body, args=(w,)) for w in range(4)]
+            if perturbation is None:  # all four start together, even on a loaded machine
+                start = threading.Barrier(4)
+
+                def free(worker: int) -> None:
+                    start.wait(30)
+                    body(worker)
+
+                threads = [threading.Thread(target=free, args=(w,)) for w in range(4)]
                 for thread in threads:
                     thread.start()
                 for thread in threads:

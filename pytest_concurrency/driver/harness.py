@@ -32,7 +32,13 @@ from pytest_concurrency.engine.modes import NAMES as MODES
 from pytest_concurrency.engine.modes import mode_of
 from pytest_concurrency.engine.outcomes import RunRecord, SeriesOutcome
 from pytest_concurrency.errors import ConcurrencyUsageError
-from pytest_concurrency.runners.base import AsyncRunner, Runner, RunPlan, WorkerCall
+from pytest_concurrency.runners.base import (
+    AsyncRunner,
+    OuterDeadline,
+    Runner,
+    RunPlan,
+    WorkerCall,
+)
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
@@ -54,6 +60,7 @@ class HarnessConfig:
     reproduce_seed: int
     shard: tuple[int, int] | None = None  # (index, count) under --concurrency-shards
     replay_runs: int | None = None  # --concurrency-replay-runs: this count, whatever runs() says
+    outer: OuterDeadline | None = None  # pytest-timeout's deadline for the test, if any
 
 
 class Concurrency:
@@ -161,13 +168,14 @@ class Concurrency:
         return loop.iterate()
 
     def _plan(self, count: int | None, budget: float | None) -> RunPlan:
+        outer = self._config.outer
         if self._config.replay_runs is not None:  # a reproduction line replays a budget hunt
-            return RunPlan(count=self._config.replay_runs)
+            return RunPlan(count=self._config.replay_runs, outer=outer)
         budget = budget if budget is not None else self._config.budget
         if budget is not None:
-            return RunPlan(count=None, deadline=time.monotonic() + budget)
+            return RunPlan(count=None, deadline=time.monotonic() + budget, outer=outer)
         if count is None:
-            return RunPlan(count=self._config.runs)  # already this shard's share
+            return RunPlan(count=self._config.runs, outer=outer)  # already this shard's share
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConcurrencyUsageError(
                 f"pytest-concurrency: runs() takes a whole number >= 1, e.g. runs(100); got "
@@ -175,7 +183,7 @@ class Concurrency:
             )
         if self._config.shard is not None:  # this item makes its share of the runs
             count = max(1, -(-count // self._config.shard[1]))
-        return RunPlan(count=count)
+        return RunPlan(count=count, outer=outer)
 
     def runner(self, workers: int, mode: str | None = None) -> Runner:
         mode = mode or self._config.mode
@@ -217,6 +225,7 @@ class HarnessLoop:
         self.current: HarnessRun | None = None
 
     def iterate(self) -> Iterator[HarnessRun]:
+        __tracebackhide__ = True
         index = self.plan.first_index
         while self.plan.has_run(index):
             run = HarnessRun(self, index)
@@ -228,6 +237,10 @@ class HarnessLoop:
                 self.outcome.runs_done += 1
             index += 1
         self.current = None
+        outer = self.plan.outer
+        healthy = not self.outcome.failed and self.outcome.interrupt is None
+        if outer is not None and healthy and self.plan.stopped_for_outer(self.outcome.runs_done):
+            outer.wait_out()  # pytest-timeout ends the test here
 
 
 class HarnessRun:
@@ -277,7 +290,7 @@ class HarnessRun:
         self.loop.outcome.workers = len(calls)
         return {
             "outcome": self.loop.outcome,
-            "plan": RunPlan(count=1, first_index=self.index),
+            "plan": RunPlan(count=1, first_index=self.index, outer=self.loop.plan.outer),
             "timeout": config.timeout,
             "keep_results": True,
         }

@@ -165,6 +165,7 @@ class RunRecord:
     signals: list[tuple[int, BaseException]] = field(default_factory=list)
     interrupt: BaseException | None = None
     hung_workers: list[int] = field(default_factory=list)
+    hung_after: float | None = None  # seconds the hung run was given (less near pytest-timeout)
     stacks: dict[int, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # lines a schedule adds to the report
     collateral: list[CallFailure] = field(default_factory=list)  # gave up at the barrier

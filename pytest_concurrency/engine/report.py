@@ -43,7 +43,7 @@ MAX_OBSERVATIONS = 20
 
 HEADLINE_RACE = "RACE DETECTED in run {run} {of} ({where}): {failed} of {calls} calls failed"
 HEADLINE_EVERY_CALL = "FAILED in run {run} {of} ({where}): {failed} of {calls} calls failed"
-HEADLINE_HANG = "HANG in run {run} {of} ({where}): {hung} did not finish within {timeout:g}s"
+HEADLINE_HANG = "HANG in run {run} {of} ({where}): {hung} did not finish within {timeout:.2g}s"
 REPRODUCE = "reproduce: {command}"
 
 
@@ -120,9 +120,8 @@ def headline(outcome: SeriesOutcome, record: RunRecord, timeout: float, seed: in
     place = where(outcome, seed)
     if record.hung_workers and not record.failures:
         hung = ", ".join(f"worker {index}" for index in record.hung_workers)
-        return HEADLINE_HANG.format(
-            run=record.index, of=of, where=place, hung=hung, timeout=timeout
-        )
+        waited = timeout if record.hung_after is None else record.hung_after
+        return HEADLINE_HANG.format(run=record.index, of=of, where=place, hung=hung, timeout=waited)
     failed = len(record.failures)
     template = (
         HEADLINE_EVERY_CALL if (record.index == 0 and failed == record.workers) else HEADLINE_RACE

@@ -24,6 +24,7 @@ from pytest_concurrency.plugin.items import (
     invocation_nodeid,
     is_async_test,
     is_xdist_worker,
+    outer_deadline,
     run_timeout,
     shard_of,
     test_function,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from pytest_concurrency.driver.progress import LiveProgress
     from pytest_concurrency.engine.outcomes import CallKind, SeriesOutcome
     from pytest_concurrency.plugin.session import ConcurrencySession
-    from pytest_concurrency.runners.base import Runner, RunPlan
+    from pytest_concurrency.runners.base import OuterDeadline, Runner, RunPlan
     from pytest_concurrency.runners.framework import FrameworkHooks
 
 
@@ -66,6 +67,7 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
     plan = RunPlan(
         count=None if config.budget is not None else config.runs,
         deadline=None if config.budget is None else _deadline(config.budget),
+        outer=config.outer,
     )
     outcome = SeriesOutcome(
         mode=settings.mode,
@@ -85,6 +87,8 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
             timeout=config.timeout,
             on_record=progress.update if progress is not None else None,
         )
+        if config.outer is not None and stopped_for_outer(plan, outcome):
+            wait_for_pytest_timeout(outcome, config.outer)
     except BaseException:
         if outcome.interrupt is not None:  # pytest-timeout, Ctrl-C: the runs so far count
             record_outcome(session, pyfuncitem, outcome, config)
@@ -95,6 +99,30 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
             progress.finish()
     finish_outcome(session, pyfuncitem, outcome, config)
     return True
+
+
+def stopped_for_outer(plan: RunPlan, outcome: SeriesOutcome) -> bool:
+    """Healthy runs stopped short of pytest-timeout's deadline (nothing failed, nothing cut)."""
+    return (
+        not outcome.failed
+        and outcome.interrupt is None
+        and plan.stopped_for_outer(outcome.runs_done)
+    )
+
+
+def wait_for_pytest_timeout(outcome: SeriesOutcome, outer: OuterDeadline) -> None:
+    """The series stopped short of pytest-timeout's deadline: let its failure come in a sleep
+    (kept as what cut the series), never inside the report that follows."""
+    __tracebackhide__ = True
+    from pytest_concurrency.driver.series import interrupted
+    from pytest_concurrency.engine.outcomes import is_outside_interrupt
+
+    try:
+        outer.wait_out()
+    except BaseException as exc:
+        if is_outside_interrupt(exc):
+            raise interrupted(outcome, exc) from None
+        raise
 
 
 def live_progress(
@@ -199,6 +227,7 @@ def harness_config(
         reproduce_seed=reproduce_seed,
         shard=shard,
         replay_runs=replay_runs,
+        outer=outer_deadline(item, settings.mode),
     )
 
 

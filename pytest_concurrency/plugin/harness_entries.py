@@ -59,7 +59,10 @@ def record_harness(
     run = loop.current
     if error is not None and run is not None and not loop.outcome.failed:
         add_note(error, "\n".join(check_failed_lines(loop, run.index, fixture.config)))
-        entry["failing_run"], entry["reproduce"] = run.index, fixture.config.reproduce
+        from pytest_concurrency.engine.report import reproduce_for
+
+        command = reproduce_for(loop.outcome, fixture.config.reproduce, run.index)
+        entry["failing_run"], entry["reproduce"] = run.index, command
     record_entry(item, entry)
 
 

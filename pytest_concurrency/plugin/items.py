@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from _pytest.nodes import Node
 
     from pytest_concurrency.engine.leaks import Snapshot
+    from pytest_concurrency.runners.base import OuterDeadline
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -38,6 +39,8 @@ PYTEST_TIMEOUT_SHARE = 0.8
 
 
 SERIAL_KEY = pytest.StashKey[str]()
+STARTED_KEY = pytest.StashKey[float]()
+"""When the test's setup began (monotonic): about when pytest-timeout's timer started."""
 SETTLED_KEY: pytest.StashKey[object] = pytest.StashKey()
 """A marked test's settings or the message why they are wrong, settled once."""
 
@@ -91,6 +94,18 @@ def pytest_timeout_seconds(item: pytest.Item) -> float | None:
     except (TypeError, ValueError):
         return None
     return seconds if seconds > 0 else None
+
+
+def outer_deadline(item: pytest.Item, mode: str) -> OuterDeadline | None:
+    """pytest-timeout's deadline for this test, counted from its setup; None without one."""
+    seconds = pytest_timeout_seconds(item)
+    started = item.stash.get(STARTED_KEY, None)
+    if seconds is None or started is None:
+        return None
+    from pytest_concurrency.engine.modes import mode_of
+    from pytest_concurrency.runners.base import OuterDeadline
+
+    return OuterDeadline.for_mode(started + seconds, seconds, mode_of(mode).one_worker_per_core)
 
 
 def run_timeout(item: pytest.Item) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Generator, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from pytest_concurrency.plugin.items import (
     SETTINGS_KEY,
     SETTLED_KEY,
     SHARD_ARG,
+    STARTED_KEY,
     is_async_test,
     is_concurrent,
     needs_item_hooks,
@@ -175,6 +177,7 @@ class ConcurrencySession:
 
     def setup_item(self, item: pytest.Item) -> None:
         self.running = item
+        item.stash[STARTED_KEY] = time.monotonic()
         if self.settings.leaks != "off" and is_concurrent(item):
             from pytest_concurrency.engine.leaks import take_snapshot
 

@@ -160,16 +160,19 @@ class AsyncioRunner:
             results=[None] * self.workers if series.keep_results else [],
         )
         barrier = TaskBarrier(self.workers)
-        watch = RunWatch(record, {}, time.monotonic(), series.timeout, series.on_run_done)
+        started = time.monotonic()
+        allowed = series.run_deadline(started) - started
+        watch = RunWatch(record, {}, started, allowed, series.on_run_done)
         loop.use_order(order_for_run(index, seed) if self.perturb else FIFO)
         loop.watch = watch
         try:
             for worker in range(self.workers):
                 task = loop.create_task(self._call(worker, record, series, barrier))
                 watch.tasks[task] = worker
-            _, pending = await asyncio.wait(watch.tasks, timeout=series.timeout)
+            _, pending = await asyncio.wait(watch.tasks, timeout=max(0.0, allowed))
             if pending:
-                await self._give_up_on(record, pending, watch.tasks)
+                record.hung_after = allowed
+                await self._give_up_on(record, pending, watch.tasks, series)
         finally:
             loop.use_order(FIFO)
             loop.watch = None
@@ -232,13 +235,19 @@ class AsyncioRunner:
         record: RunRecord,
         pending: set[asyncio.Task[None]],
         tasks: dict[asyncio.Task[None], int],
+        series: Series,
     ) -> None:
-        """Tasks past the deadline: record where each waits, then cancel them."""
+        """Tasks past the deadline: record where each waits, then cancel them (near
+        pytest-timeout's deadline, waiting for them half of the margin left at most)."""
         record.hung_workers = sorted(tasks[task] for task in pending)
         for task in pending:
             record.stacks[tasks[task]] = task_stack(task)
             task.cancel()
-        await asyncio.wait(pending, timeout=CANCEL_SECONDS)
+        wait = CANCEL_SECONDS
+        outer = series.plan.outer
+        if outer is not None:
+            wait = max(0.05, min(wait, outer.hang_at + outer.margin / 2 - time.monotonic()))
+        await asyncio.wait(pending, timeout=wait)
 
 
 # -- an async test that drives the harness ------------------------------------------------------

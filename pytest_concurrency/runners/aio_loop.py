@@ -289,6 +289,7 @@ class LoopHost:
         record.hung_workers = sorted(
             index for task, index in watch.tasks.items() if not task.done()
         )
+        record.hung_after = watch.timeout
         for task, index in watch.tasks.items():
             if not task.done() and index != blocking:
                 record.stacks[index] = task_stack(task)

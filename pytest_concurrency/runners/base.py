@@ -21,13 +21,54 @@ RunDone = Callable[[RunRecord], bool]
 """Called once per finished run; returns True to go on with the next run."""
 
 
+THREAD_MARGIN = 1.0
+PROCESS_MARGIN = 1.5
+"""Seconds kept for the stacks and the report before pytest-timeout strikes (processes send
+their stacks through files); at most half of a shorter timeout."""
+
+
+@dataclass(frozen=True)
+class OuterDeadline:
+    """pytest-timeout's deadline for the whole test (``at``, monotonic seconds), as the runs
+    see it: a run still going at :attr:`hang_at` is reported hung, which leaves ``margin``
+    seconds for the workers' stacks and the report before pytest-timeout strikes; no run
+    starts after :attr:`last_start` (half a margin earlier), so that a healthy run in progress
+    is not taken for a hung one."""
+
+    at: float
+    margin: float
+
+    @classmethod
+    def for_mode(cls, at: float, seconds: float, one_worker_per_core: bool) -> OuterDeadline:
+        fixed = PROCESS_MARGIN if one_worker_per_core else THREAD_MARGIN
+        return cls(at, min(fixed, seconds / 2))
+
+    @property
+    def hang_at(self) -> float:
+        return self.at - self.margin
+
+    @property
+    def last_start(self) -> float:
+        return self.hang_at - self.margin / 2
+
+    def wait_out(self, step: float = 0.05) -> None:
+        """Sleep until a little after ``at``: the series stopped for pytest-timeout, whose
+        failure then lands here, in a sleep, not inside pytest's or the plugin's report."""
+        __tracebackhide__ = True  # pytest's: the failure points at the test, not here
+        end = self.at + self.margin
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(step, left))
+
+
 @dataclass(frozen=True)
 class RunPlan:
-    """Which runs a series makes: a count, a deadline (``--concurrency-budget``), or both."""
+    """Which runs a series makes: a count, a deadline (``--concurrency-budget``), or both;
+    under pytest-timeout, none starts after its ``outer`` deadline's last start."""
 
     count: int | None
     deadline: float | None = None
     first_index: int = 0
+    outer: OuterDeadline | None = None
 
     def __post_init__(self) -> None:
         if self.count is None and self.deadline is None:
@@ -36,11 +77,28 @@ class RunPlan:
     def has_run(self, index: int) -> bool:
         if self.count is not None and index >= self.first_index + self.count:
             return False
-        return not (
-            self.deadline is not None
-            and index > self.first_index
-            and time.monotonic() >= self.deadline
-        )
+        if index == self.first_index:
+            return True
+        now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline:
+            return False
+        return not self.cut_by_outer(now)
+
+    def stopped_for_outer(self, runs_done: int) -> bool:
+        """Did the series end because the outer deadline neared, not because its count or its
+        budget was done? Then pytest-timeout is about to end the test."""
+        outer = self.outer
+        if outer is None or not self.cut_by_outer():
+            return False
+        if self.count is not None and runs_done >= self.count:
+            return False
+        return self.deadline is None or self.deadline > outer.last_start
+
+    def cut_by_outer(self, now: float | None = None) -> bool:
+        """Has the outer deadline's last start passed (the series stops for pytest-timeout)?"""
+        if self.outer is None:
+            return False
+        return (time.monotonic() if now is None else now) >= self.outer.last_start
 
 
 @dataclass(frozen=True)
@@ -57,6 +115,15 @@ class Series:
     @property
     def workers(self) -> int:
         return len(self.calls)
+
+    def run_deadline(self, started: float) -> float:
+        """When a run started at ``started`` is hung: after ``timeout``, or at the outer
+        deadline's :attr:`~OuterDeadline.hang_at`, whichever comes first."""
+        deadline = started + self.timeout
+        outer = self.plan.outer
+        if outer is None or started > outer.last_start:  # a first run after a long setup
+            return deadline
+        return min(deadline, outer.hang_at)
 
 
 class Runner(Protocol):

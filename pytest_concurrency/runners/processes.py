@@ -388,7 +388,8 @@ class ProcessRunner:
         message = pickled((child.RUN, index, seed))
         for each in pool.children:
             each.conn.send_bytes(message)
-        deadline = time.monotonic() + series.timeout
+        started = time.monotonic()
+        deadline = series.run_deadline(started)
         pending = set(range(self.workers))
         crashed = False
         while pending:
@@ -402,7 +403,8 @@ class ProcessRunner:
                     self._take_answer(record, worker, answer)
             if pending and time.monotonic() >= deadline:
                 if not crashed:  # after a crash the others are collateral, not hung
-                    self._hang(pool, record, pending)
+                    record.hung_after = deadline - started
+                    self._hang(pool, record, pending, series)
                 return record, False
         return record, not crashed
 
@@ -448,10 +450,16 @@ class ProcessRunner:
             traceback_text=stack,
         )
 
-    def _hang(self, pool: _Pool, record: RunRecord, pending: set[int]) -> None:
-        """Ask each unfinished child for its stack (faulthandler), then stop the pool."""
+    def _hang(self, pool: _Pool, record: RunRecord, pending: set[int], series: Series) -> None:
+        """Ask each unfinished child for its stack (faulthandler), then stop the pool; near
+        pytest-timeout's deadline, wait for the stacks only half of the margin left."""
         record.hung_workers = sorted(pending)
-        record.stacks = capture_stacks([pool.children[index] for index in record.hung_workers])
+        until = time.monotonic() + STACK_SECONDS
+        outer = series.plan.outer
+        if outer is not None:
+            until = min(until, outer.hang_at + outer.margin / 2)
+        children = [pool.children[index] for index in record.hung_workers]
+        record.stacks = capture_stacks(children, until)
 
     def _discard_pool(self) -> None:
         pool, self._pool = self._pool, None
@@ -480,7 +488,7 @@ def _receive(worker: _Child, ready: Sequence[object]) -> tuple[Any, ...] | None:
     return None
 
 
-def capture_stacks(workers: Sequence[_Child]) -> dict[int, str]:
+def capture_stacks(workers: Sequence[_Child], deadline: float) -> dict[int, str]:
     number = getattr(signal, child.STACK_SIGNAL_NAME, None)
     if number is None:
         return {}
@@ -489,7 +497,6 @@ def capture_stacks(workers: Sequence[_Child]) -> dict[int, str]:
             if worker.process.pid is not None:
                 os.kill(worker.process.pid, number)
     stacks: dict[int, str] = {}
-    deadline = time.monotonic() + STACK_SECONDS
     waiting = list(workers)
     while waiting and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -181,7 +181,7 @@ class ThreadRunner:
         try:
             while not finished.acquire(True, POLL_SECONDS):
                 run = self._run
-                overdue = run is not None and _monotonic() - run.started > series.timeout
+                overdue = run is not None and _monotonic() > series.run_deadline(run.started)
                 if run is not None and overdue and self._declare_hung(run, series):
                     return
         except BaseException:
@@ -199,6 +199,7 @@ class ThreadRunner:
         frames = sys._current_frames()
         record = run.record
         record.hung_workers = hung
+        record.hung_after = series.run_deadline(run.started) - run.started
         workers = {t.ident: i for i, t in enumerate(self._threads) if t.ident is not None}
         for index in hung:
             ident = self._threads[index].ident
