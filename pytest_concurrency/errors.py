@@ -65,3 +65,8 @@ class ScalingMeasurementError(RuntimeError):
 
 class ScalingWorkError(RuntimeError):
     """The unit of work raised inside a worker; the worker's traceback is in the message."""
+
+
+class OutputPathError(OSError):
+    """An output file (JSON report, chart) was not written: what is at its path is not a
+    regular file, and it is never replaced."""

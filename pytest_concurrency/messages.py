@@ -30,7 +30,7 @@ OVERSUBSCRIBED = (
     "{busy} busy workers on {usable_cores} usable cores ({ratio}x oversubscribed; timings "
     "and scaling are unreliable, race hunting is not)"
 )
-PLOT_FAILED = "scaling charts were not written: {error}"
+PLOT_FAILED = "scaling charts were not written to {directory}: {error}"
 PLOT_WRITTEN = "scaling charts: {count} written to {directory} (open {index})"
 SEED_LAST_MISSING = (
     "pytest-concurrency: --concurrency-seed=last found no seed from an earlier run "
@@ -247,6 +247,25 @@ LEAK_MESSAGE = (
 INVALID_SETTING = "pytest-concurrency: invalid {where}: {expected}"
 """A bad value for a setting: ``where`` names the source as the user wrote it (the marker
 argument, the command-line option, the environment variable or the ini key)."""
+# -- the output paths, --concurrency-json and --concurrency-plot (engine/outputs.py) ------------
+# Each is the ``expected`` part of INVALID_SETTING at start-up: what is wrong, then the fix.
+PATH_NOT_A_FILE = "{path} is {kind}, not a file; give a file path"
+PATH_IS_STREAM = "{path} is a stream of this process, not a file; give a file path"
+PATH_NOT_A_DIRECTORY = (
+    "{path} is {kind}, not a directory; give a directory path (missing directories are created)"
+)
+PATH_PARENT_NOT_A_DIRECTORY = (
+    "{path} is {kind}, not a directory; give a path under a directory (missing directories "
+    "are created)"
+)
+PATH_NOT_WRITABLE = (
+    "directory {path} is not writable; give a path under a directory you can write to"
+)
+PATH_UNCHECKABLE = "{path} cannot be checked ({error}); give a path you can write to"
+PATH_LEFT_ALONE = "{path} is {kind}, not a file, and was left alone"
+"""At the end: something that is not a regular file appeared at the path during the session."""
+JSON_NOT_WRITTEN = "pytest-concurrency: warning: the JSON report was not written to {path}: {error}"
+"""At the end, when writing fails anyway (disk full, a directory replaced by a file)."""
 UNKNOWN_MARKER_ARGUMENT = (
     "pytest-concurrency: unknown argument {key}= in {where}.{hint} Known arguments: {known}"
 )

@@ -7,7 +7,6 @@ pytest-xdist workers to the controller inside test reports and be merged there.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from pytest_concurrency.engine.outcomes import (
     exception_text,
     group_failures,
 )
+from pytest_concurrency.engine.outputs import write_atomically
 from pytest_concurrency.engine.settings import FIELDS, SESSION_FIELDS, Settings
 
 JSON_VERSION = 1
@@ -451,7 +451,7 @@ def json_document(header: Mapping[str, Any], entries: Sequence[Entry]) -> dict[s
 
 
 def write_json(path: Path, document: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
-    tmp.replace(path)
+    """Write the report atomically; raises :class:`OSError` (a special file at ``path`` is
+    left alone, and no temporary file is left behind)."""
+    text = json.dumps(document, indent=2, sort_keys=False, default=str) + "\n"
+    write_atomically(path, text.encode("utf-8"))

@@ -16,6 +16,7 @@ import pytest
 
 from pytest_concurrency import messages
 from pytest_concurrency.engine.modes import NAMES as MODES
+from pytest_concurrency.engine.outputs import check_output_paths
 from pytest_concurrency.engine.settings import (
     DEFAULT_UNSAFE_FIXTURES,
     ENV_PREFIX,
@@ -26,6 +27,7 @@ from pytest_concurrency.engine.settings import (
 )
 from pytest_concurrency.errors import SettingsError
 from pytest_concurrency.plugin import calls
+from pytest_concurrency.plugin.items import is_xdist_worker
 from pytest_concurrency.plugin.session import ConcurrencySession, ShardHooks
 from pytest_concurrency.plugin.summary import CACHE_SEED_KEY
 
@@ -87,14 +89,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="concurrency_json",
         default=None,
         metavar="PATH",
-        help="write a JSON report of concurrent tests (and scaling) to PATH",
+        help="write a JSON report of concurrent tests (and scaling) to PATH, a regular file "
+        "(checked at start-up; missing directories are created)",
     )
     group.addoption(
         "--concurrency-plot",
         dest="concurrency_plot",
         default=None,
         metavar="DIR",
-        help="write scaling charts, one per test, and an index page to DIR",
+        help="write scaling charts, one per test, and an index page to DIR (checked at "
+        "start-up; missing directories are created)",
     )
     group.addoption(
         "--concurrency-replay-runs",
@@ -134,6 +138,8 @@ def build_session(config: pytest.Config) -> ConcurrencySession:
     ini["concurrency_all"] = config.getini("concurrency_all")
     settings = resolve(cli=cli, env=env, ini=ini, last_seed=lambda: last_seed(config))
     options = resolve_session_options(cli=cli, env=env, ini=ini)
+    if not is_xdist_worker(config):  # the controller checked them; workers write no file
+        check_output_paths(cli=cli, env=env, ini=ini)
     session_seed = settings.seed if settings.seed is not None else worker_seed(config)
     return ConcurrencySession(
         config,

@@ -80,6 +80,7 @@ class ConcurrencySession:
         self.abandoned_idents: frozenset[int] = frozenset()
         self.leaked: list[str] = []
         self.plot_lines: list[str] = []
+        self.json_error: str | None = None  # the warning when the JSON report was not written
         self.item_hooks: ItemHooks | None = None
         self.running: pytest.Item | None = None  # a test from its setup to its call's report
 

@@ -86,7 +86,7 @@ def write_summary(session: ConcurrencySession, terminalreporter: Any) -> None:
     if lines and not is_xdist_worker(session.config):
         lines.extend(line.removeprefix("concurrency: ") for line in oversubscription_lines(session))
     if session.json_path is not None and not is_xdist_worker(session.config):
-        lines.append(f"JSON report: {session.json_path}")
+        lines.append(session.json_error or f"JSON report: {session.json_path}")
     if not lines:
         return
     terminalreporter.write_sep("=", SECTION_TITLE)
@@ -101,13 +101,24 @@ def finish_session(session: ConcurrencySession) -> None:
     if cache is not None:
         cache.set(CACHE_SEED_KEY, session.session_seed)
     if session.json_path is not None:
-        from pytest_concurrency.engine import report
-
-        report.write_json(
-            session.json_path, report.json_document(json_header(session), session.entries)
-        )
+        session.json_error = write_json_report(session, session.json_path)
     if session.plot_dir is not None:
         session.plot_lines = write_plots(session, session.plot_dir)
+
+
+def write_json_report(session: ConcurrencySession, path: Path) -> str | None:
+    """Write the JSON report; the warning line to show when that failed anyway (the path was
+    checked at start-up), None when it was written. Never raises: the run's outcome stands."""
+    from pytest_concurrency.engine import report
+    from pytest_concurrency.engine.outputs import describe_error
+
+    try:
+        report.write_json(path, report.json_document(json_header(session), session.entries))
+    except OSError as error:
+        return messages.JSON_NOT_WRITTEN.format(path=path, error=describe_error(error, path))
+    except ValueError as error:  # a value json cannot encode
+        return messages.JSON_NOT_WRITTEN.format(path=path, error=error)
+    return None
 
 
 def scaling_entries(session: ConcurrencySession) -> list[ScalingEntry]:
@@ -128,7 +139,10 @@ def write_plots(session: ConcurrencySession, directory: Path) -> list[str]:
     try:
         written = write_charts(entries, directory)
     except (PlotUnavailableError, OSError) as error:
-        return [messages.PLOT_FAILED.format(error=error)]
+        from pytest_concurrency.engine.outputs import describe_error
+
+        problem = describe_error(error, directory) if isinstance(error, OSError) else error
+        return [messages.PLOT_FAILED.format(directory=directory, error=problem)]
     return [
         messages.PLOT_WRITTEN.format(
             count=len(written), directory=directory, index=directory / "index.html"

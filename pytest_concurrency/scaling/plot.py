@@ -2,7 +2,8 @@
 
 Drawn with matplotlib, the optional ``plot`` extra, imported only when a chart is asked for.
 The charts use matplotlib's object API on an Agg canvas (no ``pyplot``, no global backend
-switch), so drawing is safe inside a test session. Input is the ``to_json()`` dicts of
+switch), so drawing is safe inside a test session. Every file is written atomically and never
+over anything but a regular file (engine/outputs.py). Input is the ``to_json()`` dicts of
 :class:`pytest_concurrency.scaling.report.ScalingReport`, each with the ``nodeid`` the caller added.
 
 Pure module: no pytest import.
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine.outputs import write_atomically
 from pytest_concurrency.errors import PlotUnavailableError
 
 INDEX_TITLE = "pytest-concurrency: scaling"
@@ -127,7 +130,9 @@ def draw_chart(entry: dict[str, Any], path: Path) -> Path:
     figure.suptitle(f"{entry.get('verdict', '?')}  ({gil}, bars: 90% interval)", fontsize=11)
     axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    write_atomically(path, png.getvalue())
     return path
 
 
@@ -165,5 +170,5 @@ def write_charts(entries: list[dict[str, Any]], directory: Path) -> list[Path]:
     paths = [
         draw_chart(entry, directory / name) for entry, name in zip(scaling, names, strict=True)
     ]
-    (directory / INDEX_NAME).write_text(_index_html(scaling, names), encoding="utf-8")
+    write_atomically(directory / INDEX_NAME, _index_html(scaling, names).encode("utf-8"))
     return paths
