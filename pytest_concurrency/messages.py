@@ -381,3 +381,28 @@ SCALING_PLOT_EXTRA_MISSING = (
     "pytest-concurrency: --concurrency-plot needs matplotlib, which is not installed: "
     'pip install matplotlib, or from the project\'s source checkout pip install ".[plot]"'
 )
+
+# -- marker edges (issue 14, case 7) -----------------------------------------------------------
+UNITTEST_METHOD = (
+    "pytest-concurrency: {nodeid} is a unittest.TestCase method: it cannot run concurrently, "
+    "because unittest itself calls setUp, the method and tearDown, once, on one instance that "
+    "every worker would share. Fix: move the body to a plain pytest function (fixtures in "
+    "place of setUp and tearDown) and mark that, or mark the method or its class not_concurrent"
+)
+SERIAL_UNITTEST = "a unittest.TestCase method (unittest runs it, once, with setUp and tearDown)"
+SERIAL_GETFIXTUREVALUE = (
+    "calls request.getfixturevalue (fixtures must be resolved before the workers start)"
+)
+GETFIXTUREVALUE_IN_BODY = (
+    "pytest-concurrency: {nodeid} calls request.getfixturevalue() in its concurrent body, and "
+    "pytest's fixture setup is not thread-safe: the workers broke it ({error}; pytest's, not a "
+    "race in your code). Fix: resolve the fixture before the workers start: request it as an "
+    "argument of the test, or call request.getfixturevalue() in a fixture that the test "
+    "requests; or mark the test not_concurrent"
+)
+WARNING_CHECKS_NOT_THREAD_SAFE = (
+    "  {names}: not thread-safe in a concurrent body: it swaps the process-wide warning "
+    "filters, and the first worker to leave it restores them under the others (the failure "
+    "above may be just that). Fix: check warnings once, outside the concurrent body, or mark "
+    "the test not_concurrent"
+)

@@ -20,11 +20,12 @@ class Mode:
     workers_are_threads: bool  # OS threads: the lock watch and the controlled scheduler apply
     one_worker_per_core: bool  # workers=auto: one per usable core, else oversubscribe
     start_method_matters: bool  # --concurrency-start-method applies
+    shares_process: bool  # the workers share one process: its globals (warning filters...)
 
 
-THREADS = Mode("threads", "threads", False, True, False, False)
-PROCESSES = Mode("processes", "processes", False, False, True, True)
-ASYNCIO = Mode("asyncio", "tasks", True, False, False, False)
+THREADS = Mode("threads", "threads", False, True, False, False, True)
+PROCESSES = Mode("processes", "processes", False, False, True, True, False)
+ASYNCIO = Mode("asyncio", "tasks", True, False, False, False, True)
 DEFAULT_MODE = THREADS.name
 MODES: dict[str, Mode] = {mode.name: mode for mode in (THREADS, PROCESSES, ASYNCIO)}
 NAMES = tuple(MODES)

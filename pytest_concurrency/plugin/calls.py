@@ -8,11 +8,13 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_concurrency import messages
 from pytest_concurrency.engine.modes import COROUTINE_MODE, mode_of
 from pytest_concurrency.engine.settings import Settings
 from pytest_concurrency.errors import LoopBlocked
@@ -28,6 +30,7 @@ from pytest_concurrency.plugin.items import (
     run_timeout,
     shard_of,
     test_function,
+    warning_checks,
 )
 
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
@@ -181,6 +184,9 @@ def finish_outcome(
     record = outcome.failing_run
     if outcome.interrupt is not None and not outcome.failed:
         raise outcome.interrupt
+    if record is not None and record.failures:
+        fail_fixture_lookup(item, outcome, config)
+        record.notes.extend(warning_check_lines(item, config))
     if outcome.failed:
         raise failure_exception(
             outcome,
@@ -192,6 +198,56 @@ def finish_outcome(
         signal = outcome_signal(outcome)
         if signal is not None:
             raise signal
+
+
+def warning_check_lines(item: pytest.Function, config: HarnessConfig) -> list[str]:
+    """A failure report's line on the warning checks in the body (``pytest.warns``...): with
+    workers in one process, they undo each other's warning filters."""
+    if not mode_of(config.mode).shares_process:
+        return []
+    checks = warning_checks(item)
+    if not checks:
+        return []
+    return [messages.WARNING_CHECKS_NOT_THREAD_SAFE.format(names=" / ".join(checks))]
+
+
+def fail_fixture_lookup(
+    item: pytest.Function, outcome: SeriesOutcome, config: HarnessConfig
+) -> None:
+    """Fail with the fix when a worker's ``request.getfixturevalue()`` broke inside pytest's
+    fixture machinery (its own ``AssertionError``, not the user's race); every origin of the
+    run is still listed below the message. (This frame stays visible: see run_scaling.)"""
+    broken = fixture_lookup_failure(outcome)
+    if broken is None:
+        return
+    from pytest_concurrency.engine.report import failure_report
+
+    lines = failure_report(
+        outcome, timeout=config.timeout, reproduce=config.reproduce, seed=config.reproduce_seed
+    )
+    text = messages.GETFIXTUREVALUE_IN_BODY.format(nodeid=item.nodeid, error=broken)
+    pytest.fail("\n".join([text, *lines[1:]]), pytrace=False)  # not its headline: no race
+
+
+def fixture_lookup_failure(outcome: SeriesOutcome) -> str | None:
+    """The origin of the first failure raised by pytest's own code inside a worker's
+    ``request.getfixturevalue()`` (a failure of the fixture's own code is the user's)."""
+    lookup = pytest.FixtureRequest.getfixturevalue.__code__
+    pytest_dir = os.path.dirname(lookup.co_filename)
+    for failure in outcome.failures():
+        tb = failure.exception.__traceback__ if failure.exception is not None else None
+        through_lookup = False
+        innermost = None
+        while tb is not None:
+            through_lookup = through_lookup or tb.tb_frame.f_code is lookup
+            innermost, tb = tb, tb.tb_next
+        if (
+            through_lookup
+            and innermost is not None
+            and os.path.dirname(innermost.tb_frame.f_code.co_filename) == pytest_dir
+        ):
+            return failure.origin.describe()
+    return None
 
 
 def harness_config(

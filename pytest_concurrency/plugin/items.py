@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
+from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_concurrency import messages
 from pytest_concurrency.engine.settings import DEFAULT_TIMEOUT, Settings
 
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
@@ -68,10 +71,78 @@ def node_marked(node: Node, marked: dict[Node, bool]) -> bool:
     return answer
 
 
+CHOICE_MARKERS = ("concurrent", "not_concurrent")
+
+
+def deciding_mark(item: pytest.Item) -> pytest.Mark | None:
+    """The mark that decides whether the test runs concurrently: the closest of ``concurrent``
+    and ``not_concurrent`` (the function's over its class's over its module's), not_concurrent
+    when one node carries both; None when neither is there."""
+    chosen: pytest.Mark | None = None
+    chosen_node = None
+    for node, mark in item.iter_markers_with_node():
+        if chosen_node is not None and node is not chosen_node:
+            break
+        if mark.name not in CHOICE_MARKERS:
+            continue
+        if chosen is None or (mark.name == "not_concurrent" and chosen.name == "concurrent"):
+            chosen, chosen_node = mark, node
+    return chosen
+
+
+def concurrent_marker(item: pytest.Item) -> pytest.Mark | None:
+    """The ``concurrent`` mark that applies to the test, unless a closer ``not_concurrent``
+    wins (see :func:`deciding_mark`)."""
+    mark = deciding_mark(item)
+    return mark if mark is not None and mark.name == "concurrent" else None
+
+
+def not_concurrent_reason(mark: pytest.Mark) -> str:
+    """What the summary says of a test its ``not_concurrent`` mark runs once."""
+    reason = mark.kwargs.get("reason") or (mark.args[0] if mark.args else None)
+    return messages.SERIAL_NOT_CONCURRENT + (f": {reason}" if reason else "")
+
+
 def is_concurrent(item: pytest.Item) -> bool:
-    return item.get_closest_marker("concurrent") is not None or "concurrency" in getattr(
-        item, "fixturenames", ()
-    )
+    return concurrent_marker(item) is not None or "concurrency" in getattr(item, "fixturenames", ())
+
+
+def is_unittest_method(item: pytest.Item) -> bool:
+    """A ``unittest.TestCase`` method: unittest runs it (setUp, the method, tearDown), not the
+    plugin. (No TestCase exists until ``unittest`` is imported: not imported here for it.)"""
+    unittest = sys.modules.get("unittest")
+    cls = getattr(item, "cls", None)
+    return unittest is not None and isinstance(cls, type) and issubclass(cls, unittest.TestCase)
+
+
+WARNING_NAMES = {
+    "warns": "pytest.warns",
+    "catch_warnings": "warnings.catch_warnings",
+    "deprecated_call": "pytest.deprecated_call",
+}
+"""Names in a test body that change the process-wide warning filters, and how they are
+spelled to the user."""
+
+
+def body_names(item: pytest.Function) -> frozenset[str]:
+    """The global and attribute names the test body uses (``co_names``), functions and
+    lambdas defined inside it included."""
+    code = getattr(test_function(item), "__code__", None)
+    if not isinstance(code, CodeType):
+        return frozenset()
+    names: set[str] = set()
+    pending = [code]
+    while pending:
+        current = pending.pop()
+        names.update(current.co_names)
+        pending.extend(const for const in current.co_consts if isinstance(const, CodeType))
+    return frozenset(names)
+
+
+def warning_checks(item: pytest.Function) -> list[str]:
+    """The warning checks the test body uses (``pytest.warns``...), as the user spells them."""
+    names = body_names(item)
+    return [spelled for name, spelled in WARNING_NAMES.items() if name in names]
 
 
 def pytest_timeout_seconds(item: pytest.Item) -> float | None:

@@ -31,7 +31,13 @@ from pytest_concurrency import messages
 from pytest_concurrency.engine.modes import mode_of
 from pytest_concurrency.engine.settings import Settings
 from pytest_concurrency.plugin.entries import ENTRIES_KEY
-from pytest_concurrency.plugin.items import SERIAL_KEY, SETTINGS_KEY, is_async_test, is_concurrent
+from pytest_concurrency.plugin.items import (
+    SERIAL_KEY,
+    SETTINGS_KEY,
+    concurrent_marker,
+    is_async_test,
+    is_concurrent,
+)
 
 if TYPE_CHECKING:
     from pytest_concurrency.plugin.session import ConcurrencySession
@@ -151,7 +157,7 @@ class LockWatch:
         __tracebackhide__ = True  # a failure's traceback starts in the user's code, not here
         watch = item.stash.get(WATCH_KEY, None)
         resolved = item.stash.get(SETTINGS_KEY, None)
-        marker = item.get_closest_marker("concurrent")
+        marker = concurrent_marker(item)
         if (
             resolved is not None
             and marker is not None

@@ -37,9 +37,15 @@ from pytest_concurrency.plugin.items import (
     SETTLED_KEY,
     SHARD_ARG,
     STARTED_KEY,
+    WARNING_NAMES,
+    body_names,
+    concurrent_marker,
+    deciding_mark,
     is_async_test,
     is_concurrent,
+    is_unittest_method,
     needs_item_hooks,
+    not_concurrent_reason,
 )
 
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
@@ -49,7 +55,7 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
 
 
 ITEM_HOOKS_NAME = "concurrency-item-hooks"
-WARNING_NAMES = ("warns", "catch_warnings", "deprecated_call")
+FIXTURE_LOOKUP_NAMES = ("getfixturevalue",)
 
 
 class ConcurrencySession:
@@ -130,11 +136,9 @@ class ConcurrencySession:
         )
 
     def shardable(self, metafunc: pytest.Metafunc) -> bool:
-        definition = metafunc.definition
-        if definition.get_closest_marker("not_concurrent") is not None:
-            return False
-        if definition.get_closest_marker("concurrent") is not None:
-            return True
+        mark = deciding_mark(metafunc.definition)
+        if mark is not None:
+            return mark.name == "concurrent"
         if "concurrency" in metafunc.fixturenames:
             return True
         return self.run_all and not self.unsafe_fixtures.intersection(metafunc.fixturenames)
@@ -151,24 +155,26 @@ class ConcurrencySession:
             reason = self.serial_reason(item)
             if reason is not None:
                 item.stash[SERIAL_KEY] = reason
-            elif item.get_closest_marker("concurrent") is None:
+            elif concurrent_marker(item) is None:
                 item.add_marker(pytest.mark.concurrent())
 
     def serial_reason(self, item: pytest.Item) -> str | None:
         """Why ``--concurrency-all`` runs this test once, normally; None to run it concurrently."""
-        marker = item.get_closest_marker("not_concurrent")
-        if marker is not None:
-            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else None)
-            return messages.SERIAL_NOT_CONCURRENT + (f": {reason}" if reason else "")
+        mark = deciding_mark(item)
+        if mark is not None and mark.name == "not_concurrent":
+            return not_concurrent_reason(mark)
         if not isinstance(item, pytest.Function):
             return messages.SERIAL_NOT_FUNCTION
-        if item.get_closest_marker("concurrent") is not None:
+        if mark is not None:  # marked concurrent: its setup says what is wrong, if anything
             return None
+        if is_unittest_method(item):
+            return messages.SERIAL_UNITTEST
         unsafe = sorted(self.unsafe_fixtures.intersection(item.fixturenames))
         if unsafe:
             return messages.SERIAL_UNSAFE_FIXTURE.format(names=", ".join(unsafe))
-        code = getattr(item.obj, "__code__", None)
-        names = set(code.co_names) if code is not None else set()
+        names = body_names(item)
+        if any(name in names for name in FIXTURE_LOOKUP_NAMES):
+            return messages.SERIAL_GETFIXTUREVALUE
         for name in WARNING_NAMES:
             if name in names:
                 return messages.SERIAL_WARNINGS.format(name=name)
@@ -194,6 +200,12 @@ class ConcurrencySession:
             pytest.fail(settled, pytrace=False)
         if settled is not None:
             item.stash[SETTINGS_KEY] = settled
+        elif item.get_closest_marker("concurrent") is not None:  # a closer not_concurrent won
+            from pytest_concurrency.engine.report import serial_entry
+
+            mark = deciding_mark(item)
+            if mark is not None:
+                record_entry(item, serial_entry(item.nodeid, not_concurrent_reason(mark)))
 
     def marked_settings(self, item: pytest.Item) -> Settings | str | None:
         """A marked test's settings, or why they are wrong (the message its setup fails with);
@@ -204,11 +216,13 @@ class ConcurrencySession:
         return settled  # type: ignore[return-value]
 
     def settle_marker(self, item: pytest.Item) -> Settings | str | None:
-        marker = item.get_closest_marker("concurrent")
+        marker = concurrent_marker(item)
         if marker is None:
             return None
         if not isinstance(item, pytest.Function):
             return messages.NOT_A_FUNCTION.format(nodeid=item.nodeid)
+        if is_unittest_method(item):
+            return messages.UNITTEST_METHOD.format(nodeid=item.nodeid)
         if marker.args:
             return messages.POSITIONAL_MARKER_ARGS.format(args=marker.args, nodeid=item.nodeid)
         settings_or_error = self.marker_settings(item, marker.kwargs)
