@@ -406,3 +406,15 @@ WARNING_CHECKS_NOT_THREAD_SAFE = (
     "above may be just that). Fix: check warnings once, outside the concurrent body, or mark "
     "the test not_concurrent"
 )
+
+
+# -- the failing-seed memory (engine/memory.py, issue 14) --------------------------------------
+HEADER_MEMORY = (
+    "concurrency: failing-seed memory: {count} {tests} failed in an earlier session; "
+    "{their} seed is tried first (--concurrency-remember=false turns this off)"
+)
+REMEMBERED_FOUND_AGAIN = (
+    "  found again with the seed remembered from an earlier session's failure in run {run} "
+    "(its session seed {session_seed}; the failing-seed memory, --concurrency-remember=false "
+    "turns it off)"
+)

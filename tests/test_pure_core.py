@@ -444,3 +444,29 @@ def test_the_outer_deadline_keeps_a_margin_and_stops_new_runs_before_it() -> Non
     series = Series(calls=[], plan=plan, seed=0, timeout=30.0, on_run_done=lambda r: True)
     assert series.run_deadline(now - 1.0) == now  # hung at the outer deadline less its margin
     assert series.run_deadline(now + 0.5) == now + 30.5  # started late: pytest-timeout's call
+
+
+def test_the_failing_seed_memory_keeps_failures_forgets_passes_and_drops_junk() -> None:
+    from pytest_concurrency.engine import memory
+
+    loaded = memory.load(
+        {
+            "t.py::kept": {"seed": 5, "run": 2, "session_seed": 9, "reproduce": "pytest x"},
+            "t.py::junk": {"seed": "5", "run": 2, "session_seed": 9},
+            "t.py::negative": {"seed": 5, "run": -1, "session_seed": 9},
+            "t.py::passes": {"seed": 1, "run": 0, "session_seed": 9},
+        }
+    )
+    assert set(loaded) == {"t.py::kept", "t.py::passes"}
+    assert loaded["t.py::kept"].runs == 3
+    assert memory.load(["not", "a", "mapping"]) == {}
+    entries: list[Any] = [
+        {"kind": "concurrent", "nodeid": "t.py::new", "seed": 7, "failing_run": 4},
+        {"kind": "concurrent", "nodeid": "t.py::passes", "failing_run": None, "outcome": "passed"},
+        {"kind": "serial", "nodeid": "t.py::kept", "outcome": "passed"},
+    ]
+    after = memory.updated(loaded, entries, session_seed=11)
+    assert set(after) == {"t.py::kept", "t.py::new"}
+    assert after["t.py::new"] == memory.Remembered(seed=7, run=4, session_seed=11)
+    assert "t.py::passes" in memory.updated(loaded, entries, session_seed=11, forget=False)
+    assert memory.load(memory.dump(after)) == after

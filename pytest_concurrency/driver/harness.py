@@ -13,6 +13,7 @@ Pure module: no pytest import (the plugin builds the fixture and turns errors in
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 import time
@@ -205,6 +206,16 @@ class Concurrency:
     @property
     def config(self) -> HarnessConfig:
         return self._config
+
+    @contextlib.contextmanager
+    def configured(self, config: HarnessConfig) -> Iterator[None]:
+        """The fixture answers for ``config`` meanwhile (``.seed``: a remembered seed tried
+        first by the failing-seed memory)."""
+        previous, self._config = self._config, config
+        try:
+            yield
+        finally:
+            self._config = previous
 
 
 class HarnessLoop:

@@ -363,6 +363,7 @@ class SessionOptions:
     json_path: str | None = None
     plot_dir: str | None = None
     replay_runs: int | None = None  # make exactly this many runs, whatever marker or budget say
+    remember: bool = True  # the failing-seed memory (engine/memory.py)
 
 
 SESSION_FIELDS: dict[str, FieldSpec] = {
@@ -370,6 +371,7 @@ SESSION_FIELDS: dict[str, FieldSpec] = {
     "json_path": FieldSpec("json", parse_path, in_marker=False),
     "plot_dir": FieldSpec("plot", parse_path, in_marker=False),
     "replay_runs": FieldSpec("replay_runs", parse_runs, in_marker=False),
+    "remember": FieldSpec("remember", parse_bool, in_marker=False),
 }
 
 

@@ -33,6 +33,10 @@ from pytest_concurrency.plugin.summary import CACHE_SEED_KEY
 
 if TYPE_CHECKING:
     from pytest_concurrency.driver.harness import Concurrency
+    from pytest_concurrency.engine.memory import Memory
+
+MEMORY_KEY = "concurrency/failing_seeds"
+"""Where the failing-seed memory lives in pytest's cache (``engine/memory.py``)."""
 
 SESSION_NAME = "concurrency-session"
 SHARDS_NAME = "concurrency-shards"
@@ -101,6 +105,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "start-up; missing directories are created)",
     )
     group.addoption(
+        "--concurrency-remember",
+        dest="concurrency_remember",
+        default=None,
+        metavar="BOOL",
+        help="the failing-seed memory: a failing test's seed is kept in pytest's cache and "
+        "tried first by the next session that gives no seed: true or false (default: true)",
+    )
+    group.addoption(
         "--concurrency-replay-runs",
         dest="concurrency_replay_runs",
         default=None,
@@ -150,7 +162,22 @@ def build_session(config: pytest.Config) -> ConcurrencySession:
         json_path=Path(options.json_path).resolve() if options.json_path else None,
         plot_dir=Path(options.plot_dir).resolve() if options.plot_dir else None,
         replay_runs=options.replay_runs,
+        memory=load_memory(config) if options.remember else None,
+        memory_in_use=options.remember and settings.seed is None,
     )
+
+
+def load_memory(config: pytest.Config) -> Memory | None:
+    """The failing-seed memory from pytest's cache; None without a cache."""
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return None
+    raw = cache.get(MEMORY_KEY, None)
+    if not raw:
+        return {}  # nothing remembered: the memory's module is not even imported
+    from pytest_concurrency.engine import memory
+
+    return memory.load(raw)
 
 
 def last_seed(config: pytest.Config) -> int:

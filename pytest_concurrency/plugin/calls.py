@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -36,6 +36,7 @@ from pytest_concurrency.plugin.items import (
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from pytest_concurrency.driver.harness import Concurrency, HarnessConfig, HarnessLoop
     from pytest_concurrency.driver.progress import LiveProgress
+    from pytest_concurrency.engine.memory import Remembered
     from pytest_concurrency.engine.outcomes import CallKind, SeriesOutcome
     from pytest_concurrency.plugin.session import ConcurrencySession
     from pytest_concurrency.runners.base import OuterDeadline, Runner, RunPlan
@@ -52,9 +53,6 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
             return None
         return run_scaling(pyfuncitem)
     from pytest_concurrency.driver.harness import Concurrency
-    from pytest_concurrency.driver.series import run_series
-    from pytest_concurrency.engine.outcomes import SeriesOutcome
-    from pytest_concurrency.runners.base import RunPlan
 
     fixture = pyfuncitem.funcargs.get("concurrency")
     # the fixture was made from the same settings (settled at setup, before any fixture)
@@ -67,6 +65,39 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
     call = functools.partial(
         test_function(pyfuncitem), **{n: pyfuncitem.funcargs[n] for n in argnames}
     )
+    remembered = session.remembered(pyfuncitem, settings)
+    if remembered is not None:  # the failing-seed memory: an earlier failure's seed first
+        first = remembered_config(pyfuncitem, config, remembered)
+        with fixture.configured(first) if isinstance(fixture, Concurrency) else _nothing():
+            outcome = run_marked_series(session, pyfuncitem, settings, first, call)
+        if outcome.failed or outcome.interrupt is not None:
+            if outcome.failing_run is not None:
+                outcome.failing_run.notes.append(
+                    messages.REMEMBERED_FOUND_AGAIN.format(
+                        session_seed=remembered.session_seed, run=remembered.run
+                    )
+                )
+            finish_outcome(session, pyfuncitem, outcome, first)
+            return True
+    outcome = run_marked_series(session, pyfuncitem, settings, config, call)
+    finish_outcome(session, pyfuncitem, outcome, config)
+    return True
+
+
+def run_marked_series(
+    session: ConcurrencySession,
+    item: pytest.Function,
+    settings: Settings,
+    config: HarnessConfig,
+    call: Callable[[], object],
+) -> SeriesOutcome:
+    """The series of a marked test (or one run by ``--concurrency-all``): its runs, its live
+    progress, and its outcome; an interrupt from outside is recorded, then raised."""
+    __tracebackhide__ = True
+    from pytest_concurrency.driver.series import run_series
+    from pytest_concurrency.engine.outcomes import SeriesOutcome
+    from pytest_concurrency.runners.base import RunPlan
+
     plan = RunPlan(
         count=None if config.budget is not None else config.runs,
         deadline=None if config.budget is None else _deadline(config.budget),
@@ -79,8 +110,8 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
         seed=config.seed,
         budget=config.budget,
     )
-    runner = make_runner(session, pyfuncitem, settings, config.workers, config.seed)
-    progress = live_progress(session, pyfuncitem, outcome, plan)
+    runner = make_runner(session, item, settings, config.workers, config.seed)
+    progress = live_progress(session, item, outcome, plan)
     try:
         run_series(
             runner,
@@ -94,14 +125,33 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
             wait_for_pytest_timeout(outcome, config.outer)
     except BaseException:
         if outcome.interrupt is not None:  # pytest-timeout, Ctrl-C: the runs so far count
-            record_outcome(session, pyfuncitem, outcome, config)
+            record_outcome(session, item, outcome, config)
         raise
     finally:
         close_runner(session, runner)
         if progress is not None:
             progress.finish()
-    finish_outcome(session, pyfuncitem, outcome, config)
-    return True
+    return outcome
+
+
+def remembered_config(
+    item: pytest.Item, config: HarnessConfig, remembered: Remembered
+) -> HarnessConfig:
+    """The test's config for its remembered failing seed: that series seed, up to the run
+    that failed, and the reproduction line of the session that saw it."""
+    from pytest_concurrency.engine import report
+
+    reproduce = remembered.reproduce or report.reproduce_command(
+        invocation_nodeid(item), remembered.session_seed
+    )
+    return dataclasses.replace(
+        config,
+        seed=remembered.seed,
+        runs=remembered.runs,
+        budget=None,
+        reproduce=reproduce,
+        reproduce_seed=remembered.session_seed,
+    )
 
 
 def stopped_for_outer(plan: RunPlan, outcome: SeriesOutcome) -> bool:
@@ -355,10 +405,16 @@ def concurrency_fixture(session: ConcurrencySession, request: pytest.FixtureRequ
     from pytest_concurrency.driver.harness import Concurrency
 
     item = request.node
-    settings = item.stash.get(SETTINGS_KEY, None) or session.settings
+    marked = item.stash.get(SETTINGS_KEY, None)
+    settings = marked or session.settings
     if is_async_test(item):
         settings = dataclasses.replace(settings, mode=COROUTINE_MODE)
     config = harness_config(session, item, settings)
+    remembered = session.remembered(item, settings) if marked is None else None
+    if remembered is not None:  # the harness's loops run with the remembered seed this time
+        config = dataclasses.replace(
+            remembered_config(item, config, remembered), runs=config.runs, budget=config.budget
+        )
 
     def factory(mode: str, workers: int, schedule: str | None = None) -> Runner:
         chosen = dataclasses.replace(settings, mode=mode, schedule=schedule or settings.schedule)

@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from _pytest.nodes import Node
 
     from pytest_concurrency.engine.entries import Entry
+    from pytest_concurrency.engine.memory import Memory, Remembered
 
 
 ITEM_HOOKS_NAME = "concurrency-item-hooks"
@@ -72,6 +73,8 @@ class ConcurrencySession:
         json_path: Path | None,
         plot_dir: Path | None,
         replay_runs: int | None = None,
+        memory: Memory | None = None,
+        memory_in_use: bool = False,
     ) -> None:
         self.config = config
         self.settings = settings
@@ -81,6 +84,8 @@ class ConcurrencySession:
         self.json_path = json_path
         self.plot_dir = plot_dir
         self.replay_runs = replay_runs
+        self.memory = memory  # None: off, or no cache
+        self.memory_in_use = memory_in_use and memory is not None  # no seed given: try them
         self.entries: list[Entry] = []
         self.abandoned_threads: list[str] = []
         self.abandoned_idents: frozenset[int] = frozenset()
@@ -206,6 +211,15 @@ class ConcurrencySession:
             mark = deciding_mark(item)
             if mark is not None:
                 record_entry(item, serial_entry(item.nodeid, not_concurrent_reason(mark)))
+
+    def remembered(self, item: pytest.Item, settings: Settings) -> Remembered | None:
+        """This test's remembered failing seed, to try first; None when there is none or a
+        seed was given (by the marker, the command line, a reproduction line)."""
+        if not self.memory_in_use or self.memory is None or settings.seed is not None:
+            return None
+        if self.replay_runs is not None:
+            return None
+        return self.memory.get(item.nodeid)
 
     def marked_settings(self, item: pytest.Item) -> Settings | str | None:
         """A marked test's settings, or why they are wrong (the message its setup fails with);

@@ -39,6 +39,19 @@ def header_lines(session: ConcurrencySession, config: pytest.Config) -> list[str
         f"concurrency: {describe_start_method(s.start_method)}",
         *oversubscription_lines(session),
         *schedule_header_lines(s),
+        *memory_header_lines(session),
+    ]
+
+
+def memory_header_lines(session: ConcurrencySession) -> list[str]:
+    count = len(session.memory or ()) if session.memory_in_use else 0
+    if not count:
+        return []
+    one = count == 1
+    return [
+        messages.HEADER_MEMORY.format(
+            count=count, tests="test" if one else "tests", their="its" if one else "their"
+        )
     ]
 
 
@@ -100,10 +113,25 @@ def finish_session(session: ConcurrencySession) -> None:
     cache = getattr(session.config, "cache", None)
     if cache is not None:
         cache.set(CACHE_SEED_KEY, session.session_seed)
+        remember_failing_seeds(session, cache)
     if session.json_path is not None:
         session.json_error = write_json_report(session, session.json_path)
     if session.plot_dir is not None:
         session.plot_lines = write_plots(session, session.plot_dir)
+
+
+def remember_failing_seeds(session: ConcurrencySession, cache: Any) -> None:
+    """Keep this session's failing seeds (and forget the tests that passed) for the next."""
+    if session.memory is None or not session.entries:
+        return
+    from pytest_concurrency.engine import memory
+    from pytest_concurrency.plugin import MEMORY_KEY
+
+    kept = memory.updated(
+        session.memory, session.entries, session.session_seed, forget=session.memory_in_use
+    )
+    if kept != session.memory:
+        cache.set(MEMORY_KEY, memory.dump(kept))
 
 
 def write_json_report(session: ConcurrencySession, path: Path) -> str | None:

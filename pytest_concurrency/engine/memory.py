@@ -1,0 +1,100 @@
+"""The failing-seed memory: a failing concurrent test's seed and run, kept for the next session.
+
+A race found once on a developer's machine should not be lost on the next plain ``pytest``: the
+session that saw a test fail keeps the test's seed and failing run in pytest's cache (the
+controller writes it at the end, from the entries of every xdist worker), and the next session
+that runs the test with no seed of its own tries that seed first, up to the failing run, before
+drawing a new one (as Hypothesis replays its failing examples). A test that passes with both is
+forgotten. Pure module: the memory is plain JSON-able data, read and written by the plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pytest_concurrency.engine.entries import KIND_CONCURRENT, Entry
+
+MAX_REMEMBERED = 1000
+"""Tests kept at most (the most recent failures): the cache stays small in a huge suite."""
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """One failing test: the seed of its series, the run that failed, the session seed and
+    the reproduction line of the session that saw it."""
+
+    seed: int
+    run: int
+    session_seed: int
+    reproduce: str | None = None
+
+    @property
+    def runs(self) -> int:
+        """How many runs replay the failing one (run seeds follow from the series seed)."""
+        return self.run + 1
+
+
+Memory = dict[str, Remembered]
+
+
+def load(raw: object) -> Memory:
+    """The memory from the cache's JSON; whatever is not a well-formed entry is dropped."""
+    if not isinstance(raw, Mapping):
+        return {}
+    memory: Memory = {}
+    for nodeid, value in raw.items():
+        remembered = _entry(value)
+        if isinstance(nodeid, str) and remembered is not None:
+            memory[nodeid] = remembered
+    return memory
+
+
+def _entry(value: object) -> Remembered | None:
+    if not isinstance(value, Mapping):
+        return None
+    numbers = [value.get(key) for key in ("seed", "run", "session_seed")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        return None
+    reproduce = value.get("reproduce")
+    seed, run, session_seed = numbers
+    return Remembered(
+        seed=seed,  # type: ignore[arg-type]
+        run=run,  # type: ignore[arg-type]
+        session_seed=session_seed,  # type: ignore[arg-type]
+        reproduce=reproduce if isinstance(reproduce, str) else None,
+    )
+
+
+def dump(memory: Memory) -> dict[str, dict[str, Any]]:
+    return {nodeid: asdict(remembered) for nodeid, remembered in memory.items()}
+
+
+def updated(
+    memory: Memory, entries: Iterable[Entry], session_seed: int, *, forget: bool = True
+) -> Memory:
+    """The memory after a session: each concurrent test that failed in a run is remembered
+    with the seed it failed with; each that ran and passed is forgotten (when ``forget``:
+    the session tried the remembered seeds, no seed of its own); the rest stay."""
+    kept = dict(memory)
+    for entry in entries:
+        if entry.get("kind") != KIND_CONCURRENT:
+            continue
+        nodeid = entry.get("nodeid")
+        if not isinstance(nodeid, str):
+            continue
+        failing_run, seed, reproduce = (entry.get(k) for k in ("failing_run", "seed", "reproduce"))
+        if isinstance(failing_run, int) and isinstance(seed, int):
+            kept.pop(nodeid, None)  # re-inserted last: the most recent failures are kept
+            kept[nodeid] = Remembered(
+                seed=seed,
+                run=failing_run,
+                session_seed=session_seed,
+                reproduce=reproduce if isinstance(reproduce, str) else None,
+            )
+        elif forget and entry.get("outcome") == "passed":
+            kept.pop(nodeid, None)
+    if len(kept) > MAX_REMEMBERED:
+        kept = dict(list(kept.items())[-MAX_REMEMBERED:])
+    return kept
