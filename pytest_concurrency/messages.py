@@ -418,3 +418,16 @@ REMEMBERED_FOUND_AGAIN = (
     "(its session seed {session_seed}; the failing-seed memory, --concurrency-remember=false "
     "turns it off)"
 )
+
+
+# -- the code under test (engine/undertest.py, issue 15) ----------------------------------------
+HEADER_UNDER_TEST = "concurrency: code under test: {what}"
+PACKAGES_EXPECTED = (
+    "expected import names of packages or modules, comma-separated, e.g. cachetools,"
+    "sortedcontainers (or none, to leave out the project's own installed packages)"
+)
+UNKNOWN_PACKAGE = (
+    "pytest-concurrency: invalid {where}: no package or module named {name!r} can be imported "
+    "here; give import names (the name after import, e.g. sortedcontainers), installed in "
+    "this environment"
+)

@@ -59,6 +59,12 @@ def _module_location(name: str) -> str | None:
     return origin  # pytest.py is one module next to _pytest/
 
 
+def module_location(name: str) -> str | None:
+    """Where the top-level module ``name`` lives: its package directory or its single file,
+    found without importing it (None if it cannot be found)."""
+    return _module_location(name)
+
+
 @functools.cache
 def tooling_paths() -> tuple[str, ...]:
     """pytest's, pluggy's and this plugin's directories (pytest.py as a file), each ending in a

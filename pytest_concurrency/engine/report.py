@@ -65,6 +65,8 @@ def spell(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(str(part) for part in value)
     return str(value)
 
 

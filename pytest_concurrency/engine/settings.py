@@ -186,6 +186,20 @@ def parse_budget(raw: object, source: Source) -> float:
     return parse_seconds(raw, source, example="60")
 
 
+def parse_packages(raw: object, source: Source) -> tuple[str, ...]:
+    """Import names of more code under test ("cachetools,sortedcontainers"), or "none"."""
+    names: list[str] = []
+    if isinstance(raw, str):
+        names = [part.strip() for part in raw.replace(";", ",").split(",") if part.strip()]
+    elif isinstance(raw, (list, tuple)) and all(isinstance(part, str) for part in raw):
+        names = [part.strip() for part in raw if part.strip()]
+    else:
+        raise _fail(source, raw, messages.PACKAGES_EXPECTED)
+    if not all(all(piece.isidentifier() for piece in name.split(".")) for name in names):
+        raise _fail(source, raw, messages.PACKAGES_EXPECTED)
+    return tuple(names)
+
+
 def parse_start_method(raw: object, source: Source) -> str | None:
     """How process mode starts its workers; "auto" (None) lets the runner choose."""
     import multiprocessing
@@ -240,6 +254,7 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("schedule", parse_schedule),
         FieldSpec("schedule_depth", parse_schedule_depth),
         FieldSpec("lock_order", parse_lock_order),
+        FieldSpec("packages", parse_packages),
     )
 }
 MARKER_KEYS = tuple(name for name, spec in FIELDS.items() if spec.in_marker)
@@ -262,6 +277,7 @@ class Settings:
     schedule: str = "off"  # the controlled scheduler: off, random or pct (threads only)
     schedule_depth: int = DEFAULT_SCHEDULE_DEPTH  # PCT's bug depth d
     lock_order: str = "fail"  # lock-order inversions: fail, warn, or off (no lock tracking)
+    packages: tuple[str, ...] = ()  # more code under test (engine/undertest.py); "none": no auto
 
     def with_marker(self, kwargs: Mapping[str, object], where: str) -> Settings:
         """These settings overridden by a marker's keyword arguments."""

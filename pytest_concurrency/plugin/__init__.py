@@ -22,6 +22,7 @@ from pytest_concurrency.engine.settings import (
     ENV_PREFIX,
     FIELDS,
     SESSION_FIELDS,
+    first_given,
     resolve,
     resolve_session_options,
 )
@@ -61,6 +62,9 @@ OPTION_HELP = {
     "schedule_depth": "PCT's bug depth d for --concurrency-schedule=pct (default: 3)",
     "lock_order": "lock-order inversions (potential deadlocks) in thread tests: fail, warn, or "
     "off (no lock tracking, no deadlock watchdog) (default: fail)",
+    "packages": "more code under test, by import name (a library whose shared use the tests "
+    "check), comma-separated; 'none' also leaves out the project's own installed packages "
+    "(default: the project's packages, found from its metadata, wherever installed)",
 }
 INI_HELP = "default for --concurrency-{name} (environment: " + ENV_PREFIX + "{upper})"
 
@@ -153,7 +157,7 @@ def build_session(config: pytest.Config) -> ConcurrencySession:
     if not is_xdist_worker(config):  # the controller checked them; workers write no file
         check_output_paths(cli=cli, env=env, ini=ini)
     session_seed = settings.seed if settings.seed is not None else worker_seed(config)
-    return ConcurrencySession(
+    session = ConcurrencySession(
         config,
         settings=dataclasses.replace(settings, seed=None),
         session_seed=session_seed,
@@ -165,6 +169,28 @@ def build_session(config: pytest.Config) -> ConcurrencySession:
         memory=load_memory(config) if options.remember else None,
         memory_in_use=options.remember and settings.seed is None,
     )
+    check_packages(session, cli=cli, env=env, ini=ini)
+    return session
+
+
+def check_packages(
+    session: ConcurrencySession,
+    *,
+    cli: dict[str, object],
+    env: dict[str, str],
+    ini: dict[str, object],
+) -> None:
+    """A ``--concurrency-packages`` name (command line, environment or ini) that cannot be
+    imported is a usage error at start-up, naming it and where it came from."""
+    names = session.settings.packages
+    if not names:
+        return
+    unknown = session.unknown_package(names)
+    given = first_given(FIELDS["packages"], cli=cli, env=env, ini=ini)
+    if unknown is not None and given is not None:
+        raw, source = given
+        where = source.describe(raw)
+        raise SettingsError(messages.UNKNOWN_PACKAGE.format(where=where, name=unknown))
 
 
 def load_memory(config: pytest.Config) -> Memory | None:

@@ -342,7 +342,7 @@ def make_runner(
 ) -> Runner:
     from pytest_concurrency.runners import make_perturbation, make_runner
 
-    roots = [session.config.rootpath, item.path.parent]
+    roots = session.roots(item, settings)
     if mode_of(settings.mode).workers_are_threads and settings.schedule != "off":
         from pytest_concurrency.races.scheduler import (
             make_scheduler,  # the controlled scheduler (issue 5)

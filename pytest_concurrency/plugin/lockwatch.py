@@ -133,22 +133,22 @@ class LockWatch:
 
         scheduler.take_created()
         stack = contextlib.ExitStack()
-        tracker = stack.enter_context(tracked_primitives(self.user_file_filter(item)))
+        tracker = stack.enter_context(tracked_primitives(self.user_file_filter(item, settings)))
         item.stash[WATCH_KEY] = _Watch(settings, tracker, stack)
 
-    def close(self, item: pytest.Item) -> None:
-        watch = item.stash.get(WATCH_KEY, None)
-        if watch is not None:
-            watch.stack.close()
-
-    def user_file_filter(self, item: pytest.Item) -> Any:
-        roots = (self.session.config.rootpath, item.path.parent)
+    def user_file_filter(self, item: pytest.Item, settings: Settings) -> Any:
+        roots = tuple(self.session.roots(item, settings))
         code_filter = self._filters.get(roots)
         if code_filter is None:
             from pytest_concurrency.races.codefilter import CodeFilter
 
             code_filter = self._filters[roots] = CodeFilter(roots)
         return code_filter.is_user_file
+
+    def close(self, item: pytest.Item) -> None:
+        watch = item.stash.get(WATCH_KEY, None)
+        if watch is not None:
+            watch.stack.close()
 
     # -- the verdict, at the end of the call ----------------------------------------------
 

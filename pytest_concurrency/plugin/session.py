@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
 
     from pytest_concurrency.engine.entries import Entry
     from pytest_concurrency.engine.memory import Memory, Remembered
+    from pytest_concurrency.engine.undertest import Package
 
 
 ITEM_HOOKS_NAME = "concurrency-item-hooks"
@@ -84,6 +85,7 @@ class ConcurrencySession:
         self.json_path = json_path
         self.plot_dir = plot_dir
         self.replay_runs = replay_runs
+        self._packages: dict[tuple[str, ...], list[Package]] = {}
         self.memory = memory  # None: off, or no cache
         self.memory_in_use = memory_in_use and memory is not None  # no seed given: try them
         self.entries: list[Entry] = []
@@ -212,6 +214,33 @@ class ConcurrencySession:
             if mark is not None:
                 record_entry(item, serial_entry(item.nodeid, not_concurrent_reason(mark)))
 
+    def packages_for(self, names: tuple[str, ...]) -> list[Package]:
+        """The packages under test beside the rootdir for these names (found once); raises
+        :class:`~pytest_concurrency.engine.undertest.UnknownPackage`."""
+        found = self._packages.get(names)
+        if found is None:
+            from pytest_concurrency.engine.undertest import packages_under_test
+
+            found = self._packages[names] = packages_under_test(self.config.rootpath, names)
+        return found
+
+    def unknown_package(self, names: tuple[str, ...]) -> str | None:
+        """The first of ``names`` that cannot be found, or None."""
+        from pytest_concurrency.engine.undertest import UnknownPackage
+
+        try:
+            self.packages_for(names)
+        except UnknownPackage as error:
+            return error.name
+        return None
+
+    def roots(self, item: pytest.Item, settings: Settings) -> list[Path]:
+        """Where this test's code under test lives: the rootdir, the test's folder, and the
+        packages under test (the project's own, wherever installed, and the named ones)."""
+        roots = [self.config.rootpath, item.path.parent]
+        roots.extend(Path(package.location) for package in self.packages_for(settings.packages))
+        return roots
+
     def remembered(self, item: pytest.Item, settings: Settings) -> Remembered | None:
         """This test's remembered failing seed, to try first; None when there is none or a
         seed was given (by the marker, the command line, a reproduction line)."""
@@ -243,6 +272,11 @@ class ConcurrencySession:
         if isinstance(settings_or_error, SettingsError):
             return str(settings_or_error)
         settings = settings_or_error
+        if settings.packages != self.settings.packages:
+            unknown = self.unknown_package(settings.packages)
+            if unknown is not None:
+                where = f"packages= in @pytest.mark.concurrent on {item.nodeid}"
+                return messages.UNKNOWN_PACKAGE.format(where=where, name=unknown)
         if is_async_test(item) and "mode" not in marker.kwargs:
             settings = dataclasses.replace(settings, mode=COROUTINE_MODE)
         runs_coroutines = mode_of(settings.mode).runs_coroutines

@@ -40,7 +40,19 @@ def header_lines(session: ConcurrencySession, config: pytest.Config) -> list[str
         *oversubscription_lines(session),
         *schedule_header_lines(s),
         *memory_header_lines(session),
+        *under_test_header_lines(session),
     ]
+
+
+def under_test_header_lines(session: ConcurrencySession) -> list[str]:
+    from pytest_concurrency.engine.undertest import UnknownPackage, describe
+
+    try:
+        packages = session.packages_for(session.settings.packages)
+    except UnknownPackage:  # refused at start-up already
+        return []
+    what = describe(session.config.rootpath, packages)
+    return [messages.HEADER_UNDER_TEST.format(what=what)]
 
 
 def memory_header_lines(session: ConcurrencySession) -> list[str]:

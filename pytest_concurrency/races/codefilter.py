@@ -1,10 +1,12 @@
 """Which code is *under test*, and where in it shared state is touched.
 
 The perturbation engine only makes a worker give way inside the user's own code: files under
-the given roots (the pytest rootdir and the test file's directory), never the standard library,
-installed packages (site-packages, dist-packages, virtual environments), pytest, pluggy or this
-plugin. Inside that code it stops only at *shared-state operations*: attribute, global, closure
-and subscript loads and stores, method loads, calls, membership tests and iteration steps.
+the given roots (the pytest rootdir, the test file's directory, and the packages under test of
+:mod:`pytest_concurrency.engine.undertest`), never the standard library, installed packages
+(site-packages, dist-packages, virtual environments), pytest, pluggy or this plugin, unless a
+root is more specific: a project package installed in site-packages (tox's way) is under test.
+Inside that code it stops only at *shared-state operations*: attribute, global, closure and
+subscript loads and stores, method loads, calls, membership tests and iteration steps.
 
 Answers are cached per file name (:class:`CodeFilter`) and per code object (the callers keep
 the offsets). Pure module: no pytest import.
@@ -57,6 +59,12 @@ def _is_below(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
+def _deepest(path: str, directories: Sequence[str]) -> str | None:
+    """The longest of ``directories`` (or files) that ``path`` is at or below."""
+    below = [directory for directory in directories if _is_below(path, directory)]
+    return max(below, key=len) if below else None
+
+
 class CodeFilter:
     """Answers "is this file the user's code?", cached per file name."""
 
@@ -79,11 +87,15 @@ class CodeFilter:
         if not filename or filename.startswith("<"):
             return False  # <string>, <frozen ...>, <stdin>: no file we could own
         path = os.path.normcase(os.path.realpath(filename))
-        if owncode.INSTALLED_DIR_NAMES.intersection(Path(path).parts):
+        if owncode.is_tooling_file(path):
+            return False  # pytest, pluggy, this plugin: never, even below a root
+        root = _deepest(path, self.roots)
+        if root is None:
             return False
-        if any(_is_below(path, excluded) for excluded in self.excluded):
-            return False
-        return any(_is_below(path, root) for root in self.roots)
+        if owncode.INSTALLED_DIR_NAMES.intersection(Path(path[len(root) :]).parts):
+            return False  # a virtual environment inside the project, below the root
+        excluded = _deepest(path, self.excluded)
+        return excluded is None or len(root) > len(excluded)  # the more specific one wins
 
 
 def shared_state_offsets(code: CodeType) -> frozenset[int]:
