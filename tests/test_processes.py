@@ -486,11 +486,7 @@ def test_a_signal_that_did_not_unpickle_is_rebuilt_by_the_hooks_the_plugin_lends
     assert pickle.loads(pickle.dumps(hooks.rewrite_asserts)) is hooks.rewrite_asserts
 
 
-def test_a_crash_is_placed_in_user_code_not_the_stdlib_or_an_installed_package() -> None:
-    assert process_data.is_library_file(os.__file__) and process_data.is_library_file(
-        pytest.__file__
-    )
-    assert not process_data.is_library_file(__file__)
+def test_a_crash_is_placed_in_user_code_not_the_stdlib_or_pytest() -> None:
     dump = (
         "Current thread 0x1 (most recent call first):\n"
         f'  File "{os.__file__}", line 3 in write\n'

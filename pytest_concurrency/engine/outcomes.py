@@ -2,7 +2,8 @@
 
 Pure module (no pytest import). A failure is never dropped: each failing call is kept with its
 worker and run, and failures are grouped by origin (exception type and the file:line that
-raised), as Hypothesis groups its failures by ``InterestingOrigin``.
+raised), as Hypothesis groups its failures by ``InterestingOrigin``. The raising line is always
+the user's: the innermost frame that is not the plugin's, pytest's or the standard library's.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from types import TracebackType
+from types import FrameType, TracebackType
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine import owncode
 
 OUTCOME_MODULE = "_pytest.outcomes"
 SKIP_NAMES = frozenset({"Skipped"})
@@ -88,12 +90,36 @@ class FailureOrigin:
 
 
 def origin_of(exc: BaseException, tb: TracebackType | None = None) -> FailureOrigin:
+    """The exception's type and its raising line in the user's code: see :func:`raising_line`."""
     tb = tb if tb is not None else exc.__traceback__
-    filename, lineno = "<unknown>", 0
-    while tb is not None:
-        filename, lineno = tb.tb_frame.f_code.co_filename, tb.tb_lineno
-        tb = tb.tb_next
+    filename, lineno = raising_line(tb)
     return FailureOrigin(exception_name(exc), filename, lineno)
+
+
+def raising_line(tb: TracebackType | None) -> tuple[str, int]:
+    """The innermost frame of ``tb`` in the user's code (:func:`.owncode.is_user_file`) that
+    does not hide itself from pytest's traceback (``__tracebackhide__``): for ``pytest.fail()``,
+    a standard library call or one of the plugin's tracked locks, the user's line that called
+    it. Without one, the innermost frame of the user's code, else the innermost frame."""
+    frames: list[tuple[FrameType, int]] = []
+    while tb is not None:
+        frames.append((tb.tb_frame, tb.tb_lineno))
+        tb = tb.tb_next
+    if not frames:
+        return "<unknown>", 0
+    user = [entry for entry in frames if owncode.is_user_file(entry[0].f_code.co_filename)]
+    shown = next((entry for entry in reversed(user) if not _hides_itself(entry[0])), None)
+    frame, line = shown or (user[-1] if user else frames[-1])
+    return frame.f_code.co_filename, line
+
+
+def _hides_itself(frame: FrameType) -> bool:
+    """``__tracebackhide__ = True`` in the frame (pytest's convention for assertion helpers)."""
+    try:
+        hidden = frame.f_locals.get("__tracebackhide__", frame.f_globals.get("__tracebackhide__"))
+    except Exception:  # a frame whose locals cannot be read hides nothing
+        return False
+    return isinstance(hidden, int) and bool(hidden)
 
 
 def exception_name(exc: BaseException) -> str:

@@ -2,8 +2,9 @@
 library's, an installed package's, or the user's.
 
 Every check of a frame or a file name asks here, so that moving a module never changes which
-frames count as the plugin's. Directories are found without importing pytest or pluggy. Pure
-module: no pytest import.
+frames count as the plugin's. :func:`is_user_file` is the rule every failure origin, crash
+origin, lock site and scaling wait site follows. Directories are found without importing
+pytest or pluggy. Pure module: no pytest import.
 """
 
 from __future__ import annotations
@@ -105,3 +106,16 @@ def is_installed_file(filename: str) -> bool:
     if INSTALLED_DIR_NAMES.intersection(path.split(os.sep)):
         return True
     return path.startswith(installed_dirs())
+
+
+@functools.lru_cache(maxsize=4096)
+def is_user_file(filename: str) -> bool:
+    """A file of the user's code: where a failure's origin, a crash or a lock's site may point.
+
+    Everything except this plugin, pytest, pluggy, the standard library and code without a
+    file (``<frozen ...>``, ``<string>``: what generated it called it). An installed
+    third-party package is the user's code here: a race inside a library points at its line.
+    """
+    if filename.startswith("<"):
+        return False
+    return not (is_tooling_file(filename) or is_stdlib_file(filename))

@@ -234,11 +234,7 @@ class LockTracker:
     def is_tooling(self, filename: str) -> bool:
         answer = self._tooling_cache.get(filename)
         if answer is None:
-            answer = (
-                filename.startswith("<")
-                or owncode.is_tooling_file(filename)
-                or owncode.is_stdlib_file(filename)
-            )
+            answer = not owncode.is_user_file(filename)
             self._tooling_cache[filename] = answer
         return answer
 

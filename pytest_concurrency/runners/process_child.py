@@ -4,7 +4,8 @@ A child is started once per test item (see :mod:`.processes`) and then serves ru
 :class:`multiprocessing.connection.Connection` until told to stop or its parent goes away. It
 imports only the standard library, :mod:`pytest_concurrency.engine.context` (so that the
 ``concurrency`` fixture answers ``.worker``, ``.run`` and ``.barrier()`` in the child) and the
-pure :mod:`pytest_concurrency.engine.outcomes`; pytest itself only if the test module imports it
+pure :mod:`pytest_concurrency.engine.outcomes` (with :mod:`~pytest_concurrency.engine.owncode`,
+which places each origin in the user's code); pytest itself only if the test module imports it
 or the parent lends pytest's assertion rewriting (:class:`~.framework.FrameworkHooks`).
 Everything it sends back is plain data: tuples of strings, numbers and pickled bytes.
 
@@ -32,6 +33,7 @@ import ctypes  # here, so that the fork server preloads it for every child
 import faulthandler
 import importlib
 import importlib.util
+import linecache
 import os
 import pickle
 import random
@@ -222,7 +224,7 @@ def failure_data(exc: BaseException, kind: CallKind) -> FailureData:
     origin = origin_of(exc)
     message = first_line(exc)
     if not message and isinstance(exc, AssertionError):
-        message = _failing_source_line(exc)
+        message = _source_line(origin.filename, origin.lineno)
     pickled: bytes | None = None
     try:
         pickled_now = pickle.dumps(exc)
@@ -251,9 +253,9 @@ def user_traceback(tb: TracebackType | None) -> TracebackType | None:
     return tb
 
 
-def _failing_source_line(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
-    return (frames[-1].line or "").strip() if frames else ""
+def _source_line(filename: str, lineno: int) -> str:
+    """The source of the raising line (a bare ``assert`` has no message of its own)."""
+    return linecache.getline(filename, lineno).strip()
 
 
 def start_offset(run_index: int, run_seed: int, worker: int) -> float:

@@ -204,17 +204,13 @@ def user_stack(text: str) -> str:
 
 
 def stack_origin(stack: str) -> tuple[str, int] | None:
-    """The innermost frame of user code in a faulthandler dump ("most recent call first")."""
+    """The innermost frame of the user's code in a faulthandler dump ("most recent call
+    first"), by the rule of every origin (:func:`.owncode.is_user_file`)."""
     for line in stack.splitlines():
         line = line.strip()
         if line.startswith('File "') and '", line ' in line:
             filename, rest = line[len('File "') :].split('", line ', 1)
             number = rest.split()[0]
-            if number.isdigit() and not is_library_file(filename):
+            if number.isdigit() and owncode.is_user_file(filename):
                 return filename, int(number)
     return None
-
-
-def is_library_file(filename: str) -> bool:
-    """The standard library or an installed package: where a crash surfaces, not its cause."""
-    return owncode.is_stdlib_file(filename) or owncode.is_installed_file(filename)

@@ -33,6 +33,7 @@ from pytest_concurrency.engine import cores
 from pytest_concurrency.engine.context import CURRENT, WorkerContext
 from pytest_concurrency.engine.outcomes import CallFailure, CallKind, RunRecord, classify
 from pytest_concurrency.engine.seeds import run_seed_base, run_seed_from
+from pytest_concurrency.errors import ScheduleAborted
 from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation
 from pytest_concurrency.runners.barrier import thread_barrier
 from pytest_concurrency.runners.base import Series, set_collateral_apart
@@ -264,6 +265,8 @@ class ThreadRunner:
         self.perturbation.call_started(index, record.index, record.seed)
         try:
             self._plain_call(index, record, series)
+        except ScheduleAborted:
+            pass  # the controlled schedule was torn down (Ctrl-C, a hang): leave quietly
         finally:
             self.perturbation.call_finished()
 
@@ -273,6 +276,8 @@ class ThreadRunner:
         try:
             result = series.calls[index]()
         except BaseException as exc:  # every failure is kept, none is lost
+            if isinstance(exc, ScheduleAborted):
+                raise  # not the body's failure: the series it ran in is over
             if exc.__traceback__ is not None:  # start the traceback in the user's code
                 exc.__traceback__ = exc.__traceback__.tb_next
             self._record_exception(record, index, exc)

@@ -135,8 +135,8 @@ class WaitSampler:
         return None
 
     def _skipped(self, filename: str) -> bool:
-        """Frames of this package and of the standard library (not of site-packages)."""
-        return owncode.is_plugin_file(filename) or owncode.is_stdlib_file(filename)
+        """Frames that are not the user's code (site-packages are): see ``owncode``."""
+        return not owncode.is_user_file(filename)
 
     def busiest(self) -> WaitSite | None:
         """The place most waiting sightings were at, or None when there were none."""
