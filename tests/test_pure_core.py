@@ -443,7 +443,8 @@ def test_the_outer_deadline_keeps_a_margin_and_stops_new_runs_before_it() -> Non
     assert plan.stopped_for_outer(runs_done=1) and not plan.stopped_for_outer(runs_done=10)
     series = Series(calls=[], plan=plan, seed=0, timeout=30.0, on_run_done=lambda r: True)
     assert series.run_deadline(now - 1.0) == now  # hung at the outer deadline less its margin
-    assert series.run_deadline(now + 0.5) == now + 30.5  # started late: pytest-timeout's call
+    assert series.run_deadline(now - 0.3) == now  # a late first run: still time to say so
+    assert series.run_deadline(now - 0.1) == now + 29.9  # too late: pytest-timeout's call
 
 
 def test_the_failing_seed_memory_keeps_failures_forgets_passes_and_drops_junk() -> None:

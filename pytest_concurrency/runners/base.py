@@ -25,6 +25,9 @@ THREAD_MARGIN = 1.0
 PROCESS_MARGIN = 1.5
 """Seconds kept for the stacks and the report before pytest-timeout strikes (processes send
 their stacks through files); at most half of a shorter timeout."""
+MIN_HANG_WAIT = 0.25
+"""A run that starts later than this before the outer deadline's hang time (the first run,
+after a long setup or a slow start of the process pool) is left to pytest-timeout."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +124,8 @@ class Series:
         deadline's :attr:`~OuterDeadline.hang_at`, whichever comes first."""
         deadline = started + self.timeout
         outer = self.plan.outer
-        if outer is None or started > outer.last_start:  # a first run after a long setup
-            return deadline
+        if outer is None or outer.hang_at - started < MIN_HANG_WAIT:  # after a long setup
+            return deadline  # no time left to call it hung: pytest-timeout's call
         return min(deadline, outer.hang_at)
 
 

@@ -195,12 +195,17 @@ def describe_exit(exitcode: int | None) -> str:
 
 def user_stack(text: str) -> str:
     """A faulthandler dump without the frames of this plugin and of multiprocessing."""
-    lines = [
-        line
-        for line in text.splitlines()
-        if not any(marker in line for marker in OWN_FRAME_MARKERS)
-    ]
+    lines = [line for line in text.splitlines() if not _own_frame(line)]
     return "\n".join(lines).strip()
+
+
+def _own_frame(line: str) -> bool:
+    if any(marker in line for marker in OWN_FRAME_MARKERS):
+        return True
+    stripped = line.strip()
+    if not stripped.startswith('File "'):
+        return False
+    return owncode.is_plugin_file(stripped[len('File "') :].split('"', 1)[0])
 
 
 def stack_origin(stack: str) -> tuple[str, int] | None:
