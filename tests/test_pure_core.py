@@ -428,6 +428,8 @@ def test_a_budget_hunt_is_replayed_as_the_count_that_reaches_its_failing_run() -
     counted = SeriesOutcome(mode="threads", workers=2, runs_planned=100, seed=1)
     counted.failing_run = RunRecord(index=3, seed=3, workers=2)
     assert report.reproduce_for(counted, "pytest x") == "pytest x"
+    outcome.failing_run = RunRecord(index=2, seed=3, workers=2)  # found early: more chances
+    assert report.reproduce_for(outcome, "pytest x") == "pytest x --concurrency-replay-runs=100"
 
 
 def test_the_outer_deadline_keeps_a_margin_and_stops_new_runs_before_it() -> None:

@@ -35,7 +35,7 @@ from pytest_concurrency.engine.outcomes import (
     group_failures,
 )
 from pytest_concurrency.engine.outputs import write_atomically
-from pytest_concurrency.engine.settings import FIELDS, SESSION_FIELDS, Settings
+from pytest_concurrency.engine.settings import DEFAULT_RUNS, FIELDS, SESSION_FIELDS, Settings
 
 JSON_VERSION = 1
 MAX_LISTED_WORKERS = 12
@@ -96,12 +96,15 @@ def replay_options(
 
 def reproduce_for(outcome: SeriesOutcome, command: str, run: int | None = None) -> str:
     """The reproduction line of this outcome: a budget hunt (no planned count) is replayed as
-    the count of runs that reaches its failing run (``run``, or the outcome's), whatever
-    budget the marker or the code gives."""
+    a count of runs that reaches its failing run (``run``, or the outcome's), whatever budget
+    the marker or the code gives; never fewer than the default count, since in thread and
+    process mode the seed steers the perturbation, not the OS, and a race that failed early
+    needs more than one chance (a replay stops at its first failure, so more costs nothing
+    where the replay is exact)."""
     if run is None and outcome.failing_run is not None:
         run = outcome.failing_run.index
     if outcome.runs_planned is None and run is not None:
-        return f"{command} {REPLAY_RUNS_OPTION}={run + 1}"
+        return f"{command} {REPLAY_RUNS_OPTION}={max(run + 1, DEFAULT_RUNS)}"
     return command
 
 
