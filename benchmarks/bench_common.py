@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import platform
+import statistics
+import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,3 +58,103 @@ class PytestMarker:
     def per_run(self, runs: int) -> float:
         """``(T(runs) - T(1)) / (runs - 1)``: start-up and pytest's own work cancel out."""
         return (self.time(runs) - self.time(1)) / (runs - 1)
+
+
+# -- found/N: pytest sessions repeated, arms interleaved ------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """A race: its buggy test and its locked twin (node ids as junit names them)."""
+
+    title: str
+    buggy: str
+    twin: str
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of running the same tests: the pytest arguments that differ."""
+
+    title: str
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Counts:
+    sessions: int = 0
+    found: int = 0
+    twin_failed: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+
+def found_counts(
+    python: str,
+    cwd: Path,
+    cases: Sequence[Case],
+    arms: Sequence[Arm],
+    repetitions: int,
+    common_args: Sequence[str] = (),
+) -> dict[str, dict[str, Counts]]:
+    """``{arm: {case title: Counts}}`` over ``repetitions`` pytest sessions per arm, each
+    session running every case's two tests; the arms interleaved (A B C, C B A, ...)."""
+    from detection import run_pytest  # the corpus's runner: junit, JSON report, shim timings
+
+    nodeids = [nodeid for case in cases for nodeid in (case.buggy, case.twin)]
+    counts = {arm.title: {case.title: Counts() for case in cases} for arm in arms}
+    for repetition in range(repetitions):
+        order = arms if repetition % 2 == 0 else list(reversed(arms))
+        for arm in order:
+            session = run_pytest(python, nodeids, [*common_args, *arm.args], dict(arm.env), cwd)
+            for case in cases:
+                tally = counts[arm.title][case.title]
+                tally.sessions += 1
+                bug = session.results.get(case.buggy)
+                if bug is not None and bug.failed:
+                    tally.found += 1
+                    if bug.seconds is not None:
+                        tally.seconds.append(bug.seconds)
+                twin = session.results.get(case.twin)
+                if twin is None or twin.failed:
+                    tally.twin_failed += 1  # a twin that did not run counts as failed
+            found = [case.title for case in cases if found_in(session, case.buggy)]
+            print(
+                f"  {repetition + 1}/{repetitions} {arm.title}: {session.wall:.1f}s, "
+                f"found: {', '.join(found) or 'none'}",
+                file=sys.stderr,
+            )
+    return counts
+
+
+def found_in(session: Any, nodeid: str) -> bool:
+    result = session.results.get(nodeid)
+    return result is not None and result.failed
+
+
+def found_table(counts: dict[str, dict[str, Counts]], cases: Sequence[Case]) -> list[str]:
+    """Markdown: per case, found/N (median ms to find) in each arm, and the twins' failures."""
+    arms = list(counts)
+    header = [
+        "race",
+        *(f"{arm}: found (ms to find, median)" for arm in arms),
+        "twin failed, all arms",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for case in cases:
+        cells = [case.title]
+        for arm in arms:
+            tally = counts[arm][case.title]
+            ms = f" ({statistics.median(tally.seconds) * 1000:.0f})" if tally.seconds else ""
+            cells.append(f"{tally.found}/{tally.sessions}{ms}")
+        failed = sum(counts[arm][case.title].twin_failed for arm in arms)
+        sessions = sum(counts[arm][case.title].sessions for arm in arms)
+        cells.append(f"{failed}/{sessions}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def now_line() -> str:
+    """``date`` and the load average, for a section's record."""
+    load = " / ".join(f"{value:.2f}" for value in os.getloadavg())
+    return f"{time.strftime('%a %b %d %H:%M:%S %Z %Y')}, load average {load}"

@@ -12,8 +12,9 @@ of ``--budget`` seconds per test:
   ``benchmarks/run_parallel_shim.py``.
 
 A race is *found* when its buggy test fails (the buggy tests are strict xfails, so plain
-``pytest benchmarks/races`` passes exactly when every race is found and no twin fails); a
-*false alarm* is a fixed twin that fails. Time to
+``pytest benchmarks/races`` passes exactly when every race is found and no twin fails; the
+races inside third-party libraries in ``races/thirdparty/`` are measured by
+``thirdparty_races.py`` and are non-strict); a *false alarm* is a fixed twin that fails. Time to
 first detection is the test's call time (pytest-concurrency stops at the first failing run) or,
 for pytest-run-parallel, the time of its first failing call. Then the printed reproduction line
 of every race found is run again ``--replays`` times: how often it fails again, and how often at
@@ -144,6 +145,7 @@ def run_pytest(
     nodeids: Sequence[str],
     args: Sequence[str],
     env: dict[str, str] | None = None,
+    cwd: Path = RACES_DIR,
 ) -> Session:
     with tempfile.TemporaryDirectory() as scratch:
         junit = Path(scratch) / "junit.xml"
@@ -163,7 +165,7 @@ def run_pytest(
         full_env["RUN_PARALLEL_SHIM_JSON"] = str(shim)
         started = _now()
         subprocess.run(
-            command, cwd=RACES_DIR, env=full_env, timeout=SESSION_TIMEOUT, check=False,
+            command, cwd=cwd, env=full_env, timeout=SESSION_TIMEOUT, check=False,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         session = Session(wall=_now() - started)
