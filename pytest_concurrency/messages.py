@@ -411,7 +411,8 @@ WARNING_CHECKS_NOT_THREAD_SAFE = (
 # -- the failing-seed memory (engine/memory.py, issue 14) --------------------------------------
 HEADER_MEMORY = (
     "concurrency: failing-seed memory: {count} {tests} failed in an earlier session; "
-    "{their} seed is tried first (--concurrency-remember=false turns this off)"
+    "each is tried first with the seed it failed with, when it runs with no seed of its own "
+    "(--concurrency-remember=false turns this off)"
 )
 REMEMBERED_FOUND_AGAIN = (
     "  found again with the seed remembered from an earlier session's failure in run {run} "
@@ -422,6 +423,8 @@ REMEMBERED_FOUND_AGAIN = (
 
 # -- the code under test (engine/undertest.py, issue 15) ----------------------------------------
 HEADER_UNDER_TEST = "concurrency: code under test: {what}"
+INSTALLED_AT = "{name} (installed at {location})"
+PACKAGES_IN_MARKER = "packages= in @pytest.mark.concurrent on {nodeid}"
 PACKAGES_EXPECTED = (
     "expected import names of packages or modules, comma-separated, e.g. cachetools,"
     "sortedcontainers (or none, to leave out the project's own installed packages)"

@@ -69,16 +69,18 @@ LOCKED = [inventory.LockedStock(1000) for _ in range(100)]
 PIP_INSTALL = (sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index")
 
 
-def build_wheel(directory: Path, name: str, source: str) -> Path:
-    """A real wheel of a one-package distribution (no build backend needed)."""
-    wheel = directory / f"{name}-0.1-py3-none-any.whl"
-    info = f"{name}-0.1.dist-info"
+def build_wheel(directory: Path, name: str, source: str, package: str | None = None) -> Path:
+    """A real wheel of a one-package distribution (no build backend needed); ``package`` is
+    its import path ("acme/inventory" for a namespace package), the name by default."""
+    dist = name.replace("-", "_")
+    wheel = directory / f"{dist}-0.1-py3-none-any.whl"
+    info = f"{dist}-0.1.dist-info"
+    package = package or name
     files = {
-        f"{name}/__init__.py": source,
+        f"{package}/__init__.py": source,
         f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
         f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
         "Tag: py3-none-any\n",
-        f"{info}/top_level.txt": f"{name}\n",
     }
     record = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
     with zipfile.ZipFile(wheel, "w") as archive:
@@ -88,17 +90,19 @@ def build_wheel(directory: Path, name: str, source: str) -> Path:
     return wheel
 
 
-def install(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str) -> Path:
+def install(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str, package: str = ""
+) -> Path:
     """pip installs the wheel, non-editable, into .tox/py/lib/site-packages of the project."""
     site = pytester.path / ".tox" / "py" / "lib" / "site-packages"
-    wheel = build_wheel(pytester.path, name, INVENTORY)
+    wheel = build_wheel(pytester.path, name, INVENTORY, package or None)
     subprocess.run(
         [*PIP_INSTALL, "--target", str(site), str(wheel)],
         check=True,
         timeout=120,
     )
     monkeypatch.setenv("PYTHONPATH", str(site))
-    return site / name
+    return site / (package or name)
 
 
 def test_the_projects_installed_package_is_under_test_with_no_configuration(
@@ -161,3 +165,32 @@ def test_a_package_that_cannot_be_imported_is_a_usage_error(
     marked = run_subprocess()
     marked.assert_outcomes(errors=1)
     marked.stdout.fnmatch_lines(["*packages= in @pytest.mark.concurrent on *'no_such_thing'*"])
+
+
+def test_a_namespace_package_of_the_project_is_under_test(
+    pytester: pytest.Pytester, run_subprocess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makefile(".toml", pyproject='[project]\nname = "acme-inventory"\nversion = "0.1"\n')
+    installed = install(pytester, monkeypatch, "acme-inventory", "acme/inventory")
+    pytester.makepyfile(
+        test_inventory=TESTS.replace("import inventory", "from acme import inventory")
+    )
+    result = run_subprocess("-p", "no:randomly", "-k", "test_stock", timeout=300)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [f"concurrency: code under test: *, acme.inventory (installed at {installed.resolve()})"]
+    )
+
+
+def test_naming_a_package_never_imports_it(pytester: pytest.Pytester, run_subprocess) -> None:
+    pytester.mkpydir("badpkg").joinpath("__init__.py").write_text(
+        "raise RuntimeError('import-time failure in badpkg')\n"
+    )
+    pytester.makepyfile("def test_nothing(): pass")
+    found = run_subprocess("--concurrency-packages=badpkg")  # found, not imported
+    found.assert_outcomes(passed=1)
+    found.stdout.fnmatch_lines(["concurrency: code under test: *, badpkg*"])
+    missing = run_subprocess("--concurrency-packages=badpkg.sub")  # needs no import either
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stderr.fnmatch_lines(["*no package or module named 'badpkg.sub'*"])
+    assert "INTERNALERROR" not in missing.stdout.str() + missing.stderr.str()

@@ -54,8 +54,9 @@ def test_a_race_found_once_is_found_again_by_the_next_plain_session(
     again.assert_outcomes(failed=1)
     again.stdout.fnmatch_lines(
         [
-            "concurrency: failing-seed memory: 1 test failed in an earlier session; its seed is "
-            "tried first (--concurrency-remember=false turns this off)",
+            "concurrency: failing-seed memory: 1 test failed in an earlier session; each is "
+            "tried first with the seed it failed with, when it runs with no seed of its own "
+            "(--concurrency-remember=false turns this off)",
             "*in run 3 of 4 (2 threads, *): 2 of 8 calls failed",
             "*found again with the seed remembered from an earlier session's failure in run 3*",
         ]

@@ -159,6 +159,76 @@ def test_a_short_pytest_timeout_still_gets_the_hang_report_with_stacks(
     assert "INTERNALERROR" not in text + result.stderr.str()
 
 
+HEALTHY_UNDER_PYTEST_TIMEOUT = """
+import asyncio
+import time
+import pytest
+
+@pytest.fixture
+def slow_setup():
+    time.sleep(2)  # not counted with func_only
+
+@pytest.mark.timeout(6)
+@pytest.mark.concurrent(workers=2, runs=5)
+def test_long_runs_that_fit(concurrency):
+    time.sleep(1.0)  # 5s in all: the last run ends after the hang time (5s), it is not hung
+
+@pytest.mark.timeout(6)
+@pytest.mark.concurrent(workers=2, runs=5)
+async def test_long_tasks_that_fit(concurrency):
+    await asyncio.sleep(1.0)
+
+@pytest.mark.timeout(4, func_only=True)
+@pytest.mark.concurrent(workers=2, runs=3)
+def test_func_only_counts_from_the_call(slow_setup, concurrency):
+    time.sleep(0.5)
+"""
+
+
+def test_healthy_runs_under_pytest_timeout_pass_as_without_the_plugin(
+    pytester, run_subprocess
+) -> None:
+    """Only a run expected to be long over by the hang time is held to it; with func_only the
+    deadline counts from the call, as pytest-timeout's does."""
+    pytester.makepyfile(HEALTHY_UNDER_PYTEST_TIMEOUT)
+    result = run_subprocess("-p", "timeout")
+    result.assert_outcomes(passed=3)
+
+
+def test_a_timeout_from_the_environment_or_func_only_still_gets_the_hang_report(
+    pytester, run_subprocess, monkeypatch
+) -> None:
+    pytester.makepyfile(
+        """
+        import threading
+        import time
+        import pytest
+
+        NEVER = threading.Event()
+
+        @pytest.fixture
+        def slow_setup():
+            time.sleep(2)
+
+        @pytest.mark.concurrent(workers=2, runs=3)
+        def test_env(concurrency):
+            if concurrency.worker == 0:
+                NEVER.wait(30)
+
+        @pytest.mark.timeout(3, func_only=True)
+        @pytest.mark.concurrent(workers=2, runs=3)
+        def test_func_only(slow_setup, concurrency):
+            if concurrency.worker == 0:
+                NEVER.wait(30)
+        """
+    )
+    monkeypatch.setenv("PYTEST_TIMEOUT", "3")
+    result = run_subprocess("-p", "timeout")
+    result.assert_outcomes(failed=2)
+    assert result.stdout.str().count("HANG in run 0 of 3 (2 threads") == 2
+    assert "from pytest-timeout" not in result.stdout.str()
+
+
 CUT_BY_PYTEST_TIMEOUT = """
 import asyncio
 import time

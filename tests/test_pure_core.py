@@ -432,21 +432,21 @@ def test_a_budget_hunt_is_replayed_as_the_count_that_reaches_its_failing_run() -
     assert report.reproduce_for(outcome, "pytest x") == "pytest x --concurrency-replay-runs=100"
 
 
-def test_the_outer_deadline_keeps_a_margin_and_stops_new_runs_before_it() -> None:
-    threads = OuterDeadline.for_mode(100.0, 5.0, one_worker_per_core=False)
-    processes = OuterDeadline.for_mode(100.0, 5.0, one_worker_per_core=True)
-    short = OuterDeadline.for_mode(100.0, 1.0, one_worker_per_core=False)
-    assert (threads.hang_at, threads.last_start) == (99.0, 98.5)
-    assert (processes.hang_at, processes.last_start) == (98.5, 97.75)
-    assert (short.hang_at, short.last_start) == (99.5, 99.25)  # half of a short timeout
-    now = time.monotonic()
-    plan = RunPlan(count=10, outer=OuterDeadline(now + 1.0, 1.0))  # last start passed
-    assert plan.has_run(0) and not plan.has_run(1)
-    assert plan.stopped_for_outer(runs_done=1) and not plan.stopped_for_outer(runs_done=10)
+def test_the_outer_deadline_keeps_a_margin_for_runs_expected_to_end_before_it() -> None:
+    threads = OuterDeadline.for_mode(100.0, 5.0, separate_processes=False)
+    processes = OuterDeadline.for_mode(100.0, 5.0, separate_processes=True)
+    short = OuterDeadline.for_mode(100.0, 1.0, separate_processes=False)
+    assert (threads.hang_at, processes.hang_at, short.hang_at) == (99.0, 98.5, 99.5)
+    outer = OuterDeadline(100.0, 1.0)
+    assert outer.run_deadline(90.0, timeout=30.0) == 99.0  # a hang is reported a margin early
+    assert outer.run_deadline(98.9, timeout=30.0) == 128.9  # no time left: pytest-timeout's
+    outer.pace.ran(2.0)  # runs take 2s: one started at 96s would end near the hang time
+    assert outer.run_deadline(94.0, timeout=30.0) == 99.0
+    assert outer.run_deadline(96.0, timeout=30.0) == 126.0  # healthy, not hung: not held to it
+    plan = RunPlan(count=3, outer=outer)
     series = Series(calls=[], plan=plan, seed=0, timeout=30.0, on_run_done=lambda r: True)
-    assert series.run_deadline(now - 1.0) == now  # hung at the outer deadline less its margin
-    assert series.run_deadline(now - 0.3) == now  # a late first run: still time to say so
-    assert series.run_deadline(now - 0.1) == now + 29.9  # too late: pytest-timeout's call
+    series.run_finished(time.monotonic() - 3.0)
+    assert outer.pace.longest >= 3.0
 
 
 def test_the_failing_seed_memory_keeps_failures_forgets_passes_and_drops_junk() -> None:

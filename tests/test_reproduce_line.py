@@ -28,6 +28,7 @@ class Case:
     carries: tuple[str, ...] = ()  # what the printed line must hold
     failed: int = 1  # failed tests in the first session
     replay_says: str = "*"  # a line of the replay's report
+    keep_ini: bool = False  # the ini file stays (the setting overrides it)
 
 
 CASES = {
@@ -68,6 +69,19 @@ CASES = {
         """,
         args=("--concurrency-budget=20",),
         carries=("--concurrency-replay-runs=111",),
+    ),
+    "command-line-default-over-ini": Case(
+        """
+        import multiprocessing
+
+        @pytest.mark.concurrent(workers=2, runs=2)
+        def test_it():
+            assert multiprocessing.parent_process() is not None, "not in a worker process"
+        """,
+        ini="[pytest]\nconcurrency_mode = processes\n",
+        args=("--concurrency-mode=threads",),
+        carries=("--concurrency-mode=threads",),
+        keep_ini=True,
     ),
     "threads-marker-budget": Case(
         """
@@ -157,7 +171,7 @@ def test_the_printed_line_fails_again_without_the_source_of_its_settings(
         assert option in command, line
     for key in case.env:  # a fresh shell: only the line itself
         monkeypatch.delenv(key)
-    if case.ini:
+    if case.ini and not case.keep_ini:
         (pytester.path / "pytest.ini").unlink()
     again = run_subprocess(*command[1:], timeout=180)
     again.assert_outcomes(failed=1)

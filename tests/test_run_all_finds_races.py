@@ -44,7 +44,7 @@ def test_run_all_finds_iterate_while_mutating_in_a_plain_suite(pytester, run) ->
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*RuntimeError: dictionary changed size during iteration*",
+            "*RuntimeError: dictionary * during iteration*",  # size or keys changed: timing
             "*RuntimeError at bus.py:* (* call*",
             "*reproduce: pytest test_racy.py::test_publish_reaches_subscriber --concurrency-seed=1"
             " --concurrency-all",

@@ -62,6 +62,7 @@ class HarnessConfig:
     shard: tuple[int, int] | None = None  # (index, count) under --concurrency-shards
     replay_runs: int | None = None  # --concurrency-replay-runs: this count, whatever runs() says
     outer: OuterDeadline | None = None  # pytest-timeout's deadline for the test, if any
+    reproduce_options: tuple[str, ...] = ()  # the options of ``reproduce``, after the seed
 
 
 class Concurrency:
@@ -248,10 +249,6 @@ class HarnessLoop:
                 self.outcome.runs_done += 1
             index += 1
         self.current = None
-        outer = self.plan.outer
-        healthy = not self.outcome.failed and self.outcome.interrupt is None
-        if outer is not None and healthy and self.plan.stopped_for_outer(self.outcome.runs_done):
-            outer.wait_out()  # pytest-timeout ends the test here
 
 
 class HarnessRun:

@@ -22,13 +22,13 @@ MAX_REMEMBERED = 1000
 
 @dataclass(frozen=True)
 class Remembered:
-    """One failing test: the seed of its series, the run that failed, the session seed and
-    the reproduction line of the session that saw it."""
+    """One failing test: the seed of its series, the run that failed, and the session seed
+    of the session that saw it (the reproduction line's seed: the series seed derives from it
+    and the test's id)."""
 
     seed: int
     run: int
     session_seed: int
-    reproduce: str | None = None
 
     @property
     def runs(self) -> int:
@@ -57,13 +57,11 @@ def _entry(value: object) -> Remembered | None:
     numbers = [value.get(key) for key in ("seed", "run", "session_seed")]
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
         return None
-    reproduce = value.get("reproduce")
     seed, run, session_seed = numbers
     return Remembered(
         seed=seed,  # type: ignore[arg-type]
         run=run,  # type: ignore[arg-type]
         session_seed=session_seed,  # type: ignore[arg-type]
-        reproduce=reproduce if isinstance(reproduce, str) else None,
     )
 
 
@@ -84,15 +82,10 @@ def updated(
         nodeid = entry.get("nodeid")
         if not isinstance(nodeid, str):
             continue
-        failing_run, seed, reproduce = (entry.get(k) for k in ("failing_run", "seed", "reproduce"))
+        failing_run, seed = entry.get("failing_run"), entry.get("seed")
         if isinstance(failing_run, int) and isinstance(seed, int):
             kept.pop(nodeid, None)  # re-inserted last: the most recent failures are kept
-            kept[nodeid] = Remembered(
-                seed=seed,
-                run=failing_run,
-                session_seed=session_seed,
-                reproduce=reproduce if isinstance(reproduce, str) else None,
-            )
+            kept[nodeid] = Remembered(seed=seed, run=failing_run, session_seed=session_seed)
         elif forget and entry.get("outcome") == "passed":
             kept.pop(nodeid, None)
     if len(kept) > MAX_REMEMBERED:

@@ -10,6 +10,7 @@ pytest or pluggy. Pure module: no pytest import.
 from __future__ import annotations
 
 import functools
+import importlib.machinery
 import importlib.util
 import os
 import site
@@ -21,6 +22,11 @@ PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.
 INSTALLED_DIR_NAMES = frozenset({"site-packages", "dist-packages"})
 """Any file below a directory with one of these names is installed code, wherever it lives."""
 TOOLING_MODULES = ("pytest", "_pytest", "pluggy")
+
+
+def is_below(path: str, directory: str) -> bool:
+    """Is ``path`` the file or directory ``directory``, or below it?"""
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 def _with_sep(paths: Iterable[str]) -> tuple[str, ...]:
@@ -46,24 +52,30 @@ def installed_dirs() -> tuple[str, ...]:
     return _with_sep(found)
 
 
-def _module_location(name: str) -> str | None:
-    """The package directory (or the single file) of a top-level module, without importing."""
+def module_location(name: str) -> str | None:
+    """Where the module ``name`` ("pkg" or "pkg.sub") lives: its package directory (the first
+    one of a namespace package) or its single file, found without importing it or its
+    parents (an import could run the user's code, or fail); None if it cannot be found."""
+    top, *rest = name.split(".")
     try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
+        spec = importlib.util.find_spec(top)
+        for part in rest:
+            locations = spec.submodule_search_locations if spec is not None else None
+            if not locations:
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(part, list(locations))
+    except Exception:  # a broken finder, a bad name: not found
         return None
-    if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
+    if spec is None:
+        return None
+    if spec.origin in (None, "namespace") and spec.submodule_search_locations:
+        return os.path.realpath(next(iter(spec.submodule_search_locations)))
+    if not spec.origin or spec.origin in ("built-in", "frozen"):
         return None
     origin = os.path.realpath(spec.origin)
     if spec.submodule_search_locations:
         return os.path.dirname(origin)
     return origin  # pytest.py is one module next to _pytest/
-
-
-def module_location(name: str) -> str | None:
-    """Where the top-level module ``name`` lives: its package directory or its single file,
-    found without importing it (None if it cannot be found)."""
-    return _module_location(name)
 
 
 @functools.cache
@@ -72,7 +84,7 @@ def tooling_paths() -> tuple[str, ...]:
     separator except single files."""
     paths: list[str] = [PACKAGE_DIR]
     for name in TOOLING_MODULES:
-        location = _module_location(name)
+        location = module_location(name)
         if location is None:
             continue
         paths.append(location if location.endswith(".py") else location + os.sep)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,7 +43,7 @@ MAX_OBSERVATIONS = 20
 
 HEADLINE_RACE = "RACE DETECTED in run {run} {of} ({where}): {failed} of {calls} calls failed"
 HEADLINE_EVERY_CALL = "FAILED in run {run} {of} ({where}): {failed} of {calls} calls failed"
-HEADLINE_HANG = "HANG in run {run} {of} ({where}): {hung} did not finish within {timeout:.2g}s"
+HEADLINE_HANG = "HANG in run {run} {of} ({where}): {hung} did not finish within {timeout}s"
 REPRODUCE = "reproduce: {command}"
 
 
@@ -71,20 +71,28 @@ def spell(value: object) -> str:
 
 
 def replay_options(
-    session: Settings, *, workers: int, run_all: bool, replay_runs: int | None
+    session: Settings,
+    *,
+    workers: int,
+    run_all: bool,
+    replay_runs: int | None,
+    given: Collection[str] = (),
 ) -> tuple[str, ...]:
     """What a reproduction line needs beside the seed to make the same runs again: each
-    setting the session took from the command line, the environment or the ini file that is
-    not its default (a marker's own settings replay themselves: the marker is in the code).
-    ``workers`` is the count this test came to, so that "auto" replays on another machine."""
+    setting the session took from the command line, the environment or the ini file
+    (``given``), or that is not its default (a marker's own settings replay themselves: the
+    marker is in the code). A given default counts: it may override the ini file. ``workers``
+    is the count this test came to, so that "auto" replays on another machine."""
     default = Settings()
     options = []
     for name in REPLAYED_FIELDS:
         value = getattr(session, name)
-        if value == getattr(default, name):
+        if value == getattr(default, name) and name not in given:
             continue
         if name == "workers":
             value = workers
+        if value is None and name == "start_method":
+            value = "auto"  # given: it may override a start method in the ini file
         if value is not None:
             options.append(f"{FIELDS[name].option}={spell(value)}")
     if run_all:
@@ -126,12 +134,19 @@ def headline(outcome: SeriesOutcome, record: RunRecord, timeout: float, seed: in
     if record.hung_workers and not record.failures:
         hung = ", ".join(f"worker {index}" for index in record.hung_workers)
         waited = timeout if record.hung_after is None else record.hung_after
-        return HEADLINE_HANG.format(run=record.index, of=of, where=place, hung=hung, timeout=waited)
+        return HEADLINE_HANG.format(
+            run=record.index, of=of, where=place, hung=hung, timeout=seconds_text(waited)
+        )
     failed = len(record.failures)
     template = (
         HEADLINE_EVERY_CALL if (record.index == 0 and failed == record.workers) else HEADLINE_RACE
     )
     return template.format(run=record.index, of=of, where=place, failed=failed, calls=outcome.calls)
+
+
+def seconds_text(seconds: float) -> str:
+    """Seconds to two decimals at most: 120, 4, 0.97."""
+    return f"{seconds:.2f}".rstrip("0").rstrip(".")
 
 
 def describe_workers(group: FailureGroup) -> str:

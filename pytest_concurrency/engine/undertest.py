@@ -17,16 +17,16 @@ directory (site-packages, the standard library) wins over it, since it is more s
 
 from __future__ import annotations
 
-import configparser
 import importlib
 import importlib.metadata
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_concurrency import messages
 from pytest_concurrency.engine import owncode
 
 NONE = "none"
@@ -43,9 +43,9 @@ class Package:
 
     def describe(self, rootdir: Path) -> str:
         installed = owncode.INSTALLED_DIR_NAMES.intersection(Path(self.location).parts)
-        if _is_below(self.location, str(rootdir)) and not installed:
+        if owncode.is_below(self.location, str(rootdir)) and not installed:
             return self.name
-        return f"{self.name} (installed at {self.location})"
+        return messages.INSTALLED_AT.format(name=self.name, location=self.location)
 
 
 class UnknownPackage(ValueError):
@@ -54,11 +54,6 @@ class UnknownPackage(ValueError):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
-
-
-def split_names(raw: str) -> tuple[str, ...]:
-    """``"a, b,c"`` as ``("a", "b", "c")``; empty parts dropped."""
-    return tuple(part.strip() for part in raw.replace(";", ",").split(",") if part.strip())
 
 
 def packages_under_test(rootdir: Path, names: Sequence[str] = ()) -> list[Package]:
@@ -94,20 +89,27 @@ def project_import_names(rootdir: Path) -> list[str]:
         top_level = installed.read_text("top_level.txt") or ""
     except (importlib.metadata.PackageNotFoundError, OSError, ValueError):
         return []
+    paths = {"/".join(file.parts) for file in files}
     names = {line.strip() for line in top_level.splitlines()}
-    names.update(top_level_name(file.parts) for file in files)
+    names.update(import_name(file.parts, paths) for file in files)
     return sorted(
-        name for name in names if name and name.isidentifier() and not name.startswith("__")
+        name
+        for name in names
+        if name and all(part.isidentifier() for part in name.split(".")) and "__" not in name
     )
 
 
-def top_level_name(parts: Sequence[str]) -> str:
-    """The import name a file of a distribution belongs to ("" for metadata, scripts, .pth)."""
+def import_name(parts: Sequence[str], paths: Collection[str]) -> str:
+    """The import name a file of a distribution belongs to ("" for metadata, scripts, .pth):
+    its top-level package, or for a namespace package (no ``__init__.py`` of the
+    distribution's there) the package below it ("acme.inventory")."""
     if not parts or parts[0] in ("..", "__pycache__"):
         return ""
     first = parts[0]
     if first.endswith((".dist-info", ".egg-info", ".data", ".pth")):
         return ""
+    if len(parts) > 2 and f"{first}/__init__.py" not in paths:
+        return f"{first}.{parts[1]}"
     if len(parts) > 1:
         return first
     if first.endswith(".py"):
@@ -117,13 +119,9 @@ def top_level_name(parts: Sequence[str]) -> str:
     return ""
 
 
-def normalize(name: str) -> str:
-    """A distribution name as PEP 503 compares them."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def project_name(rootdir: Path) -> str | None:
-    """The distribution name that ``rootdir`` builds: pyproject, setup.cfg, then setup.py."""
+    """The distribution name that ``rootdir`` builds: pyproject (``[project]``, or Poetry's
+    ``[tool.poetry]``), setup.cfg, then setup.py."""
     for reader in (_pyproject_name, _setup_cfg_name, _setup_py_name):
         name = reader(rootdir)
         if name:
@@ -143,15 +141,20 @@ def _pyproject_name(rootdir: Path) -> str | None:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    project = document.get("project")
-    name = project.get("name") if isinstance(project, dict) else None
-    return name if isinstance(name, str) else None
+    poetry = document.get("tool", {}).get("poetry") if isinstance(document, dict) else None
+    for table in (document.get("project"), poetry):
+        name = table.get("name") if isinstance(table, dict) else None
+        if isinstance(name, str):
+            return name
+    return None
 
 
 def _setup_cfg_name(rootdir: Path) -> str | None:
     path = rootdir / "setup.cfg"
     if not path.is_file():
         return None
+    import configparser  # only for a project with a setup.cfg
+
     parser = configparser.ConfigParser()
     try:
         parser.read(path, encoding="utf-8")
@@ -180,8 +183,3 @@ def _is_tooling(location: str) -> bool:
     """pytest's, pluggy's or this plugin's own directory (never under test, even here)."""
     inside = os.path.join(location, "__init__.py") if os.path.isdir(location) else location
     return owncode.is_tooling_file(inside)
-
-
-def _is_below(path: str, directory: str) -> bool:
-    directory = directory.rstrip(os.sep)
-    return path == directory or path.startswith(directory + os.sep)

@@ -168,6 +168,11 @@ def build_session(config: pytest.Config) -> ConcurrencySession:
         replay_runs=options.replay_runs,
         memory=load_memory(config) if options.remember else None,
         memory_in_use=options.remember and settings.seed is None,
+        given_settings=frozenset(
+            name
+            for name, spec in FIELDS.items()
+            if first_given(spec, cli=cli, env=env, ini=ini) is not None
+        ),
     )
     check_packages(session, cli=cli, env=env, ini=ini)
     return session

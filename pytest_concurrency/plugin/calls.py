@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from pytest_concurrency.engine.memory import Remembered
     from pytest_concurrency.engine.outcomes import CallKind, SeriesOutcome
     from pytest_concurrency.plugin.session import ConcurrencySession
-    from pytest_concurrency.runners.base import OuterDeadline, Runner, RunPlan
+    from pytest_concurrency.runners.base import Runner, RunPlan
     from pytest_concurrency.runners.framework import FrameworkHooks
 
 
@@ -61,6 +62,9 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
         if isinstance(fixture, Concurrency)
         else harness_config(session, pyfuncitem, settings)
     )
+    if config.outer is None:  # pytest-timeout with func_only: its timer starts now
+        outer = outer_deadline(pyfuncitem, settings.mode, call_started=time.monotonic())
+        config = config if outer is None else dataclasses.replace(config, outer=outer)
     argnames = pyfuncitem._fixtureinfo.argnames
     call = functools.partial(
         test_function(pyfuncitem), **{n: pyfuncitem.funcargs[n] for n in argnames}
@@ -121,8 +125,6 @@ def run_marked_series(
             timeout=config.timeout,
             on_record=progress.update if progress is not None else None,
         )
-        if config.outer is not None and stopped_for_outer(plan, outcome):
-            wait_for_pytest_timeout(outcome, config.outer)
     except BaseException:
         if outcome.interrupt is not None:  # pytest-timeout, Ctrl-C: the runs so far count
             record_outcome(session, item, outcome, config)
@@ -138,11 +140,12 @@ def remembered_config(
     item: pytest.Item, config: HarnessConfig, remembered: Remembered
 ) -> HarnessConfig:
     """The test's config for its remembered failing seed: that series seed, up to the run
-    that failed, and the reproduction line of the session that saw it."""
+    that failed, and a reproduction line with the session seed that derives it and this
+    session's settings (those the runs are made with)."""
     from pytest_concurrency.engine import report
 
-    reproduce = remembered.reproduce or report.reproduce_command(
-        invocation_nodeid(item), remembered.session_seed
+    reproduce = report.reproduce_command(
+        invocation_nodeid(item), remembered.session_seed, config.reproduce_options
     )
     return dataclasses.replace(
         config,
@@ -152,30 +155,6 @@ def remembered_config(
         reproduce=reproduce,
         reproduce_seed=remembered.session_seed,
     )
-
-
-def stopped_for_outer(plan: RunPlan, outcome: SeriesOutcome) -> bool:
-    """Healthy runs stopped short of pytest-timeout's deadline (nothing failed, nothing cut)."""
-    return (
-        not outcome.failed
-        and outcome.interrupt is None
-        and plan.stopped_for_outer(outcome.runs_done)
-    )
-
-
-def wait_for_pytest_timeout(outcome: SeriesOutcome, outer: OuterDeadline) -> None:
-    """The series stopped short of pytest-timeout's deadline: let its failure come in a sleep
-    (kept as what cut the series), never inside the report that follows."""
-    __tracebackhide__ = True
-    from pytest_concurrency.driver.series import interrupted
-    from pytest_concurrency.engine.outcomes import is_outside_interrupt
-
-    try:
-        outer.wait_out()
-    except BaseException as exc:
-        if is_outside_interrupt(exc):
-            raise interrupted(outcome, exc) from None
-        raise
 
 
 def live_progress(
@@ -320,7 +299,11 @@ def harness_config(
     workers = settings.worker_count(session.budget.usable)
     replay_runs = session.replay_runs
     extra = report.replay_options(
-        session.settings, workers=workers, run_all=session.run_all, replay_runs=replay_runs
+        session.settings,
+        workers=workers,
+        run_all=session.run_all,
+        replay_runs=replay_runs,
+        given=session.given_settings,
     )
     return HarnessConfig(
         mode=settings.mode,
@@ -330,6 +313,7 @@ def harness_config(
         timeout=settings.timeout or run_timeout(item),
         budget=None if replay_runs is not None else settings.budget,
         reproduce=report.reproduce_command(invocation_nodeid(item), reproduce_seed, extra),
+        reproduce_options=extra,
         reproduce_seed=reproduce_seed,
         shard=shard,
         replay_runs=replay_runs,
@@ -429,8 +413,6 @@ def _nothing() -> Iterator[None]:
 
 
 def _deadline(budget: float) -> float:
-    import time
-
     return time.monotonic() + budget
 
 

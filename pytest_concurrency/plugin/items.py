@@ -145,10 +145,32 @@ def warning_checks(item: pytest.Function) -> list[str]:
     return [spelled for name, spelled in WARNING_NAMES.items() if name in names]
 
 
-def pytest_timeout_seconds(item: pytest.Item) -> float | None:
-    """The timeout pytest-timeout will enforce on this test, if that plugin is active."""
-    if not item.config.pluginmanager.hasplugin("timeout"):
+def pytest_timeout_settings(item: pytest.Item) -> tuple[float, bool] | None:
+    """The timeout pytest-timeout will enforce on this test and whether it counts only the
+    call (``func_only``), as pytest-timeout itself resolves them (marker, command line,
+    ``PYTEST_TIMEOUT``, ini); None without pytest-timeout or a timeout."""
+    plugin = item.config.pluginmanager.get_plugin("timeout")
+    if plugin is None:
         return None
+    resolve = getattr(plugin, "_get_item_settings", None)
+    raw: object = None
+    func_only: object = False
+    if resolve is not None:
+        try:
+            settings = resolve(item)
+            raw, func_only = settings.timeout, settings.func_only
+        except Exception:  # another pytest-timeout: read its marker and options ourselves
+            resolve = None
+    if resolve is None:
+        raw = _timeout_by_hand(item)
+    try:
+        seconds = float(raw) if raw not in (None, "") else 0.0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return (seconds, bool(func_only)) if seconds > 0 else None
+
+
+def _timeout_by_hand(item: pytest.Item) -> object:
     marker = item.get_closest_marker("timeout")
     raw: object = None
     if marker is not None:
@@ -156,27 +178,39 @@ def pytest_timeout_seconds(item: pytest.Item) -> float | None:
     if raw is None:
         raw = item.config.getoption("timeout", None)
     if raw is None:
+        raw = os.environ.get("PYTEST_TIMEOUT") or None
+    if raw is None:
         try:
             raw = item.config.getini("timeout")
         except ValueError:
             raw = None
-    try:
-        seconds = float(raw) if raw not in (None, "") else 0.0  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    return raw
+
+
+def pytest_timeout_seconds(item: pytest.Item) -> float | None:
+    """The timeout pytest-timeout will enforce on this test, if that plugin is active."""
+    settings = pytest_timeout_settings(item)
+    return settings[0] if settings is not None else None
+
+
+def outer_deadline(
+    item: pytest.Item, mode: str, call_started: float | None = None
+) -> OuterDeadline | None:
+    """pytest-timeout's deadline for this test, counted from its setup, or from its call
+    (``call_started``) with ``func_only``; None without one, or before the call with
+    ``func_only``."""
+    settings = pytest_timeout_settings(item)
+    if settings is None:
         return None
-    return seconds if seconds > 0 else None
-
-
-def outer_deadline(item: pytest.Item, mode: str) -> OuterDeadline | None:
-    """pytest-timeout's deadline for this test, counted from its setup; None without one."""
-    seconds = pytest_timeout_seconds(item)
-    started = item.stash.get(STARTED_KEY, None)
-    if seconds is None or started is None:
+    seconds, func_only = settings
+    started = call_started if func_only else item.stash.get(STARTED_KEY, None)
+    if started is None:
         return None
     from pytest_concurrency.engine.modes import mode_of
     from pytest_concurrency.runners.base import OuterDeadline
 
-    return OuterDeadline.for_mode(started + seconds, seconds, mode_of(mode).one_worker_per_core)
+    separate = not mode_of(mode).shares_process
+    return OuterDeadline.for_mode(started + seconds, seconds, separate)
 
 
 def run_timeout(item: pytest.Item) -> float:

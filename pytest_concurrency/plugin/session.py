@@ -76,6 +76,7 @@ class ConcurrencySession:
         replay_runs: int | None = None,
         memory: Memory | None = None,
         memory_in_use: bool = False,
+        given_settings: frozenset[str] = frozenset(),
     ) -> None:
         self.config = config
         self.settings = settings
@@ -85,6 +86,7 @@ class ConcurrencySession:
         self.json_path = json_path
         self.plot_dir = plot_dir
         self.replay_runs = replay_runs
+        self.given_settings = given_settings  # fields set by the command line, env or ini
         self._packages: dict[tuple[str, ...], list[Package]] = {}
         self.memory = memory  # None: off, or no cache
         self.memory_in_use = memory_in_use and memory is not None  # no seed given: try them
@@ -275,7 +277,7 @@ class ConcurrencySession:
         if settings.packages != self.settings.packages:
             unknown = self.unknown_package(settings.packages)
             if unknown is not None:
-                where = f"packages= in @pytest.mark.concurrent on {item.nodeid}"
+                where = messages.PACKAGES_IN_MARKER.format(nodeid=item.nodeid)
                 return messages.UNKNOWN_PACKAGE.format(where=where, name=unknown)
         if is_async_test(item) and "mode" not in marker.kwargs:
             settings = dataclasses.replace(settings, mode=COROUTINE_MODE)

@@ -59,12 +59,7 @@ def memory_header_lines(session: ConcurrencySession) -> list[str]:
     count = len(session.memory or ()) if session.memory_in_use else 0
     if not count:
         return []
-    one = count == 1
-    return [
-        messages.HEADER_MEMORY.format(
-            count=count, tests="test" if one else "tests", their="its" if one else "their"
-        )
-    ]
+    return [messages.HEADER_MEMORY.format(count=count, tests="test" if count == 1 else "tests")]
 
 
 def oversubscription(session: ConcurrencySession) -> dict[str, Any] | None:

@@ -55,13 +55,9 @@ def _unique(paths: Iterable[Path]) -> list[Path]:
     return list(seen)
 
 
-def _is_below(path: str, directory: str) -> bool:
-    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
-
-
 def _deepest(path: str, directories: Sequence[str]) -> str | None:
     """The longest of ``directories`` (or files) that ``path`` is at or below."""
-    below = [directory for directory in directories if _is_below(path, directory)]
+    below = [directory for directory in directories if owncode.is_below(path, directory)]
     return max(below, key=len) if below else None
 
 

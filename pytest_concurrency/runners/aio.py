@@ -170,6 +170,8 @@ class AsyncioRunner:
                 task = loop.create_task(self._call(worker, record, series, barrier))
                 watch.tasks[task] = worker
             _, pending = await asyncio.wait(watch.tasks, timeout=max(0.0, allowed))
+            if not pending:
+                series.run_finished(started)
             if pending:
                 record.hung_after = allowed
                 await self._give_up_on(record, pending, watch.tasks, series)

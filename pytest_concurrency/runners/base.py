@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from pytest_concurrency.engine.outcomes import CallFailure, RunRecord
@@ -26,47 +26,56 @@ PROCESS_MARGIN = 1.5
 """Seconds kept for the stacks and the report before pytest-timeout strikes (processes send
 their stacks through files); at most half of a shorter timeout."""
 MIN_HANG_WAIT = 0.25
-"""A run that starts later than this before the outer deadline's hang time (the first run,
-after a long setup or a slow start of the process pool) is left to pytest-timeout."""
+"""Less than this between a run's expected end and the hang time, and the run is left to
+pytest-timeout: there is no telling a hung run from a healthy one then."""
+PACE_FACTOR = 2.0
+"""A run is expected to take at most this many times the longest run of the test so far."""
+
+
+@dataclass
+class RunPace:
+    """How long the test's runs take: the longest so far, in seconds."""
+
+    longest: float = 0.0
+
+    def ran(self, seconds: float) -> None:
+        self.longest = max(self.longest, seconds)
 
 
 @dataclass(frozen=True)
 class OuterDeadline:
     """pytest-timeout's deadline for the whole test (``at``, monotonic seconds), as the runs
     see it: a run still going at :attr:`hang_at` is reported hung, which leaves ``margin``
-    seconds for the workers' stacks and the report before pytest-timeout strikes; no run
-    starts after :attr:`last_start` (half a margin earlier), so that a healthy run in progress
-    is not taken for a hung one."""
+    seconds for the workers' stacks and the report before pytest-timeout strikes. Only a run
+    expected to end well before then (by the test's :class:`RunPace`) is held to it: a healthy
+    run that would straddle it is left to pytest-timeout, as it would be without the plugin."""
 
     at: float
     margin: float
+    pace: RunPace = field(default_factory=RunPace, compare=False)
 
     @classmethod
-    def for_mode(cls, at: float, seconds: float, one_worker_per_core: bool) -> OuterDeadline:
-        fixed = PROCESS_MARGIN if one_worker_per_core else THREAD_MARGIN
+    def for_mode(cls, at: float, seconds: float, separate_processes: bool) -> OuterDeadline:
+        fixed = PROCESS_MARGIN if separate_processes else THREAD_MARGIN
         return cls(at, min(fixed, seconds / 2))
 
     @property
     def hang_at(self) -> float:
         return self.at - self.margin
 
-    @property
-    def last_start(self) -> float:
-        return self.hang_at - self.margin / 2
-
-    def wait_out(self, step: float = 0.05) -> None:
-        """Sleep until a little after ``at``: the series stopped for pytest-timeout, whose
-        failure then lands here, in a sleep, not inside pytest's or the plugin's report."""
-        __tracebackhide__ = True  # pytest's: the failure points at the test, not here
-        end = self.at + self.margin
-        while (left := end - time.monotonic()) > 0:
-            time.sleep(min(step, left))
+    def run_deadline(self, started: float, timeout: float) -> float:
+        """When a run started at ``started`` (and given ``timeout``) is hung."""
+        deadline = started + timeout
+        expected_end = started + PACE_FACTOR * self.pace.longest
+        if expected_end > self.hang_at - MIN_HANG_WAIT:
+            return deadline  # no telling a hang from a healthy run: pytest-timeout's call
+        return min(deadline, self.hang_at)
 
 
 @dataclass(frozen=True)
 class RunPlan:
     """Which runs a series makes: a count, a deadline (``--concurrency-budget``), or both;
-    under pytest-timeout, none starts after its ``outer`` deadline's last start."""
+    and pytest-timeout's deadline for the test, if it has one."""
 
     count: int | None
     deadline: float | None = None
@@ -80,28 +89,11 @@ class RunPlan:
     def has_run(self, index: int) -> bool:
         if self.count is not None and index >= self.first_index + self.count:
             return False
-        if index == self.first_index:
-            return True
-        now = time.monotonic()
-        if self.deadline is not None and now >= self.deadline:
-            return False
-        return not self.cut_by_outer(now)
-
-    def stopped_for_outer(self, runs_done: int) -> bool:
-        """Did the series end because the outer deadline neared, not because its count or its
-        budget was done? Then pytest-timeout is about to end the test."""
-        outer = self.outer
-        if outer is None or not self.cut_by_outer():
-            return False
-        if self.count is not None and runs_done >= self.count:
-            return False
-        return self.deadline is None or self.deadline > outer.last_start
-
-    def cut_by_outer(self, now: float | None = None) -> bool:
-        """Has the outer deadline's last start passed (the series stops for pytest-timeout)?"""
-        if self.outer is None:
-            return False
-        return (time.monotonic() if now is None else now) >= self.outer.last_start
+        return not (
+            self.deadline is not None
+            and index > self.first_index
+            and time.monotonic() >= self.deadline
+        )
 
 
 @dataclass(frozen=True)
@@ -120,13 +112,18 @@ class Series:
         return len(self.calls)
 
     def run_deadline(self, started: float) -> float:
-        """When a run started at ``started`` is hung: after ``timeout``, or at the outer
-        deadline's :attr:`~OuterDeadline.hang_at`, whichever comes first."""
-        deadline = started + self.timeout
+        """When a run started at ``started`` is hung: after ``timeout``, or a margin before
+        pytest-timeout's deadline when the run should be long over by then."""
         outer = self.plan.outer
-        if outer is None or outer.hang_at - started < MIN_HANG_WAIT:  # after a long setup
-            return deadline  # no time left to call it hung: pytest-timeout's call
-        return min(deadline, outer.hang_at)
+        if outer is None:
+            return started + self.timeout
+        return outer.run_deadline(started, self.timeout)
+
+    def run_finished(self, started: float) -> None:
+        """A run that started at ``started`` is over: its time joins the test's pace."""
+        outer = self.plan.outer
+        if outer is not None:
+            outer.pace.ran(time.monotonic() - started)
 
 
 class Runner(Protocol):

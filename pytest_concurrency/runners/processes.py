@@ -406,6 +406,7 @@ class ProcessRunner:
                     record.hung_after = deadline - started
                     self._hang(pool, record, pending, series)
                 return record, False
+        series.run_finished(started)
         return record, not crashed
 
     def _take_answer(self, record: RunRecord, worker: int, answer: tuple[Any, ...]) -> None:

@@ -308,6 +308,7 @@ class ThreadRunner:
             if self._stop:
                 return
             record, series = run.record, run.series
+            series.run_finished(run.started)
             if record.failures:
                 set_collateral_apart(record)
             self._describe_run(record)
