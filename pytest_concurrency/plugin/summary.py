@@ -13,6 +13,7 @@ from pytest_concurrency import messages
 from pytest_concurrency.engine import cores
 from pytest_concurrency.engine.settings import Settings
 from pytest_concurrency.plugin.items import (
+    ASYNCIO_PLUGIN,
     is_xdist_worker,
     xdist_worker_count,
 )
@@ -39,7 +40,15 @@ def header_lines(session: ConcurrencySession, config: pytest.Config) -> list[str
         f"concurrency: {describe_start_method(s.start_method)}",
         *oversubscription_lines(session),
         *schedule_header_lines(s),
+        *asyncio_fixture_lines(config),
     ]
+
+
+def asyncio_fixture_lines(config: pytest.Config) -> list[str]:
+    """With pytest-asyncio active: where a concurrent body that uses its fixtures runs."""
+    if not config.pluginmanager.hasplugin(ASYNCIO_PLUGIN):
+        return []
+    return [messages.ASYNCIO_FIXTURES_HEADER]
 
 
 def oversubscription(session: ConcurrencySession) -> dict[str, Any] | None:
