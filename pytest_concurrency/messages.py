@@ -434,3 +434,44 @@ UNKNOWN_PACKAGE = (
     "here; give import names (the name after import, e.g. sortedcontainers), installed in "
     "this environment"
 )
+
+
+# -- pytest-asyncio fixtures (issue 14, case 4) --
+ASYNCIO_FIXTURES_HEADER = (
+    "concurrency: pytest-asyncio: an async concurrent test that uses its async fixtures runs "
+    "its tasks on their event loop, in the seeded task order"
+)
+ASYNCIO_FIXTURES_LOOP_NOTE = (
+    "  the tasks ran on pytest-asyncio's event loop of loop_scope {scope!r}, which ran the "
+    "async fixture(s) {names}, {order}"
+)
+ASYNCIO_LOOP_LEFT_BLOCKED = (
+    "  that loop is still blocked in the plugin's thread: pytest-asyncio cannot run the "
+    "teardown of the fixtures on it (the errors of that teardown come from this block)"
+)
+ASYNCIO_ORDER_SEEDED = "in the seeded task order"
+ASYNCIO_ORDER_UNPERTURBED = "in FIFO order (perturbation off)"
+ASYNCIO_ORDER_FIFO = (
+    "in FIFO order: its loop ({loop}) cannot be told an order, so the seed orders no task"
+)
+ASYNCIO_FIXTURES_ON_SEVERAL_LOOPS = (
+    "pytest-concurrency: {nodeid} uses pytest-asyncio async fixtures on more than one event "
+    "loop ({fixtures}), and a concurrent body runs its tasks on one loop: what a fixture made "
+    "on one loop (a server, a future, a lock) cannot be awaited on another. Fix: give them one "
+    'loop_scope, e.g. @pytest_asyncio.fixture(loop_scope="{scope}") on each (or the ini '
+    "option asyncio_default_fixture_loop_scope), or make all but one of them sync"
+)
+ASYNCIO_FIXTURES_LOOP_UNUSABLE = (
+    "pytest-concurrency: {nodeid}: the event loop on which pytest-asyncio ran the async "
+    "fixture(s) {names} is {state}, so the concurrent body cannot run its tasks there. Fix: "
+    "leave that loop to pytest-asyncio (a fixture must neither close it nor run it itself), or "
+    "make the fixture(s) sync"
+)
+ASYNCIO_LOOP_CLOSED = "closed"
+ASYNCIO_LOOP_RUNNING = "already running (in another thread)"
+ASYNCIO_FIXTURES_LOOP_NOT_FOUND = (
+    "pytest-concurrency: {nodeid}: cannot find the event loop on which pytest-asyncio ran the "
+    "async fixture(s) {names} (loop_scope {scope!r}), and a concurrent body would run its tasks "
+    "on another loop, where what those fixtures made cannot be awaited. Fix: upgrade "
+    "pytest-asyncio to 1.0 or later, or make the fixture(s) sync"
+)

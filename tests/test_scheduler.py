@@ -484,9 +484,13 @@ def test_a_seed_replays_the_same_interleavings_and_another_seed_differs(strategy
 
 
 CRITICAL_SECTION = """
-def critical_section(inside, worker):
+import time
+
+def critical_section(inside, worker, pause=0.0):
     # outside the code under test: no scheduling point in here
     inside.append(worker)
+    if pause:
+        time.sleep(pause)  # free threads: the others get in meanwhile, however loaded the machine
     total = 0
     for step in range(20000):
         total += step
@@ -511,9 +515,9 @@ def test_only_one_worker_runs_at_a_time(tmp_path: Path) -> None:
         inside: list[int] = []
         found: list[bool] = []
 
-        def body(worker: int) -> None:
+        def body(worker: int, pause: float = 0.0) -> None:
             for _ in range(5):
-                found.append(outside.critical_section(inside, worker))
+                found.append(outside.critical_section(inside, worker, pause))
 
         previous = sys.getswitchinterval()
         sys.setswitchinterval(1e-6)
@@ -523,7 +527,7 @@ def test_only_one_worker_runs_at_a_time(tmp_path: Path) -> None:
 
                 def free(worker: int) -> None:
                     start.wait(30)
-                    body(worker)
+                    body(worker, pause=0.02)  # the control: overlaps are seen when they happen
 
                 threads = [threading.Thread(target=free, args=(w,)) for w in range(4)]
                 for thread in threads:

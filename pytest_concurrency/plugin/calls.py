@@ -24,6 +24,7 @@ from pytest_concurrency.plugin.entries import (
 )
 from pytest_concurrency.plugin.items import (
     SETTINGS_KEY,
+    SHARED_LOOP_KEY,
     invocation_nodeid,
     is_async_test,
     is_xdist_worker,
@@ -216,6 +217,11 @@ def finish_outcome(
     if record is not None and record.failures:
         fail_fixture_lookup(item, outcome, config)
         record.notes.extend(warning_check_lines(item, config))
+    if record is not None and outcome.failed and SHARED_LOOP_KEY in item.stash:
+        from pytest_concurrency.plugin.asyncio_fixtures import shared_loop_lines
+
+        settings = item.stash.get(SETTINGS_KEY, None) or session.settings
+        record.notes.extend(shared_loop_lines(item, perturb=settings.perturb))
     if outcome.failed:
         raise failure_exception(
             outcome,
@@ -342,7 +348,7 @@ def make_runner(
     else:
         perturbation = make_perturbation(enabled=settings.perturb, roots=roots, seed=seed)
     return make_runner(
-        settings.mode, workers, perturbation=perturbation, options=runner_options(settings)
+        settings.mode, workers, perturbation=perturbation, options=runner_options(settings, item)
     )
 
 
@@ -360,7 +366,7 @@ def run_async_harness(session: ConcurrencySession, item: pytest.Function) -> boo
         test_function(item), **{n: item.funcargs[n] for n in item._fixtureinfo.argnames}
     )
     try:
-        aio.run_test_coroutine(body)
+        aio.run_test_coroutine(body, borrowed_loop(item))
     except LoopBlocked as blocked:
         session.abandoned_threads.append(blocked.thread.name)
         session.abandoned_idents |= {blocked.thread.ident or 0}
@@ -429,11 +435,27 @@ def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> li
     ]
 
 
-def runner_options(settings: Settings) -> dict[str, Any]:
-    """Mode-specific knobs for :func:`~pytest_concurrency.runners.make_runner`."""
+def runner_options(settings: Settings, item: pytest.Item | None = None) -> dict[str, Any]:
+    """Mode-specific knobs for :func:`~pytest_concurrency.runners.make_runner`: the start
+    method of processes; the loop coroutines borrow when pytest-asyncio ran the test's async
+    fixtures on it."""
     if mode_of(settings.mode).start_method_matters:
         return {"start_method": settings.start_method, "hooks": pytest_hooks()}
+    if mode_of(settings.mode).runs_coroutines and item is not None:
+        loop = borrowed_loop(item)
+        if loop is not None:
+            return {"loop": loop}
     return {}
+
+
+def borrowed_loop(item: pytest.Item) -> Any:
+    """The event loop pytest-asyncio ran the test's async fixtures on (its body's tasks run
+    there too), or None: the plugin's own."""
+    if SHARED_LOOP_KEY not in item.stash:
+        return None
+    from pytest_concurrency.plugin.asyncio_fixtures import shared_loop
+
+    return shared_loop(item)
 
 
 def pytest_hooks() -> FrameworkHooks:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from _pytest.nodes import Node
 
     from pytest_concurrency.engine.leaks import Snapshot
+    from pytest_concurrency.plugin.asyncio_fixtures import SharedLoop
     from pytest_concurrency.runners.base import OuterDeadline
 
 
@@ -46,6 +47,11 @@ STARTED_KEY = pytest.StashKey[float]()
 """When the test's setup began (monotonic): about when pytest-timeout's timer started."""
 SETTLED_KEY: pytest.StashKey[object] = pytest.StashKey()
 """A marked test's settings or the message why they are wrong, settled once."""
+ASYNCIO_PLUGIN = "asyncio"
+"""pytest-asyncio's name in the plugin manager (``-p no:asyncio``)."""
+SHARED_LOOP_KEY: pytest.StashKey[SharedLoop | str] = pytest.StashKey()
+"""The loop pytest-asyncio ran the test's async fixtures on, shared with the concurrent body,
+or why it cannot be (see :mod:`pytest_concurrency.plugin.asyncio_fixtures`)."""
 
 
 def needs_item_hooks(item: pytest.Item, marked: dict[Node, bool]) -> bool:

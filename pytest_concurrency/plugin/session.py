@@ -31,6 +31,7 @@ from pytest_concurrency.plugin.entries import (
     take_entries,
 )
 from pytest_concurrency.plugin.items import (
+    ASYNCIO_PLUGIN,
     LEAK_SNAPSHOT_KEY,
     SERIAL_KEY,
     SETTINGS_KEY,
@@ -54,9 +55,11 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from pytest_concurrency.engine.entries import Entry
     from pytest_concurrency.engine.memory import Memory, Remembered
     from pytest_concurrency.engine.undertest import Package
+    from pytest_concurrency.plugin.asyncio_fixtures import AsyncioFixtureHooks
 
 
 ITEM_HOOKS_NAME = "concurrency-item-hooks"
+ASYNCIO_FIXTURE_HOOKS_NAME = "concurrency-asyncio-fixtures"
 FIXTURE_LOOKUP_NAMES = ("getfixturevalue",)
 
 
@@ -97,6 +100,7 @@ class ConcurrencySession:
         self.plot_lines: list[str] = []
         self.json_error: str | None = None  # the warning when the JSON report was not written
         self.item_hooks: ItemHooks | None = None
+        self.asyncio_fixtures: AsyncioFixtureHooks | None = None  # with pytest-asyncio only
         self.running: pytest.Item | None = None  # a test from its setup to its call's report
 
     # -- what the session says: header, summary, files (see summary.py) ---------------------
@@ -129,6 +133,11 @@ class ConcurrencySession:
         manager = self.config.pluginmanager
         manager.register(self.item_hooks, ITEM_HOOKS_NAME)
         manager.register(LockWatch(self), LOCKWATCH_NAME)
+        if manager.hasplugin(ASYNCIO_PLUGIN):  # pytest-asyncio: its fixtures share their loop
+            from pytest_concurrency.plugin.asyncio_fixtures import AsyncioFixtureHooks
+
+            self.asyncio_fixtures = AsyncioFixtureHooks(self)
+            manager.register(self.asyncio_fixtures, ASYNCIO_FIXTURE_HOOKS_NAME)
 
     # -- header -----------------------------------------------------------------------------
 
@@ -215,6 +224,8 @@ class ConcurrencySession:
             mark = deciding_mark(item)
             if mark is not None:
                 record_entry(item, serial_entry(item.nodeid, not_concurrent_reason(mark)))
+        if self.asyncio_fixtures is not None:  # before any fixture runs
+            self.asyncio_fixtures.before_fixtures(item)
 
     def packages_for(self, names: tuple[str, ...]) -> list[Package]:
         """The packages under test beside the rootdir for these names (found once); raises

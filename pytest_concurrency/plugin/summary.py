@@ -13,6 +13,7 @@ from pytest_concurrency import messages
 from pytest_concurrency.engine import cores
 from pytest_concurrency.engine.settings import Settings
 from pytest_concurrency.plugin.items import (
+    ASYNCIO_PLUGIN,
     is_xdist_worker,
     xdist_worker_count,
 )
@@ -41,6 +42,7 @@ def header_lines(session: ConcurrencySession, config: pytest.Config) -> list[str
         *schedule_header_lines(s),
         *memory_header_lines(session),
         *under_test_header_lines(session),
+        *asyncio_fixture_lines(config),
     ]
 
 
@@ -60,6 +62,13 @@ def memory_header_lines(session: ConcurrencySession) -> list[str]:
     if not count:
         return []
     return [messages.HEADER_MEMORY.format(count=count, tests="test" if count == 1 else "tests")]
+
+
+def asyncio_fixture_lines(config: pytest.Config) -> list[str]:
+    """With pytest-asyncio active: where a concurrent body that uses its fixtures runs."""
+    if not config.pluginmanager.hasplugin(ASYNCIO_PLUGIN):
+        return []
+    return [messages.ASYNCIO_FIXTURES_HEADER]
 
 
 def oversubscription(session: ConcurrencySession) -> dict[str, Any] | None:

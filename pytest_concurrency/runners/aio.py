@@ -5,6 +5,9 @@
 steps from the run's index and seed (FIFO in every run with ``perturb=False``), hosted in a
 thread of its own (:class:`~pytest_concurrency.runners.aio_loop.LoopHost`) unless the caller
 already runs on it (an ``async def`` test that drives the harness, :func:`run_test_coroutine`).
+Given a ``loop`` (pytest-asyncio's, which ran the test's async fixtures), the runner borrows
+that loop instead (:class:`~pytest_concurrency.runners.aio_loop.AdoptedLoop`): same thread,
+same watch, the same seeded order of ready task steps when it is one of asyncio's own loops.
 Tasks that outlive the run's deadline are cancelled with their stacks recorded; a loop that a
 synchronous call blocks is reported and abandoned, so pytest never hangs.
 """
@@ -28,9 +31,10 @@ from pytest_concurrency.runners.aio_loop import (
     CANCEL_SECONDS,
     FIFO,
     LoopHost,
+    LoopSchedule,
     RunWatch,
-    ScheduledEventLoop,
     order_for_run,
+    schedule_of,
     task_stack,
 )
 from pytest_concurrency.runners.base import Series, set_collateral_apart
@@ -92,13 +96,21 @@ def callable_name(call: Callable[..., Any]) -> str:
 
 
 class AsyncioRunner:
-    """Runs series of runs as tasks on a :class:`ScheduledEventLoop`."""
+    """Runs series of runs as tasks on a
+    :class:`~pytest_concurrency.runners.aio_loop.ScheduledEventLoop`, or on ``loop``, borrowed."""
 
     mode = MODE
 
-    def __init__(self, workers: int, *, perturb: bool = True) -> None:
+    def __init__(
+        self,
+        workers: int,
+        *,
+        perturb: bool = True,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.workers = workers
         self.perturb = perturb  # False (perturb=False): every run keeps FIFO order
+        self.loop = loop  # a loop to borrow (the fixtures' one); None: the plugin's own
         self._host: LoopHost | None = None
         self._usage_error: ConcurrencyUsageError | None = None
         self._abandoned: list[threading.Thread] = []
@@ -109,12 +121,18 @@ class AsyncioRunner:
         if running_loop() is not None:
             raise ConcurrencyUsageError(messages.RUN_NOT_AWAITED)
         if self._host is None or self._host.abandoned:
-            self._host = LoopHost()
+            self._host = LoopHost(self.loop)
+        host = self._host
         try:
-            self._host.run(self.run_series_async(series))
+            host.run(self.run_series_async(series))
         except LoopBlocked:
-            self._abandoned.append(self._host.thread)
             self._host = None  # the record went to series.on_run_done from the watcher
+            self._abandoned.append(host.thread)
+            if host.adopted is not None:
+                host.close()  # a borrowed loop goes back to its owner all the same (bounded)
+        finally:
+            if self.loop is not None and self._host is not None:
+                self.close()  # borrowed: handed back after every series, its owner runs it next
 
     def close(self) -> None:
         host, self._host = self._host, None
@@ -130,15 +148,17 @@ class AsyncioRunner:
     # -- on the loop --------------------------------------------------------------------------
 
     async def run_series_async(self, series: Series) -> None:
-        """Make the runs of ``series`` as tasks of the running loop (which must be ours)."""
+        """Make the runs of ``series`` as tasks of the running loop (which must be ours, or
+        one the plugin borrows right now)."""
         loop = asyncio.get_running_loop()
-        if not isinstance(loop, ScheduledEventLoop):
+        schedule = schedule_of(loop)
+        if schedule is None:
             raise ConcurrencyUsageError(messages.FOREIGN_EVENT_LOOP.format(loop=type(loop)))
         if series.workers != self.workers:
             raise ValueError(f"this runner has {self.workers} workers, the series {series.workers}")
         index = series.plan.first_index
         while series.plan.has_run(index):
-            watch = await self._one_run(loop, series, index)
+            watch = await self._one_run(loop, schedule, series, index)
             error, self._usage_error = self._usage_error, None
             if error is not None:
                 raise error
@@ -151,7 +171,13 @@ class AsyncioRunner:
                 return
             index += 1
 
-    async def _one_run(self, loop: ScheduledEventLoop, series: Series, index: int) -> RunWatch:
+    async def _one_run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        schedule: LoopSchedule,
+        series: Series,
+        index: int,
+    ) -> RunWatch:
         seed = run_seed(series.seed, index)
         record = RunRecord(
             index=index,
@@ -163,8 +189,8 @@ class AsyncioRunner:
         started = time.monotonic()
         allowed = series.run_deadline(started) - started
         watch = RunWatch(record, {}, started, allowed, series.on_run_done)
-        loop.use_order(order_for_run(index, seed) if self.perturb else FIFO)
-        loop.watch = watch
+        schedule.use_order(order_for_run(index, seed) if self.perturb else FIFO)
+        schedule.watch = watch
         try:
             for worker in range(self.workers):
                 task = loop.create_task(self._call(worker, record, series, barrier))
@@ -176,8 +202,8 @@ class AsyncioRunner:
                 record.hung_after = allowed
                 await self._give_up_on(record, pending, watch.tasks, series)
         finally:
-            loop.use_order(FIFO)
-            loop.watch = None
+            schedule.use_order(FIFO)
+            schedule.watch = None
         return watch
 
     async def _call(
@@ -255,9 +281,12 @@ class AsyncioRunner:
 # -- an async test that drives the harness ------------------------------------------------------
 
 
-def run_test_coroutine(function: Callable[[], Awaitable[Any]]) -> None:
-    """Run an ``async def`` test body once on a fresh plugin loop (the harness runs inside)."""
-    host = LoopHost()
+def run_test_coroutine(
+    function: Callable[[], Awaitable[Any]], loop: asyncio.AbstractEventLoop | None = None
+) -> None:
+    """Run an ``async def`` test body once on a fresh plugin loop (the harness runs inside),
+    or on ``loop``, borrowed (pytest-asyncio's, which ran the test's async fixtures)."""
+    host = LoopHost(loop)
 
     async def body() -> None:
         await function()

@@ -22,6 +22,11 @@ item, or by the session for an ``async def`` test that drives the harness. The t
 waits for it watches each run's deadline (:class:`RunWatch`): a loop that a synchronous call
 blocks is reported with the thread's stack and abandoned, so pytest never hangs. The stacks
 of hung tasks and of a blocked loop leave out the plugin's and asyncio's frames.
+
+A loop the plugin did not make (pytest-asyncio's, which ran the test's async fixtures) can be
+borrowed instead (:class:`AdoptedLoop`): hosted and watched the same way, its ready task steps
+arranged the same way when it is one of asyncio's own loops (FIFO otherwise: :func:`can_order`),
+then handed back to its owner stopped, not closed, with nothing of the plugin's left on it.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from pytest_concurrency import messages
 from pytest_concurrency.engine import owncode
@@ -192,6 +197,102 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         super()._run_once()  # type: ignore[misc]
 
 
+class LoopSchedule(Protocol):
+    """What a run needs of its loop besides asyncio's API: where to put the order of ready task
+    steps, the run being watched, and when the loop last turned (a :class:`ScheduledEventLoop`
+    is its own schedule; an :class:`AdoptedLoop` is a borrowed loop's)."""
+
+    watch: RunWatch | None
+    last_pass: float
+
+    def use_order(self, order: ReadyOrder) -> None: ...
+
+
+_MISSING = object()
+
+
+def can_order(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the ready callbacks of ``loop`` can be arranged before each pass: one of
+    asyncio's own loops (selector, proactor: a deque turned by ``_run_once``). Others (uvloop)
+    keep theirs in C: their tasks run in FIFO order."""
+    return (
+        isinstance(loop, asyncio.BaseEventLoop)
+        and isinstance(getattr(loop, "_ready", None), deque)
+        and callable(getattr(loop, "_run_once", None))
+        and hasattr(loop, "__dict__")
+    )
+
+
+ADOPTED: dict[int, AdoptedLoop] = {}
+"""The loops borrowed right now, by ``id``: how a run on one finds its schedule."""
+
+
+class AdoptedLoop:
+    """A loop the plugin did not make, borrowed while the plugin's thread runs it.
+
+    When :func:`can_order` allows it, the loop's ``_run_once`` is replaced *on the instance* by
+    one that lets :attr:`order` arrange the ready task steps first, exactly as
+    :class:`ScheduledEventLoop` does: one seed, one schedule, the same one as on the plugin's
+    own loop. :meth:`release` puts back what it found. Otherwise the steps keep asyncio's FIFO
+    order and a timer marks each turn for the blocked-loop watch. Tasks that were on the loop
+    before (a fixture's) are not the plugin's to cancel or to report as leftovers."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.order: ReadyOrder = FIFO
+        self.watch: RunWatch | None = None
+        self.last_pass = time.monotonic()
+        self.orders_tasks = can_order(loop)
+        self.tasks_before = frozenset(asyncio.all_tasks(loop))
+        self._found: object = _MISSING
+        self._beat: asyncio.TimerHandle | None = None
+        if self.orders_tasks:
+            self._found = vars(loop).get("_run_once", _MISSING)
+            self._turn: Callable[[], None] = loop._run_once  # type: ignore[attr-defined]
+            loop._run_once = self._run_once  # type: ignore[attr-defined]
+        ADOPTED[id(loop)] = self
+
+    def _run_once(self) -> None:
+        self.last_pass = time.monotonic()
+        if self.order is not FIFO:
+            self.order.arrange(self.loop._ready)  # type: ignore[attr-defined]
+        self._turn()
+
+    def use_order(self, order: ReadyOrder) -> None:
+        """As :meth:`ScheduledEventLoop.use_order`; a loop that cannot be ordered keeps FIFO."""
+        if not self.orders_tasks:
+            return
+        self.loop._ready.extend(self.order.release())  # type: ignore[attr-defined]
+        self.order = order
+
+    def beat(self) -> None:
+        """On a loop that cannot be ordered: mark the turns (called on the loop, re-arms)."""
+        self.last_pass = time.monotonic()
+        self._beat = self.loop.call_later(POLL_SECONDS, self.beat)
+
+    def release(self) -> None:
+        """Hand the loop back as it was found: FIFO, no held step, its own ``_run_once``."""
+        self.use_order(FIFO)
+        if self._beat is not None:
+            self._beat.cancel()
+            self._beat = None
+        if self.orders_tasks:
+            if self._found is _MISSING:
+                vars(self.loop).pop("_run_once", None)
+            else:
+                self.loop._run_once = self._found  # type: ignore[attr-defined]
+        if ADOPTED.get(id(self.loop)) is self:
+            del ADOPTED[id(self.loop)]
+
+
+def schedule_of(loop: asyncio.AbstractEventLoop) -> LoopSchedule | None:
+    """The schedule of a loop a run may use: the plugin's own, or one borrowed right now."""
+    if isinstance(loop, ScheduledEventLoop):
+        return loop
+    adopted = ADOPTED.get(id(loop))
+    return adopted if adopted is not None and adopted.loop is loop else None
+
+
 @dataclass
 class RunWatch:
     """The run in progress, as the thread waiting for the loop sees it."""
@@ -216,10 +317,16 @@ class RunWatch:
 
 class LoopHost:
     """A :class:`ScheduledEventLoop` running in a daemon thread, and a way to run coroutines
-    on it from another thread with every wait bounded."""
+    on it from another thread with every wait bounded. Given a ``loop`` (not running, not
+    closed), it borrows that one instead (:class:`AdoptedLoop`) and hands it back at
+    :meth:`close`, stopped and open, to its owner."""
 
-    def __init__(self) -> None:
-        self.loop = ScheduledEventLoop()
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.adopted = AdoptedLoop(loop) if loop is not None else None
+        self.loop: asyncio.AbstractEventLoop = loop if loop is not None else ScheduledEventLoop()
+        self.schedule: LoopSchedule = self.adopted or cast(ScheduledEventLoop, self.loop)
+        if self.adopted is not None and not self.adopted.orders_tasks:
+            self.loop.call_soon(self.adopted.beat)  # not running yet: its first callback
         self.abandoned = False
         self._died: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, name=LOOP_THREAD_NAME, daemon=True)
@@ -263,7 +370,7 @@ class LoopHost:
                 pass
             if self._died is not None:
                 raise self._died
-            watch = self.loop.watch
+            watch = self.schedule.watch
             if watch is not None and self._blocked(watch):
                 self._report_blocked(watch)
                 workers = ", ".join(map(str, watch.record.hung_workers))
@@ -273,7 +380,7 @@ class LoopHost:
 
     def _blocked(self, watch: RunWatch) -> bool:
         now = time.monotonic()
-        return watch.overdue(now) and now - self.loop.last_pass > BLOCKED_SECONDS
+        return watch.overdue(now) and now - self.schedule.last_pass > BLOCKED_SECONDS
 
     def _report_blocked(self, watch: RunWatch) -> None:
         """Record who blocks the loop, with the loop thread's stack; abandon the loop."""
@@ -304,16 +411,26 @@ class LoopHost:
 
     async def _cancel_all(self) -> None:
         """Cancel every other task and let them unwind, so that none is left for the leak
-        check to blame on the test."""
-        current = asyncio.current_task()
-        tasks = [task for task in asyncio.all_tasks() if task is not current]
-        for task in tasks:
-            task.cancel()
+        check to blame on the test (on a borrowed loop: those that came after it was lent)."""
+        tasks = self._cancel_new_tasks()
         if tasks:
             await asyncio.wait(tasks, timeout=CANCEL_SECONDS)
 
+    def _cancel_new_tasks(self) -> list[asyncio.Task[Any]]:
+        current = asyncio.current_task(self.loop)
+        kept = self.adopted.tasks_before if self.adopted is not None else frozenset()
+        tasks = [t for t in asyncio.all_tasks(self.loop) if t is not current and t not in kept]
+        for task in tasks:
+            task.cancel()
+        return tasks
+
     def close(self) -> None:
-        """Cancel what is left, stop the loop and join its thread (unless it was abandoned)."""
+        """Cancel what is left, stop the loop and join its thread (unless it was abandoned).
+        A borrowed loop is only stopped and handed back: what is left on it is its owner's
+        (pytest-asyncio cancels it when it closes the loop, after the fixtures' teardown)."""
+        if self.adopted is not None:
+            self._give_back(self.adopted)
+            return
         if self.abandoned or not self.thread.is_alive():
             if not self.thread.is_alive() and not self.loop.is_closed():
                 self.loop.close()
@@ -327,6 +444,19 @@ class LoopHost:
                 self.loop.close()
             else:
                 self.abandoned = True
+
+    def _give_back(self, adopted: AdoptedLoop) -> None:
+        """Stop the borrowed loop and wait for its thread: its owner runs it next (the fixtures'
+        teardown). A loop a synchronous call blocked gets a short while to come back."""
+        try:
+            if self.thread.is_alive():
+                if self.abandoned:  # should it come back: the runs' tasks end first
+                    self.loop.call_soon_threadsafe(self._cancel_new_tasks)
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self.thread.join(CANCEL_SECONDS if self.abandoned else CLOSE_SECONDS)
+                self.abandoned = self.thread.is_alive()
+        finally:
+            adopted.release()
 
     def _wait_bounded(self, coroutine: Coroutine[Any, Any, None], seconds: float) -> None:
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
