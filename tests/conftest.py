@@ -22,6 +22,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def _inner_runs_format_as_on_a_desk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest prints each failure's whole message in the short summary when ``CI`` or
+    ``BUILD_NUMBER`` is set (``_pytest.terminal.running_on_ci``): the inner runs' output, which
+    our tests count lines in, would then differ between a desk and CI."""
+    for name in ("CI", "BUILD_NUMBER"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def run(pytester: pytest.Pytester):
     """Run pytest in-process on the files written to ``pytester``, isolated from other plugins."""
