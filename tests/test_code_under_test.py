@@ -91,11 +91,15 @@ def build_wheel(directory: Path, name: str, source: str, package: str | None = N
 
 
 def install(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str, package: str = ""
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    package: str = "",
+    source: str = INVENTORY,
 ) -> Path:
     """pip installs the wheel, non-editable, into .tox/py/lib/site-packages of the project."""
     site = pytester.path / ".tox" / "py" / "lib" / "site-packages"
-    wheel = build_wheel(pytester.path, name, INVENTORY, package or None)
+    wheel = build_wheel(pytester.path, name, source, package or None)
     subprocess.run(
         [*PIP_INSTALL, "--target", str(site), str(wheel)],
         check=True,
@@ -194,3 +198,84 @@ def test_naming_a_package_never_imports_it(pytester: pytest.Pytester, run_subpro
     assert missing.ret == pytest.ExitCode.USAGE_ERROR
     missing.stderr.fnmatch_lines(["*no package or module named 'badpkg.sub'*"])
     assert "INTERNALERROR" not in missing.stdout.str() + missing.stderr.str()
+
+
+THIRDLIB = (
+    "# a third-party library\n" * 20
+    + """
+import threading
+
+
+def check(value):
+    if value < 0:
+        raise ValueError("negative")
+
+
+def pair():
+    return threading.Lock(), threading.Lock()
+
+
+def take_in_order(first, second):
+    with first:
+        with second:
+            pass
+"""
+)
+RAISING_LINE = 27
+
+USES_THIRDLIB = """
+import pytest
+import thirdlib
+
+
+@pytest.mark.concurrent(workers=2, runs=1)
+def test_threads():
+    thirdlib.check(-1)
+
+
+@pytest.mark.concurrent(workers=2, runs=1, mode="processes")
+def test_processes():
+    thirdlib.check(-1)
+
+
+@pytest.mark.concurrent(workers=2, runs=1, mode="asyncio")
+async def test_asyncio():
+    thirdlib.check(-1)
+
+
+@pytest.mark.concurrent(workers=2, runs=1)
+def test_lock_order(concurrency):
+    first, second = thirdlib.pair()
+    if concurrency.worker == 0:
+        thirdlib.take_in_order(first, second)
+        thirdlib.take_in_order(second, first)
+"""
+
+
+def test_every_part_asks_the_same_question_of_an_installed_library(
+    pytester: pytest.Pytester, run_subprocess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A third-party library, installed and not named, is not code under test: a failure
+    inside it points at the test's line that called it, in every mode, and the order of its
+    own locks is its business. Named, the same library is code under test for every part at
+    once: origins point inside it and its lock-order inversion is reported."""
+    from pytest_concurrency import messages
+
+    install(pytester, monkeypatch, "thirdlib", source=THIRDLIB)
+    pytester.makepyfile(test_lib=USES_THIRDLIB)
+    inversion = messages.INVERSION_HEADLINE.split("{locks}")[1].split(";")[0]
+
+    unnamed = run_subprocess("-p", "no:randomly")
+    unnamed.assert_outcomes(failed=3, passed=1)
+    for mode in ("threads", "processes", "asyncio"):
+        unnamed.stdout.fnmatch_lines([f"*test_{mode}*", "*ValueError at test_lib.py:*"])
+    origins = [line for line in unnamed.stdout.lines if "ValueError at " in line]
+    assert origins and all("ValueError at test_lib.py:" in line for line in origins)
+    assert inversion not in unnamed.stdout.str()
+
+    named = run_subprocess("-p", "no:randomly", "--concurrency-packages=thirdlib")
+    named.assert_outcomes(failed=4)  # the inversion fails its test by default
+    origins = [line.replace("\\", "/") for line in named.stdout.lines if "ValueError at " in line]
+    assert len(origins) >= 6  # the failure and the summary, of each mode
+    assert all(f"thirdlib/__init__.py:{RAISING_LINE}" in line for line in origins)
+    assert inversion in named.stdout.str()

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 import pytest_concurrency
+from pytest_concurrency.engine.owncode import CodeFilter
 from pytest_concurrency.engine.seeds import run_seed
 from pytest_concurrency.races import codefilter, perturb
-from pytest_concurrency.races.codefilter import CodeFilter, shared_state_offsets
+from pytest_concurrency.races.codefilter import shared_state_offsets
 from pytest_concurrency.races.perturb import (
     NO_PERTURBATION,
     Action,

@@ -86,7 +86,15 @@ class FailureOrigin:
     lineno: int
 
     def describe(self) -> str:
-        return f"{self.exc_type} at {os.path.basename(self.filename)}:{self.lineno}"
+        return f"{self.exc_type} at {short_file_name(self.filename)}:{self.lineno}"
+
+
+def short_file_name(filename: str) -> str:
+    """The file's name, with its package's for a package's ``__init__.py``."""
+    name = os.path.basename(filename)
+    if name == "__init__.py":
+        return os.path.join(os.path.basename(os.path.dirname(filename)), name)
+    return name
 
 
 def origin_of(exc: BaseException, tb: TracebackType | None = None) -> FailureOrigin:

@@ -1,21 +1,30 @@
 """The one answer to "whose code is this file?": the plugin's, the tooling's, the standard
-library's, an installed package's, or the user's.
+library's, an installed package's, or the user's, and of the user's, what is *under test*.
 
 Every check of a frame or a file name asks here, so that moving a module never changes which
-frames count as the plugin's. :func:`is_user_file` is the rule every failure origin, crash
-origin, lock site and scaling wait site follows. Directories are found without importing
-pytest or pluggy. Pure module: no pytest import.
+frames count as the plugin's. :func:`is_user_file` is the question every consumer asks: the
+perturbation and the controlled scheduler (through the same :class:`CodeFilter`), lock tracking
+and the lock-order graph, hang stacks, failure origins, crash origins and scaling wait sites.
+While a test runs, the plugin makes the test's code under test the answer
+(:func:`judged_by`: the rootdir, the test's folder, the project's packages wherever they are
+installed, the named packages); between tests, the session's (:func:`use_session_roots`). Only
+where neither was given (a worker process started with none, a pure unit test) does the plain
+rule answer: everything but this plugin, pytest, pluggy, the standard library and code without
+a file. Directories are found without importing pytest or pluggy. Pure module: no pytest import.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.machinery
 import importlib.util
 import os
 import site
 import sysconfig
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from types import CodeType
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
 """The ``pytest_concurrency`` package directory, with a trailing separator."""
@@ -121,13 +130,135 @@ def is_installed_file(filename: str) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def is_user_file(filename: str) -> bool:
-    """A file of the user's code: where a failure's origin, a crash or a lock's site may point.
-
-    Everything except this plugin, pytest, pluggy, the standard library and code without a
-    file (``<frozen ...>``, ``<string>``: what generated it called it). An installed
-    third-party package is the user's code here: a race inside a library points at its line.
-    """
+def is_outside_tooling(filename: str) -> bool:
+    """The plain rule, where no code under test was given: everything except this plugin,
+    pytest, pluggy, the standard library and code without a file (``<frozen ...>``,
+    ``<string>``: what generated it called it); an installed package counts."""
     if filename.startswith("<"):
         return False
     return not (is_tooling_file(filename) or is_stdlib_file(filename))
+
+
+# -- the code under test: roots, and the filter that judges by them -----------------------------
+
+
+def excluded_dirs() -> list[Path]:
+    """Directories whose code is never under test: stdlib, installed packages, the tooling."""
+    paths = [*stdlib_dirs(), *installed_dirs(), *tooling_paths()]
+    return list(dict.fromkeys(Path(path.rstrip(os.sep)) for path in paths))
+
+
+def _deepest(path: str, directories: Sequence[str]) -> str | None:
+    """The longest of ``directories`` (or files) that ``path`` is at or below."""
+    below = [directory for directory in directories if is_below(path, directory)]
+    return max(below, key=len) if below else None
+
+
+class CodeFilter:
+    """Answers "is this file code under test?" for a set of roots, cached per file name.
+
+    A file is under test when it is below a root, is not the tooling's, and no excluded
+    directory (the standard library, site-packages) is more specific than its root: a project
+    package installed in site-packages (tox's way) is under test, a virtual environment inside
+    the project is not."""
+
+    def __init__(self, roots: Sequence[Path], excluded: Sequence[Path] | None = None) -> None:
+        self.roots = tuple(os.path.normcase(str(Path(root).resolve())) for root in roots)
+        chosen = excluded_dirs() if excluded is None else excluded
+        self.excluded = tuple(os.path.normcase(str(Path(path).resolve())) for path in chosen)
+        self._cache: dict[str, bool] = {}
+
+    def is_user_file(self, filename: str) -> bool:
+        answer = self._cache.get(filename)
+        if answer is None:
+            answer = self._cache[filename] = self._judge(filename)
+        return answer
+
+    def is_user_code(self, code: CodeType) -> bool:
+        return self.is_user_file(code.co_filename)
+
+    def _judge(self, filename: str) -> bool:
+        if not filename or filename.startswith("<"):
+            return False  # <string>, <frozen ...>, <stdin>: no file we could own
+        path = os.path.normcase(os.path.realpath(filename))
+        if is_tooling_file(path):
+            return False  # pytest, pluggy, this plugin: never, even below a root
+        root = _deepest(path, self.roots)
+        if root is None:
+            return False
+        if INSTALLED_DIR_NAMES.intersection(Path(path[len(root) :]).parts):
+            return False  # a virtual environment inside the project, below the root
+        excluded = _deepest(path, self.excluded)
+        return excluded is None or len(root) > len(excluded)  # the more specific one wins
+
+
+@functools.lru_cache(maxsize=64)
+def filter_for(roots: tuple[str, ...]) -> CodeFilter:
+    """The one filter of these roots: the perturbation, the scheduler, the lock window and
+    every origin of a test share it (and its cache)."""
+    return CodeFilter([Path(root) for root in roots])
+
+
+_JUDGES: list[CodeFilter] = []
+"""The code under test of the test running now, innermost last (pushed by the main thread)."""
+_SESSION_ROOTS: list[Callable[[], Sequence[Path]]] = []
+
+
+@contextlib.contextmanager
+def judged_by(code_filter: CodeFilter) -> Iterator[CodeFilter]:
+    """While the block runs, :func:`is_user_file` answers by ``code_filter``."""
+    _JUDGES.append(code_filter)
+    try:
+        yield code_filter
+    finally:
+        _JUDGES.remove(code_filter)
+
+
+def use_session_roots(provider: Callable[[], Sequence[Path]]) -> None:
+    """Between tests, :func:`is_user_file` answers by the session's roots, read from
+    ``provider`` when first asked (a session inside a session, as pytester runs it, goes on
+    top until :func:`forget_session_roots`)."""
+    _SESSION_ROOTS.append(provider)
+    _session_filter.cache_clear()
+
+
+def forget_session_roots(provider: Callable[[], Sequence[Path]]) -> None:
+    """The session that gave ``provider`` ended: the one beneath it answers again."""
+    if provider in _SESSION_ROOTS:
+        _SESSION_ROOTS.remove(provider)
+    _session_filter.cache_clear()
+
+
+@functools.lru_cache(maxsize=1)
+def _session_filter() -> CodeFilter | None:
+    if not _SESSION_ROOTS:
+        return None
+    try:
+        roots = _SESSION_ROOTS[-1]()
+    except Exception:  # a package that cannot be found: the session reports it itself
+        return None
+    return filter_for(tuple(str(root) for root in roots))
+
+
+def current_filter() -> CodeFilter | None:
+    """The code under test now: the running test's, else the session's, else None."""
+    return _JUDGES[-1] if _JUDGES else _session_filter()
+
+
+def is_user_file(filename: str) -> bool:
+    """A file of the user's code under test: where a failure's origin, a crash, a lock's site,
+    a hang stack or a scaling wait site may point, and where the perturbation acts.
+
+    By the code under test of the running test or the session (:func:`current_filter`): the
+    project's code wherever installed and the named packages count, an unnamed third-party
+    library does not (a failure inside it points at the user's line that called it). Without
+    one, the plain rule (:func:`is_outside_tooling`)."""
+    judge = current_filter()
+    if judge is None:
+        return is_outside_tooling(filename)
+    return judge.is_user_file(filename)
+
+
+def first_user_frame(filenames: Sequence[str]) -> int | None:
+    """The index of the first of ``filenames`` (outermost first) that is the user's code."""
+    return next((index for index, name in enumerate(filenames) if is_user_file(name)), None)

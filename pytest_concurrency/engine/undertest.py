@@ -12,7 +12,7 @@ a test checks, or a standard-library module); ``none`` turns the automatic part 
 
 The answer is a list of *roots*: paths whose files are the user's. A root below an excluded
 directory (site-packages, the standard library) wins over it, since it is more specific: see
-:class:`pytest_concurrency.races.codefilter.CodeFilter`. Pure module: no pytest import.
+:class:`pytest_concurrency.engine.owncode.CodeFilter`. Pure module: no pytest import.
 """
 
 from __future__ import annotations

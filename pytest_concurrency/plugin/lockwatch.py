@@ -22,7 +22,6 @@ import contextlib
 import sys
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -70,7 +69,6 @@ class LockWatch:
 
     def __init__(self, session: ConcurrencySession) -> None:
         self.session = session
-        self._filters: dict[tuple[Path, ...], Any] = {}
 
     # -- the window: from setup to teardown ---------------------------------------------------
 
@@ -137,13 +135,7 @@ class LockWatch:
         item.stash[WATCH_KEY] = _Watch(settings, tracker, stack)
 
     def user_file_filter(self, item: pytest.Item, settings: Settings) -> Any:
-        roots = tuple(self.session.roots(item, settings))
-        code_filter = self._filters.get(roots)
-        if code_filter is None:
-            from pytest_concurrency.races.codefilter import CodeFilter
-
-            code_filter = self._filters[roots] = CodeFilter(roots)
-        return code_filter.is_user_file
+        return self.session.code_filter(item, settings).is_user_file
 
     def close(self, item: pytest.Item) -> None:
         watch = item.stash.get(WATCH_KEY, None)

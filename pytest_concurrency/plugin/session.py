@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import time
 from collections.abc import Generator, Iterable, Mapping
 from pathlib import Path
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
 
     from pytest_concurrency.engine.entries import Entry
     from pytest_concurrency.engine.memory import Memory, Remembered
+    from pytest_concurrency.engine.owncode import CodeFilter
     from pytest_concurrency.engine.undertest import Package
     from pytest_concurrency.plugin.asyncio_fixtures import AsyncioFixtureHooks
 
@@ -115,6 +117,11 @@ class ConcurrencySession:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         summary.finish_session(self)
 
+    def pytest_unconfigure(self) -> None:
+        owncode = sys.modules.get("pytest_concurrency.engine.owncode")
+        if owncode is not None:  # loaded: activate() may have given the session's roots
+            owncode.forget_session_roots(self.session_roots)
+
     @functools.cached_property
     def budget(self) -> cores.CoreBudget:
         """The usable cores (affinity and cgroup quota), read when first needed."""
@@ -124,11 +131,13 @@ class ConcurrencySession:
         """Register the per-test hooks (once): collection found a test that needs them."""
         if self.item_hooks is not None:
             return
+        from pytest_concurrency.engine import owncode
         from pytest_concurrency.plugin.lockwatch import (  # lock tracking, deadlocks (issue 5)
             LOCKWATCH_NAME,
             LockWatch,
         )
 
+        owncode.use_session_roots(self.session_roots)  # the code under test between tests
         self.item_hooks = ItemHooks(self)
         manager = self.config.pluginmanager
         manager.register(self.item_hooks, ITEM_HOOKS_NAME)
@@ -247,6 +256,20 @@ class ConcurrencySession:
             return error.name
         return None
 
+    def session_roots(self) -> list[Path]:
+        """The code under test between tests: the rootdir and the session's packages."""
+        packages = self.packages_for(self.settings.packages)
+        return [self.config.rootpath, *(Path(package.location) for package in packages)]
+
+    def code_filter(self, item: pytest.Item, settings: Settings | None = None) -> CodeFilter:
+        """The one answer to "is this file code under test?" while ``item`` runs."""
+        if settings is None:
+            settled = self.marked_settings(item)
+            settings = settled if isinstance(settled, Settings) else self.settings
+        from pytest_concurrency.engine import owncode
+
+        return owncode.filter_for(tuple(str(root) for root in self.roots(item, settings)))
+
     def roots(self, item: pytest.Item, settings: Settings) -> list[Path]:
         """Where this test's code under test lives: the rootdir, the test's folder, and the
         packages under test (the project's own, wherever installed, and the named ones)."""
@@ -340,6 +363,13 @@ class ItemHooks:
 
     def __init__(self, session: ConcurrencySession) -> None:
         self.session = session
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        from pytest_concurrency.engine import owncode
+
+        with owncode.judged_by(self.session.code_filter(item)):  # from setup to teardown
+            return (yield)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:

@@ -47,8 +47,9 @@ from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any, NamedTuple, Protocol
 
+from pytest_concurrency.engine import owncode
 from pytest_concurrency.engine.seeds import derive_seed
-from pytest_concurrency.races.codefilter import CodeFilter, shared_state_offsets
+from pytest_concurrency.races.codefilter import shared_state_offsets
 
 BARE_RUN_SHARE = 0.125
 """Share of runs that only open switch opportunities and never force a give-way."""
@@ -293,7 +294,7 @@ class SeededPerturbation:
 
     def __init__(self, roots: Sequence[Path], seed: int, *, record: bool = False) -> None:
         self.seed = seed
-        self.code_filter = CodeFilter(roots)
+        self.code_filter = owncode.filter_for(tuple(str(root) for root in roots))
         self.stats = PerturbationStats()
         self.decisions: list[CallDecisions] | None = [] if record else None
         self.unavailable_reason: str | None = None

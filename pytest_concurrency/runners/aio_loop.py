@@ -510,11 +510,14 @@ def task_stack(task: asyncio.Task[Any]) -> str:
 
 
 def user_stack(frame: FrameType) -> str:
+    """The stack of ``frame`` from the first frame of the code under test (pytest's and the
+    plugin's frames that led to it left out), without asyncio's and the plugin's frames."""
     summary = traceback.StackSummary.extract(traceback.walk_stack(frame))
     summary.reverse()
+    first_user = owncode.first_user_frame([entry.filename for entry in summary])
     kept = [
         entry
-        for entry in summary
+        for entry in summary[first_user or 0 :]
         if not is_own_frame(entry.filename) and "threading.py" not in entry.filename
     ]
     return "".join(traceback.StackSummary.from_list(kept).format())

@@ -29,10 +29,15 @@ def is_own_frame(filename: str) -> bool:
 
 
 def user_stack(frame: FrameType) -> str:
-    """The stack of ``frame`` without the plugin's and ``threading``'s frames at either end
-    (all of it when nothing else is left), innermost call last, as ``traceback`` prints it."""
+    """The stack of ``frame`` from the first frame of the code under test (without the
+    plugin's and ``threading``'s frames before it when there is none), and without the
+    plugin's and ``threading``'s frames at its inner end (all of it when nothing else is
+    left), innermost call last, as ``traceback`` prints it."""
     summary = traceback.extract_stack(frame)
     start, end = 0, len(summary)
+    first_user = owncode.first_user_frame([entry.filename for entry in summary])
+    if first_user is not None:
+        start = first_user
     while start < end and is_own_frame(summary[start].filename):
         start += 1
     while end > start and is_own_frame(summary[end - 1].filename):

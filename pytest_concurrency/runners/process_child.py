@@ -405,6 +405,16 @@ def _make_perturbation(spec: tuple[list[str], int] | None) -> Any:
     return perturbation
 
 
+def judge_as_the_parent(roots: Sequence[str] | None) -> None:
+    """The parent's code under test answers "is this the user's code?" here too."""
+    if roots is not None:
+        from pathlib import Path
+
+        from pytest_concurrency.engine import owncode
+
+        owncode.use_session_roots(lambda: [Path(root) for root in roots])
+
+
 def child_main(
     boot: dict[str, Any],
     conn: Connection,
@@ -430,5 +440,6 @@ def _serve(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     arm_stack_dumps(boot["stack_path"])
     adopt_parent_environment(boot)
+    judge_as_the_parent(boot.get("code_under_test"))
     conn.send((READY, os.getpid()))
     ChildWorker(boot, conn, start_barrier, user_barrier, inherited).serve()

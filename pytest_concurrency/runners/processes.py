@@ -53,6 +53,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine import owncode
 from pytest_concurrency.engine.outcomes import (
     CallFailure,
     CallKind,
@@ -274,6 +275,7 @@ class ProcessRunner:
             "cwd": os.getcwd(),
             "environ": dict(os.environ),
             "coverage": child_coverage.parent_spec(),
+            "code_under_test": code_under_test_roots(),
         }
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(  # type: ignore[attr-defined]
@@ -542,6 +544,13 @@ def _reap(pool: _Pool) -> None:
             worker.process.close()
     shutil.rmtree(pool.directory, ignore_errors=True)
     child_coverage.merge_children(pids)  # the lines the children ran, measured in them
+
+
+def code_under_test_roots() -> list[str] | None:
+    """The roots of the code under test now, for a child's origins to follow the same answer
+    (:func:`.owncode.is_user_file`); None where none was given."""
+    judge = owncode.current_filter()
+    return None if judge is None else list(judge.roots)
 
 
 def build_runner(

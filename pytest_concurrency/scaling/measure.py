@@ -135,7 +135,7 @@ class WaitSampler:
         return None
 
     def _skipped(self, filename: str) -> bool:
-        """Frames that are not the user's code (site-packages are): see ``owncode``."""
+        """Frames that are not code under test: see :func:`.owncode.is_user_file`."""
         return not owncode.is_user_file(filename)
 
     def busiest(self) -> WaitSite | None:
