@@ -81,6 +81,18 @@ class Arm:
     env: tuple[tuple[str, str], ...] = ()
 
 
+def run_parallel_arm(workers: int, iterations: int = 100) -> Arm:
+    """pytest-run-parallel in our place, through ``benchmarks/run_parallel_shim.py``."""
+    return Arm(
+        "pytest-run-parallel",
+        (
+            *("-p", "no:concurrency", "-p", "run_parallel_shim"),
+            f"--parallel-threads={workers}",
+            f"--iterations={iterations}",
+        ),
+    )
+
+
 @dataclass
 class Counts:
     sessions: int = 0

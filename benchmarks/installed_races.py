@@ -44,7 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_common import Arm, Case, found_counts, found_table, now_line  # noqa: E402
+from bench_common import Arm, Case, found_counts, found_table, now_line, run_parallel_arm  # noqa: E402
 
 WORKTREE = HERE.parent
 WORKERS = 4
@@ -198,17 +198,7 @@ ARMS = (
     Arm("defaults", OURS),
     Arm("`--concurrency-packages=none` (before)", (*OURS, "--concurrency-packages=none")),
     Arm("perturbation off", (*OURS, "--concurrency-perturb=false")),
-    Arm(
-        "pytest-run-parallel",
-        (
-            "-p",
-            "no:concurrency",
-            "-p",
-            "run_parallel_shim",
-            f"--parallel-threads={WORKERS}",
-            "--iterations=100",
-        ),
-    ),
+    run_parallel_arm(WORKERS),
 )
 COMMON = ("-o", "junit_duration_report=call")
 

@@ -44,7 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_common import Arm, Case, found_counts, found_table, now_line  # noqa: E402
+from bench_common import Arm, Case, found_counts, found_table, now_line, run_parallel_arm  # noqa: E402
 
 RACES_DIR = HERE / "races"
 WORKERS = 4
@@ -62,17 +62,7 @@ ARMS = (
     Arm("named", (*OURS, "--concurrency-packages=" + ",".join(LIBRARIES))),
     Arm("defaults", OURS),
     Arm("perturbation off", (*OURS, "--concurrency-perturb=false")),
-    Arm(
-        "pytest-run-parallel",
-        (
-            "-p",
-            "no:concurrency",
-            "-p",
-            "run_parallel_shim",
-            f"--parallel-threads={WORKERS}",
-            "--iterations=100",
-        ),
-    ),
+    run_parallel_arm(WORKERS),
 )
 
 

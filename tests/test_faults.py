@@ -11,13 +11,13 @@ assertion), never timed: how long the suite takes is measured in benchmarks/READ
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from interrupting import interrupt_once_started, start_pytest, wait_for_file
 
 from pytest_concurrency import messages
 
@@ -416,40 +416,8 @@ def test_never_reached():
 )
 
 
-def default_sigint() -> None:
-    """In the child before exec: Ctrl-C as a terminal delivers it. A run started in the
-    background by a shell without job control inherits SIGINT ignored, and Python then installs
-    no KeyboardInterrupt handler: the Ctrl-C tests would test the shell, not the plugin."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def popen_pytest(pytester: pytest.Pytester, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:run-parallel",
-            "-p",
-            "no:asyncio",
-            *args,
-        ],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=default_sigint,
-    )
-
-
-def wait_for_file(path: Path) -> None:
-    deadline = time.monotonic() + START_SECONDS
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert path.exists(), "the inner test never started"
+    return start_pytest(pytester.path, *args)
 
 
 @pytest.mark.parametrize("mode", ["threads", "processes"])
@@ -458,14 +426,7 @@ def test_ctrl_c_ends_pytest_by_itself_and_leaves_no_process(
 ) -> None:
     pytester.makepyfile(test_long=LONG_RUN.format(mode=mode))
     proc = popen_pytest(pytester)
-    try:
-        wait_for_file(pytester.path / "started")
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    output = interrupt_once_started(proc, pytester.path / "started")
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "KeyboardInterrupt" in output and "INTERNALERROR" not in output, output
     assert "test_never_reached" not in output

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 from typing import Any
 
 import _pytest.outcomes
 import pluggy
 import pytest
+from interrupting import interrupt_once_started, start_pytest
 
 from pytest_concurrency.engine import outcomes, owncode
 from pytest_concurrency.engine.outcomes import origin_of
@@ -263,12 +261,6 @@ SCHEDULED = {
 }
 
 
-def default_sigint() -> None:
-    """In the child before exec: Ctrl-C as a terminal delivers it (a run started in the
-    background by a shell without job control inherits SIGINT ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("form", list(SCHEDULED))
 def test_ctrl_c_under_a_controlled_schedule_prints_nothing_after_pytests_last_line(
@@ -277,27 +269,8 @@ def test_ctrl_c_under_a_controlled_schedule_prints_nothing_after_pytests_last_li
     test, args = SCHEDULED[form]
     pytester.makepyfile(test_long=LONG_SCHEDULE.format(test=test))
     started = pytester.path / "started"
-    isolation = ("-p", "no:cacheprovider", "-p", "no:run-parallel", "-p", "no:asyncio")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", *isolation, "-p", "no:randomly", "test_long.py", *args],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=default_sigint,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert started.exists(), "the test never started"
-        time.sleep(0.3)  # well inside the controlled runs
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    proc = start_pytest(pytester.path, "-p", "no:randomly", "test_long.py", *args)
+    output = interrupt_once_started(proc, started, settle=0.3)  # well inside the runs
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "KeyboardInterrupt" in output and "INTERNALERROR" not in output, output
     assert "ScheduleAborted" not in output, output

@@ -6,20 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-
-
-def default_sigint() -> None:
-    """In the child before exec: a run started in the background by a shell without job control
-    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
+from interrupting import interrupt_once_started, start_pytest
 
 RESTORE_CONFTEST = """
 import faulthandler, signal, sys, threading, _thread, queue
@@ -198,37 +189,8 @@ def test_ctrl_c_during_a_long_run_exits_promptly_leaving_nothing(tmp_path: Path,
     (tmp_path / "test_long.py").write_text(
         "import pathlib, pytest\n" + LONG_RUNS[form].format(started=str(started))
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:run-parallel",
-            "-p",
-            "no:asyncio",
-            str(tmp_path / "test_long.py"),
-            "--concurrency-json=out.json",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=default_sigint,  # as a terminal delivers it, however this run was started
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert started.exists(), "the test never started"
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()  # also closes the pipe
+    proc = start_pytest(tmp_path, str(tmp_path / "test_long.py"), "--concurrency-json=out.json")
+    output = interrupt_once_started(proc, started, timeout=30)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "KeyboardInterrupt" in output
     assert "INTERNALERROR" not in output
