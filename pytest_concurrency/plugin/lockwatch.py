@@ -118,7 +118,7 @@ class LockWatch:
         settings = settled or self.session.settings
         if not mode_of(settings.mode).workers_are_threads:
             return None
-        if settings.schedule == "off" and settings.lock_order == "off":
+        if settings.schedule == "off" and settings.lock_order == "off" == settings.data_races:
             return None
         return settings
 
