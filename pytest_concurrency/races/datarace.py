@@ -66,6 +66,7 @@ from pytest_concurrency.races.accesses import (
     static_attribute,
 )
 from pytest_concurrency.races.happens_before import Clock, RunClocks, ordered_before
+from pytest_concurrency.races.originals import ORIGINAL_CONDITION, RAW_LOCK_TYPE, RAW_RLOCK_TYPE
 from pytest_concurrency.races.perturb import (
     NoPerturbation,
     PointHook,
@@ -73,12 +74,15 @@ from pytest_concurrency.races.perturb import (
     SeededPerturbation,
     seeded_perturbation,
 )
+from pytest_concurrency.races.tracked import TrackedCondition, TrackedLock
 from pytest_concurrency.races.tracker import CONTROL
 
 MAX_LOCATIONS_PER_RUN = 100_000
 """Locations kept per run; past them only the known ones are still watched (memory stays
 bounded on a long body)."""
 MAX_RACES_PER_RUN = 50
+MAX_REAL_LOCKS = 64
+"""Real locks (made out of the window's reach) a worker's call remembers having read."""
 QUIET_PROFILE = RunProfile(give_way_rate=0.0, sleep_share=0.0, longest_sleep=1e-6)
 """``perturb=False`` with the watch on: decision points that never give way."""
 WHOLE = "<whole>"
@@ -93,10 +97,10 @@ class _Access:
     file: str
     line: int
     op: str
-    locks: tuple[tuple[Any, int], ...]  # (tracked lock, its acquisition) held
+    locks: tuple[Held, ...]
 
     def shown(self, op: str | None = None) -> RaceAccess:
-        names = tuple(str(getattr(lock, "name", lock)) for lock, _ in self.locks)
+        names = tuple(name or str(getattr(lock, "name", lock)) for lock, _, name in self.locks)
         return RaceAccess(self.worker, self.file, self.line, op or self.op, names)
 
 
@@ -120,8 +124,19 @@ class _Location:
     iterations: dict[int, _Access] = field(default_factory=dict)
 
 
+Held = tuple[Any, int, str]
+"""A lock held at an access: the lock, its acquisition (tracked locks count them; 0 for a real
+lock, whose acquisitions are not seen) and its name for the report ("" for a tracked lock)."""
+
+
 def _guarded(read: _Access, write: _Access) -> bool:
-    return any(held in read.locks for held in write.locks)
+    return any(held[:2] == other[:2] for held in write.locks for other in read.locks)
+
+
+def _share_a_lock(first: _Access, second: _Access) -> bool:
+    """Both held one lock: the lockset discipline, for the real locks that report no
+    happens-before (made before the window, out of its reach)."""
+    return any(held[0] is other[0] for held in first.locks for other in second.locks)
 
 
 def _before(access: _Access, clock: Clock) -> bool:
@@ -202,33 +217,45 @@ class RunAccesses:
                     self._stale(location, read, their_read, access)
         for other, iteration in location.iterations.items():
             if other != me and not _before(iteration, access.clock):
-                self._race(location, KIND_ITERATION, iteration.shown(READ), access.shown())
+                self._race(location, KIND_ITERATION, iteration, access)
 
     def _check_iteration(self, location: _Location, access: _Access) -> None:
         for other, write in location.writes.items():
             if other != access.worker and not _before(write, access.clock):
-                self._race(location, KIND_ITERATION, access.shown(READ), write.shown())
+                self._race(location, KIND_ITERATION, access, write)
 
     def _stale(self, location: _Location, read: _Access, other: _Access, acted: _Access) -> None:
-        self._race(location, KIND_STALE_READ, read.shown(), other.shown(), (acted.file, acted.line))
+        self._race(location, KIND_STALE_READ, read, other, (acted.file, acted.line))
 
     def _race(
         self,
         location: _Location,
         kind: str,
-        first: RaceAccess,
-        second: RaceAccess,
+        first: _Access,
+        second: _Access,
         acted: tuple[str, int] | None = None,
     ) -> None:
-        if len(self.races) >= MAX_RACES_PER_RUN or allowed(location.label, self.allow):
+        if (
+            len(self.races) >= MAX_RACES_PER_RUN
+            or _share_a_lock(first, second)
+            or allowed(location.label, self.allow)
+        ):
             return
-        race = DataRace(location.label, kind, (first, second), self.run, acted)
+        shown = (first.shown(READ), second.shown()) if kind == KIND_ITERATION else None
+        race = DataRace(
+            location.label,
+            kind,
+            shown or (first.shown(), second.shown()),
+            self.run,
+            acted,
+        )
         self.races.setdefault(race.key, race)
 
 
 class _WorkerState(threading.local):
     worker: int = -1
     accesses: RunAccesses | None = None
+    real_locks: dict[int, tuple[Any, str]] | None = None  # real locks read in this call
 
 
 class _WatchedPoint:
@@ -284,13 +311,14 @@ class DataRaceWatch:
         state = self._state
         state.worker = worker
         state.accesses = self._accesses_of(run)
+        state.real_locks = {}
         self.inner.call_started(worker, run, run_seed)
         self.inner.watch_points(lambda inner: _WatchedPoint(inner, self, worker))
 
     def call_finished(self) -> None:
         self.inner.call_finished()
         state = self._state
-        state.worker, state.accesses = -1, None
+        state.worker, state.accesses, state.real_locks = -1, None, None
 
     def describe_run(self, record: RunRecord) -> list[str]:
         """The run's data races into its record (and its failures, under "fail"); the lines
@@ -344,19 +372,69 @@ class DataRaceWatch:
         if operation is None:
             return
         try:
+            if self._is_lock_read(operation, frame):
+                return
             located = locate(operation, frame)
         except Exception:  # reading the user's objects must never break the user's call
             return
         if located is None:
             return
         site = (code.co_filename, frame.f_lineno or 0)
-        held = CONTROL.held
-        locks = tuple((entry[0], entry[1]) for entry in held) if held else ()
+        locks = self._held_locks()
         for key, keep, label, op in located:
             accesses.record(worker, key, keep, label, op, site, locks)
 
+    def _held_locks(self) -> tuple[Held, ...]:
+        """The tracked locks this worker holds, and the real locks it read that are held now
+        (a real lock does not say by whom: taken as held, a race may be missed, never made)."""
+        held = CONTROL.held
+        locks: list[Held] = [(entry[0], entry[1], "") for entry in held] if held else []
+        real = self._state.real_locks
+        if real:
+            locks.extend((lock, 0, name) for lock, name in real.values() if _is_held(lock))
+        return tuple(locks)
+
+    def _is_lock_read(self, operation: Operation, frame: FrameType) -> bool:
+        """A read of a lock (``self._lock``, ``LOCK``): never a race; a real one (out of the
+        window's reach) is remembered, to be seen held later."""
+        if operation.op != READ or operation.kind not in ("attr", "global"):
+            return False
+        if operation.kind == "global":
+            value = frame.f_globals.get(operation.name, MISSING)
+            name = str(operation.name)
+        else:
+            owner = evaluate(operation.target, frame)
+            value = MISSING if owner is MISSING else static_attribute(owner, operation.name)
+            name = attribute_label(owner, operation.name) if owner is not MISSING else ""
+        if isinstance(value, (TrackedLock, TrackedCondition)):
+            return True
+        real = _real_lock_of(value)
+        if real is None:
+            return False
+        known = self._state.real_locks
+        if known is not None and len(known) < MAX_REAL_LOCKS:
+            known.setdefault(id(real), (real, name))
+        return True
+
 
 Located = list[tuple[tuple[Any, ...], object, Any, str]]
+
+
+def _real_lock_of(value: Any) -> Any:
+    """The real lock or reentrant lock ``value`` is, or guards (a real condition); None."""
+    kind = type(value)
+    if kind is RAW_LOCK_TYPE or kind is RAW_RLOCK_TYPE:
+        return value
+    if isinstance(value, ORIGINAL_CONDITION) and not isinstance(value, TrackedCondition):
+        return _real_lock_of(value._lock)
+    return None
+
+
+def _is_held(lock: Any) -> bool:
+    reentrant = type(lock) is RAW_RLOCK_TYPE
+    if reentrant:
+        return bool(lock._is_owned())  # by this thread: exact
+    return bool(lock.locked())  # by someone: maybe this worker
 
 
 def locate(operation: Operation, frame: FrameType) -> Located | None:
