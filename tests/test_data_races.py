@@ -374,3 +374,48 @@ def test_take(concurrency):
         ["*AssertionError at *:* (1 call: worker 2)*", "*Inventory.stock: read-then-write*"]
     )
     result.stdout.no_fnmatch_line("*DataRace at*")
+
+
+def test_a_length_check_then_append_is_reported_and_its_locked_twin_is_not(pytester, run) -> None:
+    pytester.makepyfile(
+        f"""
+        import threading
+        import pytest
+
+        class Buffer:
+            def __init__(self):
+                self._items = []
+
+            def put(self, item):
+                if len(self._items) >= 100:
+                    return False
+                self._items.append(item)
+                return True
+
+        class LockedBuffer(Buffer):
+            def __init__(self):
+                super().__init__()
+                self._lock = threading.Lock()
+
+            def put(self, item):
+                with self._lock:
+                    return super().put(item)
+
+        buffer = Buffer()
+        # made at import, in a list: out of the tracked window's reach, a real lock
+        LOCKED = [LockedBuffer() for _ in range(2)]
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_buffer():
+            assert buffer.put(1)
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_locked_buffer():
+            assert LOCKED[0].put(1)
+        """
+    )
+    result = run("--concurrency-json=out.json", "-p", "no:randomly")
+    result.assert_outcomes(failed=1, passed=1)
+    entries = _entries(pytester.path / "out.json")
+    assert [r["location"] for r in entries["test_buffer"]["data_races"]] == ["Buffer._items"]
+    assert entries["test_locked_buffer"]["data_races"] == []

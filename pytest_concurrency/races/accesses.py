@@ -16,7 +16,8 @@ an attribute chain of one (``self.a``, ``cls._instance``, ``mod.value``); module
 ``c[key]``, ``key in c`` and ``c[key] = v`` with such a ``c`` (a dict, list, set or deque) and a
 key that is a local, constant or global; mutating method calls on such a container
 (``c.append(x)``, ``c.pop(k)``...), recorded as a write of the whole container; iteration over
-such a container or its ``keys()``/``values()``/``items()``. Not covered: closure cells
+such a container or its ``keys()``/``values()``/``items()``; ``len(c)``, a read of the whole
+container (the check of a check-then-act on a buffer). Not covered: closure cells
 themselves (``nonlocal n; n += 1``), operands made by a call (``self.handlers().values()``),
 attributes behind properties or ``__getattr__``, and containers of other types.
 
@@ -94,7 +95,7 @@ Recipe = tuple[Any, ...] | None
 class Operation(NamedTuple):
     """What the instruction at one offset does to shared state, as recipes to evaluate."""
 
-    kind: str  # "attr", "global", "item", "contains", "method", "iterate"
+    kind: str  # "attr", "global", "item", "contains", "method", "iterate", "whole"
     op: str  # READ, WRITE or ITERATE
     target: Recipe  # the object (attr, method), the container (item, iterate)
     name: Any = None  # the attribute, global or method name; the key recipe for items
@@ -202,7 +203,15 @@ def _operation(instruction: dis.Instruction, stack: _Stack) -> Operation | None:
         iterator = stack.peek()
         if iterator is not None and iterator[0] == "iter":
             return Operation("iterate", ITERATE, iterator[1])
+    if name in ("CALL", "CALL_FUNCTION") and instruction.arg == 1 and _calls_len(stack):
+        return Operation("whole", READ, stack.peek(1))  # len(c): a check of the whole container
     return None
+
+
+def _calls_len(stack: _Stack) -> bool:
+    """Is the callee below the one argument on the stack the builtin ``len``? (It sits just
+    below the argument, or one slot lower under a NULL or self, as the version pushes them.)"""
+    return any(stack.peek(depth) == ("global", "len") for depth in (2, 3))
 
 
 def _apply(instruction: dis.Instruction, stack: _Stack) -> bool:

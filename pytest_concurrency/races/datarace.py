@@ -454,6 +454,8 @@ def locate(operation: Operation, frame: FrameType) -> Located | None:
         return [(*whole, WRITE)]
     if kind == "iterate":
         return [(*whole, ITERATE)]
+    if kind == "whole":
+        return [(*whole, READ)]
     if kind == "contains" and not isinstance(container, (dict, set)):
         return [(*whole, READ)]  # a scan of a list or deque
     key = evaluate(operation.name, frame)
