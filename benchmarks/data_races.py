@@ -12,7 +12,9 @@ that is counted apart (``by assertion``).
 loads and stores, a subscript, a call), timed in its thread CPU time, three ways: untraced;
 inside a perturbation call that never gives way (``perturbation``); and the same with the
 data-race watch around it (``watched``). Medians of interleaved repeats; the extra time per
-decision point and the ratio watched / perturbation.
+decision point and the ratio watched / perturbation. Then per run, in pytest: the fixed twins
+of the corpus with perturbation on, their call time with the watch against without it
+(``--concurrency-data-races=off``), in interleaved pairs.
 
     python benchmarks/data_races.py [--invocations 10] [--loops 2000] [--repeats 7] [--json]
 """
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,6 +107,40 @@ def detection(invocations: int) -> dict[str, dict[str, Any]]:
 
 
 # -- cost ---------------------------------------------------------------------------------
+
+
+def twins_call_seconds(watch: str, runs: int) -> float:
+    """Seconds the fixed twins' calls took (junit call durations), ``runs`` runs each, with
+    perturbation on and the watch ``watch`` ("fail" or "off")."""
+    with tempfile.TemporaryDirectory() as scratch:
+        junit = Path(scratch) / "junit.xml"
+        subprocess.run(
+            [sys.executable, "-m", "pytest", *MODULES, "-k", "fixed", *SESSION_ARGS[:-2],
+             f"--concurrency-replay-runs={runs}", "--concurrency-seed=1",
+             f"--concurrency-data-races={watch}", f"--junitxml={junit}"],
+            cwd=RACES_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            timeout=900, check=False,
+        )  # fmt: skip
+        tree = ElementTree.parse(junit)
+        return sum(float(case.get("time", 0)) for case in tree.iter("testcase"))
+
+
+def per_run_overhead(runs: int, repeats: int) -> dict[str, float]:
+    """The twins' call time with the watch over perturbation alone, arms interleaved."""
+    ratios, alone, watched = [], [], []
+    for _ in range(repeats):
+        off = twins_call_seconds("off", runs)
+        on = twins_call_seconds("fail", runs)
+        alone.append(off)
+        watched.append(on)
+        ratios.append(on / off if off else float("nan"))
+    return {
+        "perturbation_alone_s": statistics.median(alone),
+        "with_watch_s": statistics.median(watched),
+        "paired_ratio_median": statistics.median(ratios),
+        "paired_ratio_min": min(ratios),
+        "paired_ratio_max": max(ratios),
+    }
 
 
 class Ledger:
@@ -192,6 +229,8 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--skip-detection", action="store_true")
+    parser.add_argument("--twin-runs", type=int, default=100)
+    parser.add_argument("--twin-repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args()
     perturb.MAX_POINTS_PER_CALL = 10**12  # measure the callbacks, not the budget that ends them
@@ -216,6 +255,12 @@ def main() -> int:
     for key, value in measured.items():
         print(f"  {key}: {value:.4g}")
     results["cost"] = measured
+    overhead = per_run_overhead(options.twin_runs, options.twin_repeats)
+    print(f"\nper run: the fixed twins (body and harness), {options.twin_runs} runs each, "
+          f"perturbation on, watch off against on, {options.twin_repeats} interleaved pairs")  # fmt: skip
+    for key, value in overhead.items():
+        print(f"  {key}: {value:.4g}")
+    results["per_run"] = overhead
     if options.json:
         print(json.dumps(results, indent=2))
     return 0

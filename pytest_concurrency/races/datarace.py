@@ -241,14 +241,8 @@ class RunAccesses:
             or allowed(location.label, self.allow)
         ):
             return
-        shown = (first.shown(READ), second.shown()) if kind == KIND_ITERATION else None
-        race = DataRace(
-            location.label,
-            kind,
-            shown or (first.shown(), second.shown()),
-            self.run,
-            acted,
-        )
+        first_shown = first.shown(READ) if kind == KIND_ITERATION else first.shown()
+        race = DataRace(location.label, kind, (first_shown, second.shown()), self.run, acted)
         self.races.setdefault(race.key, race)
 
 
