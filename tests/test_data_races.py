@@ -419,3 +419,48 @@ def test_a_length_check_then_append_is_reported_and_its_locked_twin_is_not(pytes
     entries = _entries(pytester.path / "out.json")
     assert [r["location"] for r in entries["test_buffer"]["data_races"]] == ["Buffer._items"]
     assert entries["test_locked_buffer"]["data_races"] == []
+
+
+def test_odd_user_objects_never_break_the_call_or_the_plugin(pytester, run) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        class Key:
+            def __init__(self):
+                self.hashed = 0
+
+            def __hash__(self):
+                self.hashed += 1
+                return 1
+
+        class Shy:
+            __slots__ = ("value",)
+
+            def __init__(self):
+                self.value = 0
+
+            def __getattr__(self, name):
+                raise RuntimeError("the tracer ran __getattr__")
+
+        class Lazy:
+            @property
+            def total(self):
+                raise RuntimeError("the tracer ran a property")
+
+        shy, lazy, table = Shy(), Lazy(), {{}}
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN}, data_races="warn")
+        def test_odd():
+            key = Key()
+            table[key] = 1
+            assert key.hashed == 1  # by the dict, never by the tracer
+            shy.value += 1
+            with pytest.raises(RuntimeError, match="property"):
+                lazy.total
+        """
+    )
+    result = run("-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
+    result.stdout.no_fnmatch_line("*pytest_concurrency/races*")

@@ -14,12 +14,15 @@ one).
 Covered: ``obj.attr`` reads and writes where ``obj`` is a local, a global, a closure variable or
 an attribute chain of one (``self.a``, ``cls._instance``, ``mod.value``); module globals;
 ``c[key]``, ``key in c`` and ``c[key] = v`` with such a ``c`` (a dict, list, set or deque) and a
-key that is a local, constant or global; mutating method calls on such a container
-(``c.append(x)``, ``c.pop(k)``...), recorded as a write of the whole container; iteration over
-such a container or its ``keys()``/``values()``/``items()``; ``len(c)``, a read of the whole
-container (the check of a check-then-act on a buffer). Not covered: closure cells
-themselves (``nonlocal n; n += 1``), operands made by a call (``self.handlers().values()``),
-attributes behind properties or ``__getattr__``, and containers of other types.
+key that is a local, constant or global of a builtin type (str, int, float, bytes, bool, None,
+or a tuple of them: hashing any other key could run the user's code inside the tracer);
+mutating method calls on such a container (``c.append(x)``, ``c.pop(k)``...), recorded as a
+write of the whole container; iteration over such a container or its
+``keys()``/``values()``/``items()``; ``len(c)``, a read of the whole container (the check of a
+check-then-act on a buffer). Not covered: closure cells themselves (``nonlocal n; n += 1``),
+operands made by a call (``self.handlers().values()``), iteration inside a generator expression
+or (before 3.12) a comprehension, attributes behind properties or ``__getattr__``, truth tests
+(``if not c:``), and containers of other types.
 
 Reads of functions, classes, modules and descriptors are immutable in practice and never
 recorded. Pure module: no pytest import.

@@ -455,7 +455,8 @@ def locate(operation: Operation, frame: FrameType) -> Located | None:
     key = evaluate(operation.name, frame)
     if key is MISSING:
         return None
-    hash(key)  # an unhashable key names no location (the caller drops it)
+    if not _plain_key(key):
+        return None  # hashing or comparing it could run the user's code inside the tracer
 
     def label() -> str:
         return f"{recipe_label(operation.target, frame)}[{key_text(key)}]"
@@ -464,6 +465,16 @@ def locate(operation: Operation, frame: FrameType) -> Located | None:
     if operation.op == WRITE:
         return [(*item, WRITE), (*whole, WRITE)]
     return [(*item, READ)]
+
+
+PLAIN_KEY_TYPES = frozenset({str, int, float, bytes, bool, type(None)})
+
+
+def _plain_key(key: Any) -> bool:
+    """A key whose hash and equality are the builtins' own (a tuple of such keys too)."""
+    if type(key) is tuple:
+        return all(_plain_key(part) for part in key)
+    return type(key) in PLAIN_KEY_TYPES
 
 
 def _attribute(operation: Operation, frame: FrameType) -> Located | None:

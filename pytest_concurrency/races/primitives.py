@@ -175,7 +175,10 @@ def _adopt_locks(module: ModuleType) -> None:
 
 
 def _adopt_in(owner: Any, path: str) -> None:
-    namespace = getattr(owner, "__dict__", None)
+    try:  # never through the user's __getattr__ (an object with __slots__ has no __dict__)
+        namespace = object.__getattribute__(owner, "__dict__")
+    except Exception:
+        return
     if not isinstance(namespace, Mapping):
         return
     for name, value in list(namespace.items()):
