@@ -248,7 +248,8 @@ DATA_RACE_ITERATION = (
     "  {location}: iterate-while-mutate: worker {reader} iterated it while worker {other} "
     "changed it, unordered"
 )
-DATA_RACE_ACCESS = "    worker {worker} {op} at {site} (holding {locks})"
+DATA_RACE_ACCESS = "    worker {worker} {op} at {site}{path} (holding {locks})"
+DATA_RACE_PATH = " in {path}"
 DATA_RACE_NO_LOCK = "no lock"
 DATA_RACE_MORE = "  ... and {count} more (see --concurrency-json)"
 DATA_RACE_FAIL_HINT = (

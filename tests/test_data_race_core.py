@@ -83,7 +83,7 @@ def test_vector_clocks_order_what_a_release_published() -> None:
 
 
 def _record(run: RunAccesses, worker: int, op: str, line: int, locks=()) -> None:
-    run.record(worker, ("Box", "n"), None, lambda: "Box.n", op, ("box.py", line), locks)
+    run.record(worker, ("Box", "n"), None, lambda: "Box.n", op, ("box.py", line, ()), locks)
 
 
 def test_a_read_then_write_is_reported_even_when_the_workers_did_not_interleave() -> None:
@@ -100,7 +100,7 @@ def test_a_read_then_write_is_reported_even_when_the_workers_did_not_interleave(
 def test_an_unlocked_check_before_a_guarded_window_is_not_reported() -> None:
     run = RunAccesses(0)
     lock = object()
-    held = ((lock, 1),)
+    held = ((lock, 1, "Lock#1"),)
     _record(run, 0, READ, 1)  # the check outside the lock
     _record(run, 0, READ, 3, held)  # the check under it
     _record(run, 0, WRITE, 4, held)

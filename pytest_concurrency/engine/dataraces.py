@@ -36,6 +36,7 @@ class RaceAccessEntry(TypedDict):
     line: int
     op: str  # "read" or "write"
     locks: list[str]
+    path: list[str]  # the user's calls that led to it, outermost first
 
 
 class DataRaceEntry(TypedDict):
@@ -54,6 +55,7 @@ class RaceAccess:
     line: int
     op: str
     locks: tuple[str, ...] = ()
+    path: tuple[str, ...] = ()
 
     def entry(self) -> RaceAccessEntry:
         return {
@@ -62,6 +64,7 @@ class RaceAccess:
             "line": self.line,
             "op": self.op,
             "locks": list(self.locks),
+            "path": list(self.path),
         }
 
     def text(self) -> str:
@@ -70,6 +73,7 @@ class RaceAccess:
             worker=self.worker,
             op=self.op,
             site=f"{os.path.basename(self.file)}:{self.line}",
+            path=messages.DATA_RACE_PATH.format(path=" > ".join(self.path)) if self.path else "",
             locks=held,
         )
 

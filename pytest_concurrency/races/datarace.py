@@ -82,6 +82,8 @@ MAX_LOCATIONS_PER_RUN = 100_000
 bounded on a long body)."""
 MAX_RACES_PER_RUN = 50
 MAX_REAL_LOCKS = 64
+MAX_PATH = 4
+"""The user's calls kept with an access (the call path a report shows)."""
 """Real locks (made out of the window's reach) a worker's call remembers having read."""
 QUIET_PROFILE = RunProfile(give_way_rate=0.0, sleep_share=0.0, longest_sleep=1e-6)
 """``perturb=False`` with the watch on: decision points that never give way."""
@@ -98,10 +100,12 @@ class _Access:
     line: int
     op: str
     locks: tuple[Held, ...]
+    path: tuple[CodeType, ...]  # the user's calls that led here, innermost first
 
     def shown(self, op: str | None = None) -> RaceAccess:
         names = tuple(name or str(getattr(lock, "name", lock)) for lock, _, name in self.locks)
-        return RaceAccess(self.worker, self.file, self.line, op or self.op, names)
+        path = tuple(getattr(code, "co_qualname", code.co_name) for code in reversed(self.path))
+        return RaceAccess(self.worker, self.file, self.line, op or self.op, names, path)
 
 
 @dataclass(slots=True)
@@ -169,7 +173,7 @@ class RunAccesses:
         keep: object,
         label: Any,
         op: str,
-        site: tuple[str, int],
+        site: tuple[str, int, tuple[CodeType, ...]],
         locks: tuple[Any, ...],
     ) -> None:
         clock = self.clocks.clock(worker)
@@ -179,8 +183,9 @@ class RunAccesses:
                 if len(self._locations) >= MAX_LOCATIONS_PER_RUN:
                     return
                 location = self._locations[key] = _Location(label(), keep)
+            file, line, path = site
             access = _Access(
-                worker, clock[worker], clock, next(self._seq), site[0], site[1], op, locks
+                worker, clock[worker], clock, next(self._seq), file, line, op, locks, path
             )
             self._check_windows(location, access)
             if op == READ:
@@ -373,10 +378,21 @@ class DataRaceWatch:
             return
         if located is None:
             return
-        site = (code.co_filename, frame.f_lineno or 0)
+        site = (code.co_filename, frame.f_lineno or 0, self._user_path(frame))
         locks = self._held_locks()
         for key, keep, label, op in located:
             accesses.record(worker, key, keep, label, op, site, locks)
+
+    def _user_path(self, frame: FrameType) -> tuple[CodeType, ...]:
+        """The code of ``frame`` and of the user's frames that called it, innermost first (up
+        to :data:`MAX_PATH`; the walk stops at the first frame that is not the user's)."""
+        path = [frame.f_code]
+        caller = frame.f_back
+        is_user_code = self.inner.code_filter.is_user_code
+        while caller is not None and len(path) < MAX_PATH and is_user_code(caller.f_code):
+            path.append(caller.f_code)
+            caller = caller.f_back
+        return tuple(path)
 
     def _held_locks(self) -> tuple[Held, ...]:
         """The tracked locks this worker holds, and the real locks it read that are held now
