@@ -9,16 +9,23 @@ and iteration of each worker with the vector clock it was made under
 (:mod:`~pytest_concurrency.races.happens_before`, fed by the tracked primitives). It reports:
 
 * **read-then-write** (lost update, check-then-act, lazy init): a worker read a location and
-  then wrote it, and another worker's write of it is ordered neither before that read nor after
-  it. Reads alone are never reported: double-checked locking (an unlocked check, then a check
-  and the write under the lock) orders the write after the other worker's, and is clean;
+  then wrote it (its *window*), and another worker's write of it is ordered neither before that
+  read nor after that write; or another worker's read is ordered neither before nor after that
+  write, when no one lock was held across the window. Reads alone are never reported, and
+  double-checked locking (an unlocked check, then a check and the write under the lock) is
+  clean: its window is guarded;
 * **iterate-while-mutate**: a worker iterated a container that another worker changed
   (an item stored or deleted, a mutating method called), with nothing ordering the two.
 
 Two writes alone are not reported: ``list.append``, ``dict.__setitem__`` and a plain attribute
-store are atomic in CPython on both builds. Each run starts with fresh clocks and an empty
-table; every object whose location is kept stays alive until the run ends (its id cannot be
-reused meanwhile).
+store are atomic in CPython on both builds. Nor are two accesses made holding one lock (a real
+lock out of the window's reach, made at import inside an object, counts as held when the worker
+read it and it is held: the lockset rule, for the locks that report no happens-before), nor the
+stores of ``__init__`` to ``self`` (the object is not shared yet). Each run starts with fresh
+clocks and an empty table; every object whose location is kept stays alive until the run ends
+(its id cannot be reused meanwhile). The watch sees what the perturbation sees: shared-state
+instructions of the code under test, up to the perturbation's budget of decision points per
+call (``MAX_POINTS_PER_CALL``).
 
 The report goes to the run's record at the end of the run (``describe_run``): its
 ``data_races``, and under ``data_races="fail"`` a stand-in failure that fails the run.
