@@ -54,7 +54,7 @@ def test_take():
             "*Inventory.stock: read-then-write: worker * read it and wrote it at "
             "test_a_lost_update_whose_assertion_passes_fails_with_the_report.py:10, unordered "
             "with worker *",
-            "*worker * read at *.py:1[0] in test_take > Inventory.take (holding no lock)",
+            "*worker * read at *.py:1[0] in test_take > *take (holding no lock)",
             "*worker * at *.py:* (holding no lock)",
             "*reproduce: pytest*",
             "data races: *::test_take: 1 (failed): Inventory.stock (read-then-write)",
@@ -67,7 +67,8 @@ def test_take():
     assert race["kind"] == KIND_STALE_READ
     first, second = race["accesses"]
     assert set(first) == {"worker", "file", "line", "op", "locks", "path"}
-    assert first["path"] == ["test_take", "Inventory.take"]  # the call path in user code
+    # the call path in user code (3.10 has no co_qualname: "take" there)
+    assert first["path"] in (["test_take", "Inventory.take"], ["test_take", "take"])
     assert first["op"] == "read" and first["locks"] == [] and first["file"].endswith(".py")
     assert second["op"] in ("read", "write") and second["worker"] != first["worker"]
 
