@@ -230,6 +230,39 @@ INVERSION_FAIL_HINT = (
 )
 INVERSION_SUMMARY = "lock-order inversions: {nodeid}: {count} ({outcome})"
 
+# -- data races: conflicting accesses nothing orders (issue 18) -------------------------------
+
+HEADLINE_DATA_RACE = (
+    "DATA RACE in run {run} {of} ({where}): {count} unsynchronized access pair(s) on shared "
+    "state, although every call passed"
+)
+DATA_RACE_HEADER = (
+    "  data races ({count}): two workers touched the same location, one wrote, and no lock, "
+    "wait, queue or barrier ordered them (whether or not this run broke):"
+)
+DATA_RACE_STALE_READ = (
+    "  {location}: read-then-write: worker {reader} read it and wrote it at {acted}, unordered "
+    "with worker {other}'s {op} (a lost update, or an act on a stale check)"
+)
+DATA_RACE_ITERATION = (
+    "  {location}: iterate-while-mutate: worker {reader} iterated it while worker {other} "
+    "changed it, unordered"
+)
+DATA_RACE_ACCESS = "    worker {worker} {op} at {site}{path} (holding {locks})"
+DATA_RACE_PATH = " in {path}"
+DATA_RACE_NO_LOCK = "no lock"
+DATA_RACE_MORE = "  ... and {count} more (see --concurrency-json)"
+DATA_RACE_FAIL_HINT = (
+    "  (data_races='warn' (--concurrency-data-races=warn) only reports them, 'off' stops "
+    "tracking; --concurrency-data-race-allow=LOCATION,... allows a benign one)"
+)
+DATA_RACE_WARN_HINT = "  (a warning: --concurrency-data-races=warn; fail makes it a failure)"
+DATA_RACE_MESSAGE = "data race on {location} ({kind})"
+DATA_RACE_ALLOW_EXPECTED = (
+    "expected locations separated by commas, e.g. Stats.hits,_cache[*] (shell patterns)"
+)
+DATA_RACE_SUMMARY = "data races: {nodeid}: {count} ({outcome}): {locations}"
+
 # -- reliability: hangs, crashes, leaks (issue 7) ---------------------------------------------
 
 HANG_WAITS_ON_LOCK = (

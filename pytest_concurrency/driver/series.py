@@ -44,6 +44,8 @@ def account(outcome: SeriesOutcome, record: RunRecord) -> bool:
     outcome.runs_done += 1
     outcome.calls += record.workers
     outcome.signals.extend(record.signals)
+    if record.data_races:
+        outcome.add_data_races(record.data_races)
     if record.interrupt is not None:
         outcome.interrupt = record.interrupt
     if record.failed:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, TypedDict, cast
 
+from pytest_concurrency.engine.dataraces import DataRaceEntry
+
 KIND_CONCURRENT = "concurrent"
 KIND_SERIAL = "serial"
 KIND_SCALING = "scaling"
@@ -60,6 +62,7 @@ class ConcurrentEntry(_ConcurrentFields, total=False):
     base_nodeid: str
     schedule: dict[str, Any]  # the controlled scheduler's summary (the lock watch adds it)
     lock_order: dict[str, Any]  # {"verdict": ..., "inversions": [...]} (the lock watch)
+    data_races: list[DataRaceEntry]  # unordered conflicting accesses (thread mode, issue 18)
     outcome: str  # pytest's word for the test (the session adds it)
 
 

@@ -17,6 +17,7 @@ from types import FrameType, TracebackType
 
 from pytest_concurrency import messages
 from pytest_concurrency.engine import owncode
+from pytest_concurrency.engine.dataraces import DATA_RACE_ORIGIN, DataRace
 
 OUTCOME_MODULE = "_pytest.outcomes"
 SKIP_NAMES = frozenset({"Skipped"})
@@ -203,10 +204,21 @@ class RunRecord:
     stacks: dict[int, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # lines a schedule adds to the report
     collateral: list[CallFailure] = field(default_factory=list)  # gave up at the barrier
+    data_races: list[DataRace] = field(default_factory=list)  # found in this run (threads)
 
     @property
     def failed(self) -> bool:
         return bool(self.failures) or bool(self.hung_workers)
+
+
+def is_race_failure(failure: CallFailure) -> bool:
+    """The stand-in failure of a run failed for its data races (no call raised it)."""
+    return failure.origin.exc_type == DATA_RACE_ORIGIN
+
+
+def call_failures(failures: Iterable[CallFailure]) -> list[CallFailure]:
+    """The failures some call raised: a data race's stand-in left out."""
+    return [failure for failure in failures if not is_race_failure(failure)]
 
 
 @dataclass(frozen=True)
@@ -275,10 +287,18 @@ class SeriesOutcome:
     observations: Observations = field(default_factory=Observations)
     budget: float | None = None
     interrupt: BaseException | None = None
+    data_races: list[DataRace] = field(default_factory=list)  # every run's, each once
 
     @property
     def failed(self) -> bool:
         return self.failing_run is not None
+
+    def add_data_races(self, races: Iterable[DataRace]) -> None:
+        known = {race.key for race in self.data_races}
+        for race in races:
+            if race.key not in known:
+                known.add(race.key)
+                self.data_races.append(race)
 
     def failures(self) -> Sequence[CallFailure]:
         return self.failing_run.failures if self.failing_run else ()

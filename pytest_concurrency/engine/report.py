@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine.dataraces import ordered as ordered_races
 from pytest_concurrency.engine.entries import (
     KIND_CONCURRENT,
     KIND_SCALING,
@@ -31,6 +32,7 @@ from pytest_concurrency.engine.outcomes import (
     FailureGroup,
     RunRecord,
     SeriesOutcome,
+    call_failures,
     exception_text,
     group_failures,
 )
@@ -137,7 +139,11 @@ def headline(outcome: SeriesOutcome, record: RunRecord, timeout: float, seed: in
         return HEADLINE_HANG.format(
             run=record.index, of=of, where=place, hung=hung, timeout=seconds_text(waited)
         )
-    failed = len(record.failures)
+    failed = len(call_failures(record.failures))
+    if not failed and record.data_races:
+        return messages.HEADLINE_DATA_RACE.format(
+            run=record.index, of=of, where=place, count=len(record.data_races)
+        )
     template = (
         HEADLINE_EVERY_CALL if (record.index == 0 and failed == record.workers) else HEADLINE_RACE
     )
@@ -217,7 +223,7 @@ def failure_report(
     if record is None:
         return []
     lines = [headline(outcome, record, timeout, seed)]
-    lines.extend(group_lines(group_failures(record.failures)))
+    lines.extend(group_lines(group_failures(call_failures(record.failures))))
     lines.extend(collateral_lines(record))
     lines.extend(hang_lines(record))
     lines.extend(record.notes)
@@ -237,7 +243,7 @@ def concurrent_entry(
     shard: tuple[int, int] | None = None,
 ) -> ConcurrentEntry:
     record = outcome.failing_run
-    groups = group_failures(record.failures) if record else []
+    groups = group_failures(call_failures(record.failures)) if record else []
     entry: ConcurrentEntry = {
         "kind": KIND_CONCURRENT,
         "nodeid": nodeid,
@@ -268,6 +274,7 @@ def concurrent_entry(
         "observations": dict(outcome.observations.most_common()),
         "reproduce": reproduce_for(outcome, reproduce) if reproduce is not None else None,
         "interrupted": describe_interrupt(outcome.interrupt),
+        "data_races": [race.entry() for race in ordered_races(outcome.data_races)],
     }
     if shard is not None:
         entry["shard"], entry["shards"] = shard
@@ -310,7 +317,7 @@ def summary_lines(entries: Sequence[Entry]) -> list[str]:
             )
             for failure in entry.get("failures", []):
                 lines.append(f"    {failure['origin']} x{failure['count']}")
-            if not entry.get("failures") and not entry.get("hung_workers"):
+            if not any(entry.get(key) for key in ("failures", "hung_workers", "data_races")):
                 lines.append("    the check after the run failed")
             if entry.get("reproduce"):
                 lines.append(f"    reproduce: {entry['reproduce']}")
@@ -318,6 +325,7 @@ def summary_lines(entries: Sequence[Entry]) -> list[str]:
             lines.append(messages.INTERRUPTED_SUMMARY.format(**entry))
     lines.extend(shard_lines(concurrent))
     lines.extend(schedule_lines(concurrent))
+    lines.extend(data_race_summary(concurrent))
     if serial:
         lines.append(f"{len(serial)} tests ran once, not concurrently:")
         by_reason: dict[str, list[str]] = {}
@@ -332,6 +340,30 @@ def summary_lines(entries: Sequence[Entry]) -> list[str]:
 
 
 MAX_SCHEDULE_LINES = 20
+MAX_SUMMARY_LOCATIONS = 4
+
+
+def data_race_summary(concurrent: Sequence[ConcurrentEntry]) -> list[str]:
+    """One line per test with data races: how many, whether they failed it, where."""
+    lines = []
+    for entry in concurrent:
+        races = entry.get("data_races") or []
+        if not races:
+            continue
+        locations = list(dict.fromkeys(f"{race['location']} ({race['kind']})" for race in races))
+        shown = ", ".join(locations[:MAX_SUMMARY_LOCATIONS])
+        if len(locations) > MAX_SUMMARY_LOCATIONS:
+            shown += ", ..."
+        failed = entry.get("failing_run") is not None
+        lines.append(
+            messages.DATA_RACE_SUMMARY.format(
+                nodeid=entry["nodeid"],
+                count=len(races),
+                outcome="failed" if failed else "reported",
+                locations=shown,
+            )
+        )
+    return lines
 
 
 def schedule_lines(concurrent: Sequence[ConcurrentEntry]) -> list[str]:

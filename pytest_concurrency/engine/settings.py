@@ -145,6 +145,7 @@ scheduler"); choose "pct" for a stated bound."""
 DEFAULT_SCHEDULE_DEPTH = 3
 MAX_SCHEDULE_DEPTH = 8
 LOCK_ORDER_CHOICES = ("fail", "warn", "off")
+DATA_RACES_CHOICES = ("fail", "warn", "off")
 
 
 def parse_choice(raw: object, source: Source, choices: tuple[str, ...]) -> str:
@@ -172,6 +173,19 @@ def parse_schedule_depth(raw: object, source: Source) -> int:
 
 def parse_lock_order(raw: object, source: Source) -> str:
     return parse_choice(raw, source, LOCK_ORDER_CHOICES)
+
+
+def parse_data_races(raw: object, source: Source) -> str:
+    return parse_choice(raw, source, DATA_RACES_CHOICES)
+
+
+def parse_data_race_allow(raw: object, source: Source) -> tuple[str, ...]:
+    """Locations whose data races are benign ("Stats.hits,_cache[*]"): shell patterns."""
+    if isinstance(raw, str):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if isinstance(raw, (list, tuple)) and all(isinstance(part, str) for part in raw):
+        return tuple(part.strip() for part in raw if part.strip())
+    raise _fail(source, raw, messages.DATA_RACE_ALLOW_EXPECTED)
 
 
 def parse_shards(raw: object, source: Source) -> int:
@@ -254,6 +268,8 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("schedule", parse_schedule),
         FieldSpec("schedule_depth", parse_schedule_depth),
         FieldSpec("lock_order", parse_lock_order),
+        FieldSpec("data_races", parse_data_races),
+        FieldSpec("data_race_allow", parse_data_race_allow),
         FieldSpec("packages", parse_packages),
     )
 }
@@ -277,6 +293,8 @@ class Settings:
     schedule: str = "off"  # the controlled scheduler: off, random or pct (threads only)
     schedule_depth: int = DEFAULT_SCHEDULE_DEPTH  # PCT's bug depth d
     lock_order: str = "fail"  # lock-order inversions: fail, warn, or off (no lock tracking)
+    data_races: str = "fail"  # unordered conflicting accesses (threads): fail, warn, or off
+    data_race_allow: tuple[str, ...] = ()  # locations whose races are benign (shell patterns)
     packages: tuple[str, ...] = ()  # more code under test (engine/undertest.py); "none": no auto
 
     def with_marker(self, kwargs: Mapping[str, object], where: str) -> Settings:

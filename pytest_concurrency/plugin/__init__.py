@@ -62,6 +62,11 @@ OPTION_HELP = {
     "schedule_depth": "PCT's bug depth d for --concurrency-schedule=pct (default: 3)",
     "lock_order": "lock-order inversions (potential deadlocks) in thread tests: fail, warn, or "
     "off (no lock tracking, no deadlock watchdog) (default: fail)",
+    "data_races": "data races in thread tests (two workers access the same location, one "
+    "writes, nothing orders them; found even when the run passed): fail, warn, or off (no "
+    "access tracking) (default: fail)",
+    "data_race_allow": "locations whose data races are benign, comma-separated shell patterns "
+    "as the report names them (Stats.hits,_cache[*]) (default: none)",
     "packages": "more code under test, by import name (a library whose shared use the tests "
     "check), comma-separated; 'none' also leaves out the project's own installed packages "
     "(default: the project's packages, found from its metadata, wherever installed)",

@@ -347,6 +347,16 @@ def make_runner(
         )
     else:
         perturbation = make_perturbation(enabled=settings.perturb, roots=roots, seed=seed)
+        if mode_of(settings.mode).workers_are_threads and settings.data_races != "off":
+            from pytest_concurrency.races.datarace import watch_data_races  # issue 18
+
+            perturbation = watch_data_races(
+                perturbation,
+                roots=roots,
+                seed=seed,
+                policy=settings.data_races,
+                allow=settings.data_race_allow,
+            )
     return make_runner(
         settings.mode, workers, perturbation=perturbation, options=runner_options(settings, item)
     )

@@ -1,7 +1,8 @@
 """Per test: the window of tracked primitives, the lock-order verdict, the schedule's summary.
 
 For every concurrent test in thread mode (marked ``concurrent``, or using the ``concurrency``
-harness) with ``lock_order`` not ``off`` or a controlled ``schedule``, the window of
+harness) with ``lock_order`` or ``data_races`` not ``off`` (the data-race watch learns its
+happens-before from the tracked primitives) or a controlled ``schedule``, the window of
 :mod:`pytest_concurrency.races.primitives` opens before the test's setup and closes after its
 teardown, so that the locks its fixtures and its per-run setup make are tracked (and, under the
 controlled scheduler, cooperative). At the end of the call:
@@ -116,7 +117,7 @@ class LockWatch:
         settings = settled or self.session.settings
         if not mode_of(settings.mode).workers_are_threads:
             return None
-        if settings.schedule == "off" and settings.lock_order == "off":
+        if settings.schedule == "off" and settings.lock_order == "off" == settings.data_races:
             return None
         return settings
 

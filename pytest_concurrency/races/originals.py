@@ -21,3 +21,5 @@ ORIGINAL_CONDITION: Any = threading.Condition
 ORIGINAL_SLEEP: Callable[[float], None] = time.sleep
 RAW_LOCK_TYPE = type(_thread.allocate_lock())
 """The type of a real lock, as the locks made before a window (at import time) are."""
+RAW_RLOCK_TYPE = type(_thread.RLock())
+"""The type of a real reentrant lock (C), as ``threading.RLock()`` makes them."""

@@ -333,6 +333,14 @@ class SeededPerturbation:
                     CallDecisions(state.worker, state.run, state.run_seed, tuple(schedule.log))
                 )
 
+    def watch_points(self, watch: Callable[[PointHook], PointHook]) -> None:
+        """Let ``watch`` see every decision point of this worker's call before the schedule
+        does (the data-race watch, :mod:`pytest_concurrency.races.datarace`); called in the
+        worker, right after ``call_started``."""
+        state = self._thread
+        if state.schedule is not None:
+            state.schedule = watch(state.schedule)
+
     # -- for the mechanisms ---------------------------------------------------------------
 
     def _profile(self, run_seed: int) -> RunProfile:

@@ -8,7 +8,9 @@ the window closes, even on failure, and so are the bindings modules first import
 window made of the replacements. ``Event``, ``Semaphore``, ``BoundedSemaphore``, ``Barrier``
 and ``queue.Queue`` build themselves from ``Lock`` and ``Condition``, so the ones made inside
 the window are tracked too. Objects made before the window (at import time) stay untracked,
-except the real locks user modules hold, which are adopted (:meth:`TrackedLock.adopt`).
+except what user modules hold at module level (and in their classes and singletons): real
+locks and reentrant locks are adopted (:meth:`TrackedLock.adopt`), and so is the inner lock of
+their conditions, events, barriers, semaphores and queues.
 
 The parts:
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import queue
 import sys
 import threading
 import time
@@ -47,6 +50,7 @@ from pytest_concurrency.races.originals import (
     ORIGINAL_RLOCK,
     ORIGINAL_SLEEP,
     RAW_LOCK_TYPE,
+    RAW_RLOCK_TYPE,
 )
 from pytest_concurrency.races.tracked import (
     TrackedCondition,
@@ -171,13 +175,62 @@ def _adopt_locks(module: ModuleType) -> None:
 
 
 def _adopt_in(owner: Any, path: str) -> None:
-    namespace = getattr(owner, "__dict__", None)
+    try:  # never through the user's __getattr__ (an object with __slots__ has no __dict__)
+        namespace = object.__getattribute__(owner, "__dict__")
+    except Exception:
+        return
     if not isinstance(namespace, Mapping):
         return
     for name, value in list(namespace.items()):
-        if type(value) is RAW_LOCK_TYPE and not value.locked():
+        view = _adopted_view(value, f"{path}.{name}")
+        if view is not None:
             with contextlib.suppress(AttributeError, TypeError):
-                _patch.set(owner, name, value, TrackedLock.adopt(value, f"{path}.{name}"))
+                _patch.set(owner, name, value, view)
+        else:
+            _adopt_parts(value, f"{path}.{name}")
+
+
+def _adopted_view(value: Any, origin: str) -> TrackedLock | None:
+    """A tracked view of a real lock or reentrant lock nobody holds, else None."""
+    kind = type(value)
+    if kind is RAW_LOCK_TYPE and not value.locked():
+        return TrackedLock.adopt(value, origin)
+    if kind is RAW_RLOCK_TYPE and value.acquire(False):  # free (or this thread's own)
+        value.release()
+        return TrackedRLock.adopt(value, origin)
+    return None
+
+
+def _adopt_parts(value: Any, path: str) -> None:
+    """The conditions, events, barriers, semaphores and queues a user module made at import
+    time: their inner lock is adopted, so that waiting, setting, putting and getting are
+    tracked (lock order, and the happens-before of the data-race watch)."""
+    if isinstance(value, ORIGINAL_CONDITION) and not isinstance(value, TrackedCondition):
+        view = _adopted_view(value._lock, f"{path}._lock")
+        if view is not None:
+            _point_condition(value, view)
+    elif isinstance(value, (threading.Event, threading.Barrier, threading.Semaphore)):
+        inner: Any = value
+        _adopt_parts(inner._cond, path)
+    elif isinstance(value, queue.Queue):
+        view = _adopted_view(value.mutex, f"{path}.mutex")
+        if view is not None:
+            _patch.set(value, "mutex", value.mutex, view)
+            for condition in (value.not_empty, value.not_full, value.all_tasks_done):
+                _point_condition(condition, view)
+
+
+CONDITION_LOCK_PARTS = ("acquire", "release", "_release_save", "_acquire_restore", "_is_owned")
+"""What ``Condition.__init__`` copies from its lock onto itself (those the lock has)."""
+
+
+def _point_condition(condition: Any, view: TrackedLock) -> None:
+    """Make a real condition use ``view`` as its lock (the real lock stays underneath)."""
+    own = condition.__dict__
+    _patch.set(condition, "_lock", condition._lock, view)
+    for name in CONDITION_LOCK_PARTS:
+        if name in own and hasattr(view, name):
+            _patch.set(condition, name, own[name], getattr(view, name))
 
 
 def originals_in_place() -> bool:

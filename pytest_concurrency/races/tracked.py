@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pytest_concurrency.errors import DeadlockError
+from pytest_concurrency.races import happens_before
 from pytest_concurrency.races.lockgraph import UNKNOWN_SITE, Site
 from pytest_concurrency.races.originals import ORIGINAL_CONDITION, ORIGINAL_RLOCK, ORIGINAL_SLEEP
 from pytest_concurrency.races.perturb import TRACE_LAYER
@@ -180,10 +181,14 @@ def _acquire(lock: TrackedLock, blocking: bool, timeout: float) -> bool:
         got = lock._real.acquire(blocking, timeout)
         if got:
             lock._owner, lock._count = me, 1
-        return got
-    if control is not None:
-        return _untraced(_take, lock, blocking, timeout, control, window)
-    return _take(lock, blocking, timeout, None, window)
+    elif control is not None:
+        got = _untraced(_take, lock, blocking, timeout, control, window)
+    else:
+        got = _take(lock, blocking, timeout, None, window)
+    observer = happens_before.OBSERVER
+    if got and observer is not None:
+        observer.acquired(lock)
+    return got
 
 
 def _take(
@@ -219,6 +224,9 @@ def _release(lock: TrackedLock) -> None:
         raise RuntimeError("release unlocked lock")
     lock._owner, lock._count = None, 0
     lock._gen += 1
+    observer = happens_before.OBSERVER
+    if observer is not None:  # before the real release: the next holder sees this clock
+        observer.released(lock)
     lock._real.release()
     local = CONTROL
     held = local.held

@@ -34,6 +34,7 @@ from pytest_concurrency.engine.context import CURRENT, WorkerContext
 from pytest_concurrency.engine.outcomes import CallFailure, CallKind, RunRecord, classify
 from pytest_concurrency.engine.seeds import run_seed_base, run_seed_from
 from pytest_concurrency.errors import ScheduleAborted
+from pytest_concurrency.races import happens_before
 from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation
 from pytest_concurrency.runners.barrier import thread_barrier
 from pytest_concurrency.runners.base import Series, set_collateral_apart
@@ -297,7 +298,12 @@ class ThreadRunner:
             record.signals.append((index, exc))
 
     def _wait_at_user_barrier(self, timeout: float | None) -> None:
+        observer = happens_before.OBSERVER  # the data-race watch: the barrier orders its runs
+        if observer is not None:
+            observer.released(self._user_barrier)
         self._user_barrier.wait(timeout)
+        if observer is not None:
+            observer.acquired(self._user_barrier)
 
     # -- the closer: the last worker of a run, once every other one waits at its gate ------
 

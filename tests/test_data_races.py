@@ -1,0 +1,468 @@
+"""Acceptance: the race that did not happen is reported (issue 18).
+
+Every test here runs one run with perturbation off (``runs=1, perturb=False``), so that the
+bad interleaving almost never happens: what fails the racy tests is the data-race report, not an
+assertion. The twins use each synchronization form and must never be reported.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pytest_concurrency import messages
+from pytest_concurrency.engine.dataraces import KIND_ITERATION, KIND_STALE_READ
+
+ONE_QUIET_RUN = "workers=4, runs=1, perturb=False"
+
+INVENTORY = """
+import threading
+import pytest
+
+class Inventory:
+    def __init__(self):
+        self.stock = 1000
+
+    def take(self):
+        if self.stock > 0:
+            self.stock -= 1
+        return True
+
+inventory = Inventory()
+"""
+
+
+def _entries(path) -> dict[str, dict]:
+    document = json.loads(path.read_text())
+    return {entry["nodeid"].rsplit("::", 1)[1]: entry for entry in document["tests"]}
+
+
+def test_a_lost_update_whose_assertion_passes_fails_with_the_report(pytester, run) -> None:
+    pytester.makepyfile(
+        INVENTORY
+        + f"""
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_take():
+    assert inventory.take()
+"""
+    )
+    result = run("--concurrency-json=out.json")
+    result.assert_outcomes(failed=1)
+    headline = messages.HEADLINE_DATA_RACE.split("{")[0]
+    result.stdout.fnmatch_lines(
+        [
+            f"*{headline}*",
+            "*Inventory.stock: read-then-write: worker * read it and wrote it at "
+            "test_a_lost_update_whose_assertion_passes_fails_with_the_report.py:10, unordered "
+            "with worker *",
+            "*worker * read at *.py:1[0] in test_take > *take (holding no lock)",
+            "*worker * at *.py:* (holding no lock)",
+            "*reproduce: pytest*",
+            "data races: *::test_take: 1 (failed): Inventory.stock (read-then-write)",
+        ]
+    )
+    entry = _entries(pytester.path / "out.json")["test_take"]
+    assert entry["failures"] == []  # no call failed: the race is counted apart
+    (race,) = entry["data_races"]
+    assert race["location"] == "Inventory.stock"
+    assert race["kind"] == KIND_STALE_READ
+    first, second = race["accesses"]
+    assert set(first) == {"worker", "file", "line", "op", "locks", "path"}
+    # the call path in user code (3.10 has no co_qualname: "take" there)
+    assert first["path"] in (["test_take", "Inventory.take"], ["test_take", "take"])
+    assert first["op"] == "read" and first["locks"] == [] and first["file"].endswith(".py")
+    assert second["op"] in ("read", "write") and second["worker"] != first["worker"]
+
+
+def test_check_then_act_lazy_init_and_iteration_in_the_users_terms(pytester, run) -> None:
+    pytester.makepyfile(
+        settings="""
+        class Settings:
+            pass
+
+        _instance = None
+
+        def get():
+            global _instance
+            if _instance is None:
+                _instance = Settings()
+            return _instance
+        """
+    )
+    pytester.makepyfile(
+        f"""
+        import pytest
+        import settings
+
+        _cache = {{}}
+
+        def cached(key):
+            if key not in _cache:
+                _cache[key] = object()
+            return _cache[key]
+
+        class Bus:
+            def __init__(self):
+                self._handlers = {{"a": 1, "b": 2}}
+
+            def publish(self):
+                delivered = 0
+                for name in self._handlers:
+                    delivered += 1
+                return delivered
+
+            def subscribe(self, name):
+                self._handlers[name] = 3
+
+        bus = Bus()
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_cache():
+            assert cached("k") is not None
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_lazy_module_singleton():
+            assert settings.get() is not None
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_bus(concurrency):
+            if concurrency.worker == 0:
+                bus.subscribe(f"w{{concurrency.run}}")
+            else:
+                bus.publish()
+        """
+    )
+    result = run("--concurrency-json=out.json", "-p", "no:randomly")
+    result.assert_outcomes(failed=3)
+    entries = _entries(pytester.path / "out.json")
+    assert [(r["location"], r["kind"]) for r in entries["test_cache"]["data_races"]] == [
+        ("_cache['k']", KIND_STALE_READ)
+    ]
+    assert [r["location"] for r in entries["test_lazy_module_singleton"]["data_races"]] == [
+        "settings._instance"
+    ]
+    iteration = entries["test_bus"]["data_races"]
+    assert [(r["location"], r["kind"]) for r in iteration] == [("Bus._handlers", KIND_ITERATION)]
+    assert [a["op"] for a in iteration[0]["accesses"]] == ["read", "write"]
+
+
+SYNCHRONIZED = f"""
+import queue
+import threading
+import pytest
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+lock_counter, rlock_counter, cond_counter = Counter(), Counter(), Counter()
+event_counter, queue_counter, barrier_counter = Counter(), Counter(), Counter()
+run_barrier_counter, join_counter = Counter(), Counter()
+LOCK = threading.Lock()
+RLOCK = threading.RLock()
+COND = threading.Condition()
+BARRIER = threading.Barrier(4)
+EVENTS = {{}}
+QUEUES = {{}}
+
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_lock():
+    with LOCK:
+        lock_counter.n += 1
+
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_rlock():
+    with RLOCK:
+        with RLOCK:
+            rlock_counter.n += 1
+
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_condition(concurrency):
+    with COND:
+        while cond_counter.n != concurrency.worker:
+            COND.wait()
+        cond_counter.n += 1
+        COND.notify_all()
+
+@pytest.fixture
+def event():
+    return threading.Event()
+
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_event(concurrency, event):
+    if concurrency.worker == 0:
+        event_counter.n += 1
+        event.set()
+    else:
+        event.wait()
+        assert event_counter.n >= 1
+
+@pytest.fixture
+def handoff():
+    return queue.Queue()
+
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_queue(concurrency, handoff):
+    if concurrency.worker == 0:
+        queue_counter.n += 1
+        for _ in range(3):
+            handoff.put(queue_counter.n)
+    else:
+        assert handoff.get() == queue_counter.n == 1
+
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_threading_barrier(concurrency):
+    if concurrency.worker == 0:
+        barrier_counter.n += 1
+    BARRIER.wait()
+    if concurrency.worker == 1:
+        barrier_counter.n += 1
+
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_run_barrier(concurrency):
+    if concurrency.worker == 0:
+        run_barrier_counter.n += 1
+    concurrency.barrier()
+    if concurrency.worker == 1:
+        run_barrier_counter.n += 1
+
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_join():
+    box = Counter()
+    helper = threading.Thread(target=lambda: setattr(box, "n", 1))
+    helper.start()
+    helper.join()
+    box.n += 1
+
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_thread_confined():
+    mine = Counter()
+    for _ in range(3):
+        mine.n += 1
+
+LIMITS = {{"max": 3}}
+
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_immutable_reads():
+    assert LIMITS["max"] == 3
+
+class Cache:
+    def __init__(self):
+        self._data = {{}}
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        if key in self._data:  # double-checked locking: the check outside is on purpose
+            return self._data[key]
+        with self._lock:
+            if key not in self._data:
+                self._data[key] = object()
+            return self._data[key]
+
+cache = Cache()
+
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_double_checked_locking():
+    assert cache.get("k") is cache.get("k")
+
+shared_list, shared_dict = [], {{}}
+
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_atomic_operations_alone(concurrency):
+    shared_list.append(concurrency.worker)
+    shared_dict[concurrency.worker] = 1
+"""
+
+
+def test_every_synchronization_form_orders_the_accesses(pytester, run) -> None:
+    pytester.makepyfile(SYNCHRONIZED)
+    result = run("--concurrency-json=out.json", "-p", "no:randomly")
+    result.assert_outcomes(passed=12)
+    assert all(entry["data_races"] == [] for entry in _entries(pytester.path / "out.json").values())
+
+
+def test_warn_reports_without_failing_and_off_tracks_nothing(pytester, run) -> None:
+    pytester.makepyfile(
+        INVENTORY
+        + f"""
+@pytest.mark.concurrent({ONE_QUIET_RUN}, data_races="warn")
+def test_warned():
+    inventory.take()
+
+@pytest.mark.concurrent({ONE_QUIET_RUN}, data_races="off")
+def test_off():
+    inventory.take()
+
+@pytest.mark.concurrent({ONE_QUIET_RUN}, data_race_allow="Inventory.*")
+def test_allowed():
+    inventory.take()
+"""
+    )
+    result = run("--concurrency-json=out.json", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        ["data races: *::test_warned: 1 (reported): Inventory.stock (read-then-write)"]
+    )
+    entries = _entries(pytester.path / "out.json")
+    assert [r["location"] for r in entries["test_warned"]["data_races"]] == ["Inventory.stock"]
+    assert entries["test_off"]["data_races"] == []
+    assert entries["test_allowed"]["data_races"] == []
+
+
+def test_the_command_line_and_a_bad_value(pytester, run) -> None:
+    pytester.makepyfile(
+        INVENTORY
+        + f"""
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_take():
+    inventory.take()
+"""
+    )
+    run("--concurrency-data-races=warn").assert_outcomes(passed=1)
+    bad = run("--concurrency-data-races=loud")
+    assert bad.ret != 0
+    bad.stdout.no_fnmatch_line("*INTERNALERROR*")
+    bad.stderr.fnmatch_lines(["*--concurrency-data-races*expected one of fail, warn, off*"])
+
+
+def test_the_harness_reports_it_too(pytester, run) -> None:
+    pytester.makepyfile(
+        INVENTORY
+        + """
+def test_harness(concurrency):
+    for run in concurrency.runs(1):
+        shop = Inventory()
+        run(shop.take, workers=4)
+        assert shop.stock <= 1000
+"""
+    )
+    result = run("--concurrency-perturb=false", "--concurrency-json=out.json")
+    result.assert_outcomes(failed=1)
+    entry = _entries(pytester.path / "out.json")["test_harness"]
+    assert [r["location"] for r in entry["data_races"]] == ["Inventory.stock"]
+
+
+def test_run_all_reports_it_in_an_unmarked_test(pytester, run) -> None:
+    pytester.makepyfile(
+        INVENTORY
+        + """
+def test_unmarked():
+    inventory.take()
+"""
+    )
+    result = run(
+        "--concurrency-all",
+        "--concurrency-runs=1",
+        "--concurrency-perturb=false",
+        "--concurrency-json=out.json",
+    )
+    result.assert_outcomes(failed=1)
+    entry = _entries(pytester.path / "out.json")["test_unmarked"]
+    assert [r["location"] for r in entry["data_races"]] == ["Inventory.stock"]
+
+
+def test_an_assertion_failure_keeps_its_report_and_the_race_is_added(pytester, run) -> None:
+    pytester.makepyfile(
+        INVENTORY
+        + f"""
+@pytest.mark.concurrent({ONE_QUIET_RUN})
+def test_take(concurrency):
+    inventory.take()
+    assert concurrency.worker != 2, "worker 2 fails"
+"""
+    )
+    result = run("-p", "no:randomly")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*AssertionError at *:* (1 call: worker 2)*", "*Inventory.stock: read-then-write*"]
+    )
+    result.stdout.no_fnmatch_line("*DataRace at*")
+
+
+def test_a_length_check_then_append_is_reported_and_its_locked_twin_is_not(pytester, run) -> None:
+    pytester.makepyfile(
+        f"""
+        import threading
+        import pytest
+
+        class Buffer:
+            def __init__(self):
+                self._items = []
+
+            def put(self, item):
+                if len(self._items) >= 100:
+                    return False
+                self._items.append(item)
+                return True
+
+        class LockedBuffer(Buffer):
+            def __init__(self):
+                super().__init__()
+                self._lock = threading.Lock()
+
+            def put(self, item):
+                with self._lock:
+                    return super().put(item)
+
+        buffer = Buffer()
+        # made at import, in a list: out of the tracked window's reach, a real lock
+        LOCKED = [LockedBuffer() for _ in range(2)]
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_buffer():
+            assert buffer.put(1)
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_locked_buffer():
+            assert LOCKED[0].put(1)
+        """
+    )
+    result = run("--concurrency-json=out.json", "-p", "no:randomly")
+    result.assert_outcomes(failed=1, passed=1)
+    entries = _entries(pytester.path / "out.json")
+    assert [r["location"] for r in entries["test_buffer"]["data_races"]] == ["Buffer._items"]
+    assert entries["test_locked_buffer"]["data_races"] == []
+
+
+def test_odd_user_objects_never_break_the_call_or_the_plugin(pytester, run) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        class Key:
+            def __init__(self):
+                self.hashed = 0
+
+            def __hash__(self):
+                self.hashed += 1
+                return 1
+
+        class Shy:
+            __slots__ = ("value",)
+
+            def __init__(self):
+                self.value = 0
+
+            def __getattr__(self, name):
+                raise RuntimeError("the tracer ran __getattr__")
+
+        class Lazy:
+            @property
+            def total(self):
+                raise RuntimeError("the tracer ran a property")
+
+        shy, lazy, table = Shy(), Lazy(), {{}}
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN}, data_races="warn")
+        def test_odd():
+            key = Key()
+            table[key] = 1
+            assert key.hashed == 1  # by the dict, never by the tracer
+            shy.value += 1
+            with pytest.raises(RuntimeError, match="property"):
+                lazy.total
+        """
+    )
+    result = run("-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
+    result.stdout.no_fnmatch_line("*pytest_concurrency/races*")
