@@ -4,9 +4,9 @@ from __future__ import annotations
 
 MARKER_CONCURRENT = (
     "concurrent(workers=4, runs=100, mode='threads', seed=None, timeout=60, perturb=True, "
-    "budget=None, start_method='auto'): run the test body in `workers` workers at once, `runs` "
-    "times; fixtures are set up once and shared. mode is threads, processes or asyncio "
-    "(implied by async def)."
+    "clock='virtual', budget=None, start_method='auto'): run the test body in `workers` workers "
+    "at once, `runs` times; fixtures are set up once and shared. mode is threads, processes or "
+    "asyncio (implied by async def); clock is asyncio's, virtual or real."
 )
 MARKER_NOT_CONCURRENT = (
     "not_concurrent(reason=...): never run this test concurrently, even under "

@@ -136,6 +136,14 @@ def parse_leaks(raw: object, source: Source) -> str:
     raise _fail(source, raw, f"expected one of {', '.join(choices)}")
 
 
+CLOCKS = ("virtual", "real")
+"""asyncio mode's clock: virtual (timers cost no wall time, seeded jitter) or asyncio's own."""
+
+
+def parse_clock(raw: object, source: Source) -> str:
+    return parse_choice(raw, source, CLOCKS)
+
+
 SCHEDULES = ("off", "random", "pct")
 SCHEDULE_ON = "on"
 DEFAULT_STRATEGY = "random"
@@ -247,6 +255,7 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("seed", parse_seed),
         FieldSpec("timeout", parse_timeout),
         FieldSpec("perturb", parse_bool),
+        FieldSpec("clock", parse_clock),
         FieldSpec("budget", parse_budget),
         FieldSpec("start_method", parse_start_method),
         FieldSpec("leaks", parse_leaks, in_marker=False),
@@ -270,6 +279,7 @@ class Settings:
     seed: int | None = None  # None: derived from the session seed and the test id
     timeout: float | None = None  # None: DEFAULT_TIMEOUT, or less under pytest-timeout
     perturb: bool = True
+    clock: str = CLOCKS[0]  # asyncio mode: "virtual" (runners/aio_clock.py) or "real"
     budget: float | None = None
     start_method: str | None = None  # process mode; None: the runner's default
     leaks: str = "warn"

@@ -49,6 +49,9 @@ OPTION_HELP = {
     "(default: random, printed in the header)",
     "timeout": "seconds one run may take before its workers are reported as hung (default: 60)",
     "perturb": "seeded schedule perturbation: true or false (default: true)",
+    "clock": "asyncio mode's clock: virtual (sleeps and timers cost no wall time, the clock "
+    "jumps to the next timer when every task waits, timers jitter from the seed) or real "
+    "(default: virtual)",
     "budget": "stress each concurrent test for this many seconds instead of a run count",
     "start_method": "how mode=processes starts workers: forkserver, spawn, fork or auto "
     "(default: auto, forkserver where available, else spawn)",

@@ -366,7 +366,8 @@ def run_async_harness(session: ConcurrencySession, item: pytest.Function) -> boo
         test_function(item), **{n: item.funcargs[n] for n in item._fixtureinfo.argnames}
     )
     try:
-        aio.run_test_coroutine(body, borrowed_loop(item))
+        settings = item.stash.get(SETTINGS_KEY, None) or session.settings
+        aio.run_test_coroutine(body, borrowed_loop(item), clock=settings.clock)
     except LoopBlocked as blocked:
         session.abandoned_threads.append(blocked.thread.name)
         session.abandoned_idents |= {blocked.thread.ident or 0}
@@ -438,13 +439,14 @@ def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> li
 def runner_options(settings: Settings, item: pytest.Item | None = None) -> dict[str, Any]:
     """Mode-specific knobs for :func:`~pytest_concurrency.runners.make_runner`: the start
     method of processes; the loop coroutines borrow when pytest-asyncio ran the test's async
-    fixtures on it."""
+    fixtures on it, else the clock of the plugin's own loop."""
     if mode_of(settings.mode).start_method_matters:
         return {"start_method": settings.start_method, "hooks": pytest_hooks()}
-    if mode_of(settings.mode).runs_coroutines and item is not None:
-        loop = borrowed_loop(item)
+    if mode_of(settings.mode).runs_coroutines:
+        loop = borrowed_loop(item) if item is not None else None
         if loop is not None:
-            return {"loop": loop}
+            return {"loop": loop}  # pytest-asyncio's loop keeps its own clock
+        return {"clock": settings.clock}
     return {}
 
 

@@ -27,6 +27,7 @@ from pytest_concurrency.engine.outcomes import CallFailure, CallKind, RunRecord,
 from pytest_concurrency.engine.seeds import run_seed
 from pytest_concurrency.errors import BarrierAborted, ConcurrencyUsageError, LoopBlocked
 from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation
+from pytest_concurrency.runners.aio_clock import EXACT, JITTERED, timers_for_run
 from pytest_concurrency.runners.aio_loop import (
     CANCEL_SECONDS,
     FIFO,
@@ -42,6 +43,8 @@ from pytest_concurrency.runners.base import Series, set_collateral_apart
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
 MODE = "asyncio"
+VIRTUAL = "virtual"
+"""The clock of the plugin's own loop by default (``runners/aio_clock.py``); "real": asyncio's."""
 
 
 # -- the barrier of concurrency.barrier() ---------------------------------------------------------
@@ -107,10 +110,12 @@ class AsyncioRunner:
         *,
         perturb: bool = True,
         loop: asyncio.AbstractEventLoop | None = None,
+        clock: str = VIRTUAL,
     ) -> None:
         self.workers = workers
         self.perturb = perturb  # False (perturb=False): every run keeps FIFO order
         self.loop = loop  # a loop to borrow (the fixtures' one); None: the plugin's own
+        self.virtual = clock == VIRTUAL  # the plugin's own loop only: a borrowed one is real
         self._host: LoopHost | None = None
         self._usage_error: ConcurrencyUsageError | None = None
         self._abandoned: list[threading.Thread] = []
@@ -121,7 +126,7 @@ class AsyncioRunner:
         if running_loop() is not None:
             raise ConcurrencyUsageError(messages.RUN_NOT_AWAITED)
         if self._host is None or self._host.abandoned:
-            self._host = LoopHost(self.loop)
+            self._host = LoopHost(self.loop, virtual=self.virtual)
         host = self._host
         try:
             host.run(self.run_series_async(series))
@@ -188,8 +193,9 @@ class AsyncioRunner:
         barrier = TaskBarrier(self.workers)
         started = time.monotonic()
         allowed = series.run_deadline(started) - started
-        watch = RunWatch(record, {}, started, allowed, series.on_run_done)
+        watch = RunWatch(record, {}, started, allowed, series.on_run_done, loop.time())
         schedule.use_order(order_for_run(index, seed) if self.perturb else FIFO)
+        schedule.use_timers(timers_for_run(index, seed) if self.perturb else EXACT)
         schedule.watch = watch
         try:
             for worker in range(self.workers):
@@ -203,12 +209,14 @@ class AsyncioRunner:
                 await self._give_up_on(record, pending, watch.tasks, series)
         finally:
             schedule.use_order(FIFO)
+            schedule.use_timers(EXACT)
             schedule.watch = None
         return watch
 
     async def _call(
         self, worker: int, record: RunRecord, series: Series, barrier: TaskBarrier
     ) -> None:
+        JITTERED.set(True)  # the timers this task (and those it makes) sets move in this run
         CURRENT.set(
             WorkerContext(
                 worker=worker,
@@ -282,11 +290,14 @@ class AsyncioRunner:
 
 
 def run_test_coroutine(
-    function: Callable[[], Awaitable[Any]], loop: asyncio.AbstractEventLoop | None = None
+    function: Callable[[], Awaitable[Any]],
+    loop: asyncio.AbstractEventLoop | None = None,
+    clock: str = VIRTUAL,
 ) -> None:
     """Run an ``async def`` test body once on a fresh plugin loop (the harness runs inside),
-    or on ``loop``, borrowed (pytest-asyncio's, which ran the test's async fixtures)."""
-    host = LoopHost(loop)
+    on the ``clock`` given, or on ``loop``, borrowed (pytest-asyncio's, which ran the test's
+    async fixtures: on its own clock)."""
+    host = LoopHost(loop, virtual=clock == VIRTUAL)
 
     async def body() -> None:
         await function()

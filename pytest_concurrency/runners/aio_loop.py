@@ -52,6 +52,13 @@ from pytest_concurrency.engine.leaks import note_leftover_tasks
 from pytest_concurrency.engine.outcomes import RunRecord, without_traceback
 from pytest_concurrency.engine.seeds import derive_seed
 from pytest_concurrency.errors import LoopBlocked
+from pytest_concurrency.runners.aio_clock import (
+    EXACT,
+    JITTERED,
+    ClockedSelector,
+    TimerMove,
+    VirtualClock,
+)
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
@@ -175,13 +182,25 @@ def order_for_run(run_index: int, seed: int) -> ReadyOrder:
 
 
 class ScheduledEventLoop(asyncio.SelectorEventLoop):
-    """A selector event loop whose ready callbacks are arranged by :attr:`order` each pass."""
+    """A selector event loop whose ready callbacks are arranged by :attr:`order` each pass;
+    on the virtual clock (``virtual=True``), its time is a :class:`VirtualClock`'s and the
+    timers of a run's tasks move as :attr:`timers` says (``runners/aio_clock.py``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, virtual: bool = False) -> None:
         super().__init__()
         self.order: ReadyOrder = FIFO
+        self.timers: TimerMove = EXACT
         self.watch: RunWatch | None = None
         self.last_pass = time.monotonic()
+        self.clock = VirtualClock() if virtual else None
+        inside = cast(Any, self)  # asyncio's own attributes, not in its stubs
+        self._own_fds = len(inside._selector.get_map())
+        if self.clock is not None:
+            inside._selector = ClockedSelector(inside._selector, self.clock, self.real_waits)
+
+    @property
+    def virtual(self) -> bool:
+        return self.clock is not None
 
     def use_order(self, order: ReadyOrder) -> None:
         """Arrange the ready callbacks with ``order`` from the next pass on. The steps the
@@ -190,11 +209,58 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         self._ready.extend(self.order.release())  # type: ignore[attr-defined]
         self.order = order
 
+    def use_timers(self, timers: TimerMove) -> None:
+        """Move the timers that a run's tasks set from now on as ``timers`` says."""
+        self.timers = timers if self.clock is not None else EXACT
+
+    def time(self) -> float:
+        return self.clock.now if self.clock is not None else super().time()
+
+    def call_at(  # type: ignore[override]
+        self,
+        when: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        if self.timers is not EXACT and JITTERED.get():
+            when = self.timers.move(when, self.time())
+        return super().call_at(when, callback, *args, context=context)
+
+    def run_in_executor(  # type: ignore[override]
+        self, executor: Any, func: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
+        job = super().run_in_executor(executor, func, *args)
+        if self.clock is not None:
+            self.clock.track(job)
+        return job
+
+    def real_waits(self) -> bool:
+        """Whether something real is awaited: a registered descriptor (beside the loop's
+        wake-up pipe) or an unfinished executor job."""
+        assert self.clock is not None
+        registered = len(cast(Any, self)._selector.get_map())
+        return registered > self._own_fds or self.clock.executor_jobs > 0
+
     def _run_once(self) -> None:
         self.last_pass = time.monotonic()
         if self.order is not FIFO:
             self.order.arrange(self._ready)  # type: ignore[attr-defined]
+        if self.clock is not None:
+            self._advance(self.clock)
         super()._run_once()  # type: ignore[misc]
+
+    def _advance(self, clock: VirtualClock) -> None:
+        watch = self.watch
+        if watch is not None:
+            now = time.monotonic()
+            if watch.overdue(now):  # past the run's deadline: never slower than real time
+                clock.catch_up(watch.clock_started + (now - watch.started))
+        clock.before_pass(
+            bool(self._ready),  # type: ignore[attr-defined]
+            self.real_waits(),
+            self._scheduled,  # type: ignore[attr-defined]
+        )
 
 
 class LoopSchedule(Protocol):
@@ -206,6 +272,8 @@ class LoopSchedule(Protocol):
     last_pass: float
 
     def use_order(self, order: ReadyOrder) -> None: ...
+
+    def use_timers(self, timers: TimerMove) -> None: ...
 
 
 _MISSING = object()
@@ -265,6 +333,9 @@ class AdoptedLoop:
         self.loop._ready.extend(self.order.release())  # type: ignore[attr-defined]
         self.order = order
 
+    def use_timers(self, timers: TimerMove) -> None:
+        """A borrowed loop keeps the real clock and its timers as they are."""
+
     def beat(self) -> None:
         """On a loop that cannot be ordered: mark the turns (called on the loop, re-arms)."""
         self.last_pass = time.monotonic()
@@ -302,6 +373,7 @@ class RunWatch:
     started: float
     timeout: float
     on_run_done: Callable[[RunRecord], bool]
+    clock_started: float = 0.0  # loop.time() when the run started (the virtual clock's)
     _claimed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -316,14 +388,19 @@ class RunWatch:
 
 
 class LoopHost:
-    """A :class:`ScheduledEventLoop` running in a daemon thread, and a way to run coroutines
-    on it from another thread with every wait bounded. Given a ``loop`` (not running, not
-    closed), it borrows that one instead (:class:`AdoptedLoop`) and hands it back at
-    :meth:`close`, stopped and open, to its owner."""
+    """A :class:`ScheduledEventLoop` (on the virtual clock with ``virtual=True``) running in a
+    daemon thread, and a way to run coroutines on it from another thread with every wait
+    bounded. Given a ``loop`` (not running, not closed), it borrows that one instead
+    (:class:`AdoptedLoop`, on its own clock) and hands it back at :meth:`close`, stopped and
+    open, to its owner."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop | None = None, *, virtual: bool = False
+    ) -> None:
         self.adopted = AdoptedLoop(loop) if loop is not None else None
-        self.loop: asyncio.AbstractEventLoop = loop if loop is not None else ScheduledEventLoop()
+        self.loop: asyncio.AbstractEventLoop = (
+            loop if loop is not None else ScheduledEventLoop(virtual=virtual)
+        )
         self.schedule: LoopSchedule = self.adopted or cast(ScheduledEventLoop, self.loop)
         if self.adopted is not None and not self.adopted.orders_tasks:
             self.loop.call_soon(self.adopted.beat)  # not running yet: its first callback
