@@ -449,6 +449,11 @@ ASYNCIO_LOOP_LEFT_BLOCKED = (
     "  that loop is still blocked in the plugin's thread: pytest-asyncio cannot run the "
     "teardown of the fixtures on it (the errors of that teardown come from this block)"
 )
+INJECTED_CANCEL = "  injected: worker {worker} cancelled at {where}"
+INJECTED_TIMEOUT = (
+    "  injected: the timeout set at {where} expired early, after {after:.4g} s of {delay:.4g} s"
+)
+INJECTED_AT_UNKNOWN = "(no line of the code under test)"
 ASYNCIO_ORDER_SEEDED = "in the seeded task order"
 ASYNCIO_ORDER_UNPERTURBED = "in FIFO order (perturbation off)"
 ASYNCIO_ORDER_FIFO = (

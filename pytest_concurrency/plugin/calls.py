@@ -10,7 +10,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -423,7 +423,9 @@ def _deadline(budget: float) -> float:
     return time.monotonic() + budget
 
 
-def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> list[str]:
+def check_failed_lines(
+    loop: HarnessLoop, run: int, config: HarnessConfig, notes: Sequence[str] = ()
+) -> list[str]:
     from pytest_concurrency.engine import report
 
     outcome = loop.outcome
@@ -431,6 +433,7 @@ def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> li
     return [
         f"FAILED after run {run} {report.run_position(outcome, run)} "
         f"({report.where(outcome, config.reproduce_seed)}): the check after the run failed",
+        *notes,
         *report.observation_lines(outcome),
         "  " + report.REPRODUCE.format(command=command),
     ]
@@ -445,8 +448,8 @@ def runner_options(settings: Settings, item: pytest.Item | None = None) -> dict[
     if mode_of(settings.mode).runs_coroutines:
         loop = borrowed_loop(item) if item is not None else None
         if loop is not None:
-            return {"loop": loop}  # pytest-asyncio's loop keeps its own clock
-        return {"clock": settings.clock}
+            return {"loop": loop}  # pytest-asyncio's loop: its own clock, no injection
+        return {"clock": settings.clock, "inject": settings.inject}
     return {}
 
 

@@ -58,7 +58,8 @@ def record_harness(
     entry = harness_entry(item, fixture, loop)
     run = loop.current
     if error is not None and run is not None and not loop.outcome.failed:
-        add_note(error, "\n".join(check_failed_lines(loop, run.index, fixture.config)))
+        lines = check_failed_lines(loop, run.index, fixture.config, run.notes)
+        add_note(error, "\n".join(lines))
         from pytest_concurrency.engine.report import reproduce_for
 
         command = reproduce_for(loop.outcome, fixture.config.reproduce, run.index)

@@ -28,6 +28,7 @@ from pytest_concurrency.engine.seeds import run_seed
 from pytest_concurrency.errors import BarrierAborted, ConcurrencyUsageError, LoopBlocked
 from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation
 from pytest_concurrency.runners.aio_clock import EXACT, JITTERED, timers_for_run
+from pytest_concurrency.runners.aio_inject import INJECT_CANCEL, CancelInjection, CancelPlan
 from pytest_concurrency.runners.aio_loop import (
     CANCEL_SECONDS,
     FIFO,
@@ -75,6 +76,14 @@ class TaskBarrier:
             self.abort()
             raise BarrierAborted(messages.BARRIER_ABORTED)
 
+    def leave(self) -> None:
+        """A worker that will not come (cancelled by injection): the others need not wait."""
+        self.parties -= 1
+        if self.gate is not None and self.arrived >= self.parties:
+            gate, self.arrived, self.gate = self.gate, 0, None
+            if not gate.done():
+                gate.set_result(None)
+
     def abort(self) -> None:
         self.broken = True
         if self.gate is not None and not self.gate.done():
@@ -111,11 +120,14 @@ class AsyncioRunner:
         perturb: bool = True,
         loop: asyncio.AbstractEventLoop | None = None,
         clock: str = VIRTUAL,
+        inject: str = "off",
     ) -> None:
         self.workers = workers
         self.perturb = perturb  # False (perturb=False): every run keeps FIFO order
         self.loop = loop  # a loop to borrow (the fixtures' one); None: the plugin's own
         self.virtual = clock == VIRTUAL  # the plugin's own loop only: a borrowed one is real
+        self.injection = CancelInjection() if inject == INJECT_CANCEL else None
+        self._plan: CancelPlan | None = None  # the injections of the run in progress
         self._host: LoopHost | None = None
         self._usage_error: ConcurrencyUsageError | None = None
         self._abandoned: list[threading.Thread] = []
@@ -196,11 +208,19 @@ class AsyncioRunner:
         watch = RunWatch(record, {}, started, allowed, series.on_run_done, loop.time())
         schedule.use_order(order_for_run(index, seed) if self.perturb else FIFO)
         schedule.use_timers(timers_for_run(index, seed) if self.perturb else EXACT)
+        plan = self._plan = (
+            self.injection.plan_for_run(index, seed, self.workers)
+            if (self.injection is not None)
+            else None
+        )
+        schedule.use_injection(plan)
         schedule.watch = watch
         try:
             for worker in range(self.workers):
                 task = loop.create_task(self._call(worker, record, series, barrier))
                 watch.tasks[task] = worker
+            if plan is not None:
+                plan.tasks = watch.tasks
             _, pending = await asyncio.wait(watch.tasks, timeout=max(0.0, allowed))
             if not pending:
                 series.run_finished(started)
@@ -210,7 +230,12 @@ class AsyncioRunner:
         finally:
             schedule.use_order(FIFO)
             schedule.use_timers(EXACT)
+            schedule.use_injection(None)
             schedule.watch = None
+            if plan is not None and self.injection is not None:
+                record.notes.extend(plan.log)
+                self.injection.run_done(plan)
+            self._plan = None
         return watch
 
     async def _call(
@@ -237,6 +262,10 @@ class AsyncioRunner:
         except BaseException as exc:  # every failure is kept, none is lost
             if record.hung_workers and isinstance(exc, asyncio.CancelledError):
                 raise  # cancelled by _give_up_on: the hang is the failure
+            plan = self._plan
+            if isinstance(exc, asyncio.CancelledError) and plan and worker in plan.cancelled:
+                barrier.leave()  # cancelled by injection: what the test checks says the rest
+                return
             if exc.__traceback__ is not None:  # start the traceback in the user's code
                 exc.__traceback__ = exc.__traceback__.tb_next
             self._record_exception(record, worker, exc, barrier)

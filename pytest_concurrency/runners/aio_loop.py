@@ -34,20 +34,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import os
 import random
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any, Protocol, TypeVar, cast
 
 from pytest_concurrency import messages
-from pytest_concurrency.engine import owncode
 from pytest_concurrency.engine.leaks import note_leftover_tasks
 from pytest_concurrency.engine.outcomes import RunRecord, without_traceback
 from pytest_concurrency.engine.seeds import derive_seed
@@ -59,6 +55,10 @@ from pytest_concurrency.runners.aio_clock import (
     TimerMove,
     VirtualClock,
 )
+from pytest_concurrency.runners.aio_inject import CancelPlan
+from pytest_concurrency.runners.aio_stacks import is_own_frame as is_own_frame
+from pytest_concurrency.runners.aio_stacks import task_stack as task_stack
+from pytest_concurrency.runners.aio_stacks import user_stack
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
@@ -73,7 +73,6 @@ MIN_HOLD_RATE = 0.05
 MAX_HOLD_RATE = 0.5
 """Bounds of the per-run chance that a ready task step is held back (drawn uniformly)."""
 MAX_HOLD_PASSES = 2
-NOT_STARTED = "  (not started: its first step never ran)\n"
 
 T = TypeVar("T")
 Handle = asyncio.Handle
@@ -190,6 +189,7 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         super().__init__()
         self.order: ReadyOrder = FIFO
         self.timers: TimerMove = EXACT
+        self.injection: CancelPlan | None = None
         self.watch: RunWatch | None = None
         self.last_pass = time.monotonic()
         self.clock = VirtualClock() if virtual else None
@@ -213,6 +213,10 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         """Move the timers that a run's tasks set from now on as ``timers`` says."""
         self.timers = timers if self.clock is not None else EXACT
 
+    def use_injection(self, plan: CancelPlan | None) -> None:
+        """Inject the cancellations and early timeouts of ``plan`` (None: none)."""
+        self.injection = plan
+
     def time(self) -> float:
         return self.clock.now if self.clock is not None else super().time()
 
@@ -223,9 +227,20 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         *args: Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
-        if self.timers is not EXACT and JITTERED.get():
-            when = self.timers.move(when, self.time())
+        if JITTERED.get():
+            when, callback = self._moved(when, callback)
         return super().call_at(when, callback, *args, context=context)
+
+    def _moved(
+        self, when: float, callback: Callable[..., object]
+    ) -> tuple[float, Callable[..., object]]:
+        """A run's timer: a timeout may expire early (injection), any timer fire late."""
+        now = self.time()
+        if self.injection is not None:
+            early, fire = self.injection.move_timeout(when, now, callback)
+            if fire is not callback:
+                return early, fire
+        return self.timers.move(when, now), callback
 
     def run_in_executor(  # type: ignore[override]
         self, executor: Any, func: Callable[..., T], *args: Any
@@ -246,6 +261,8 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         self.last_pass = time.monotonic()
         if self.order is not FIFO:
             self.order.arrange(self._ready)  # type: ignore[attr-defined]
+        if self.injection is not None:
+            self.injection.arrange(self._ready)  # type: ignore[attr-defined]
         if self.clock is not None:
             self._advance(self.clock)
         super()._run_once()  # type: ignore[misc]
@@ -274,6 +291,8 @@ class LoopSchedule(Protocol):
     def use_order(self, order: ReadyOrder) -> None: ...
 
     def use_timers(self, timers: TimerMove) -> None: ...
+
+    def use_injection(self, plan: CancelPlan | None) -> None: ...
 
 
 _MISSING = object()
@@ -335,6 +354,9 @@ class AdoptedLoop:
 
     def use_timers(self, timers: TimerMove) -> None:
         """A borrowed loop keeps the real clock and its timers as they are."""
+
+    def use_injection(self, plan: CancelPlan | None) -> None:
+        """A borrowed loop gets no injection: its tasks run as pytest-asyncio runs them."""
 
     def beat(self) -> None:
         """On a loop that cannot be ordered: mark the turns (called on the loop, re-arms)."""
@@ -556,42 +578,3 @@ def _settle(task: asyncio.Task[T], done: concurrent.futures.Future[T]) -> None:
         done.set_exception(task.exception())
     else:
         done.set_result(task.result())
-
-
-# -- stacks -------------------------------------------------------------------------------------
-
-
-_ASYNCIO_DIR = os.path.realpath(os.path.dirname(asyncio.__file__)) + os.sep
-
-
-def is_own_frame(filename: str) -> bool:
-    """Frames of this plugin and of asyncio: how a task got to the user's code."""
-    return owncode.is_plugin_file(filename) or os.path.realpath(filename).startswith(_ASYNCIO_DIR)
-
-
-def task_stack(task: asyncio.Task[Any]) -> str:
-    """Where a suspended task waits: its coroutine chain, innermost last, and what it awaits."""
-    frames: list[tuple[FrameType, int]] = []
-    awaited: Any = task.get_coro()
-    while awaited is not None:
-        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-        if frame is None:
-            break
-        if not is_own_frame(frame.f_code.co_filename):
-            frames.append((frame, frame.f_lineno))
-        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-    text = "".join(traceback.StackSummary.extract(iter(frames)).format())
-    if isinstance(awaited, asyncio.Future):  # a task, or a bare future; C iterators hide theirs
-        text += f"  awaiting {awaited!r}\n"
-    return text or NOT_STARTED
-
-
-def user_stack(frame: FrameType) -> str:
-    summary = traceback.StackSummary.extract(traceback.walk_stack(frame))
-    summary.reverse()
-    kept = [
-        entry
-        for entry in summary
-        if not is_own_frame(entry.filename) and "threading.py" not in entry.filename
-    ]
-    return "".join(traceback.StackSummary.from_list(kept).format())
