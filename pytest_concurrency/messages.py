@@ -449,6 +449,20 @@ ASYNCIO_LOOP_LEFT_BLOCKED = (
     "  that loop is still blocked in the plugin's thread: pytest-asyncio cannot run the "
     "teardown of the fixtures on it (the errors of that teardown come from this block)"
 )
+ASYNCIO_STEPS_HEADER = (
+    "  steps of run {run}, in the order they ran (the last {shown} of {total}, a worker's "
+    "repeated steps folded):"
+)
+ASYNCIO_STEP_LINE = "{who}: {start} -> {end}"
+ASYNCIO_WORKER = "worker {worker}"
+ASYNCIO_CHILD_TASK = "worker {worker}, task {task}"
+ASYNCIO_STEP_START = "(start)"
+ASYNCIO_STEP_END = "(end)"
+ASYNCIO_TIMER_LINE = "timer set at {where} fired at t={when:.4f} s ({late:.4f} s late)"
+FAILS_WITHOUT_REORDERING = (
+    "  fails without reordering: this run kept asyncio's FIFO order with every timer on time "
+    "and nothing injected, as plain asyncio runs it"
+)
 INJECTED_CANCEL = "  injected: worker {worker} cancelled at {where}"
 INJECTED_TIMEOUT = (
     "  injected: the timeout set at {where} expired early, after {after:.4g} s of {delay:.4g} s"

@@ -7,7 +7,11 @@ import random
 
 import pytest
 
-from pytest_concurrency.engine.settings import CLOCKS, FIELDS
+from pytest_concurrency.engine.settings import CLOCKS, FIELDS, Settings
+
+# the runner modules as a whole, as test_asyncio.py does: the in-process runs (pytester) then
+# find the same modules the package's attributes name
+from pytest_concurrency.runners import aio
 from pytest_concurrency.runners.aio_clock import (
     EXACT,
     MAX_LATENESS,
@@ -38,7 +42,8 @@ async def timeline():
         await asyncio.wait_for(asyncio.sleep(50 * SCALE), timeout=20 * SCALE)
     except TimeoutError:
         events.append("timed out")
-    events.append(await asyncio.wait_for(asyncio.sleep(10 * SCALE, "in time"), 20 * SCALE))
+    # a timeout far beyond the sleep: on the real clock even a stalled loop keeps this order
+    events.append(await asyncio.wait_for(asyncio.sleep(10 * SCALE, "in time"), 1000 * SCALE))
     return events, loop.time() - started, time.monotonic() - real_started
 
 
@@ -286,6 +291,10 @@ def test_timers_fire_late_from_the_seed_one_seed_one_schedule(
     runs = first.split("|")[:-1]
     assert runs[0] == "01234"  # run 0: the timers as set
     assert len(set(runs)) > 1  # later runs: some fire late, after timers set for later
+
+
+def test_the_virtual_clock_is_the_default_of_settings_and_runner() -> None:
+    assert Settings().clock == CLOCKS[0] == aio.VIRTUAL == "virtual"
 
 
 def test_the_jitter_of_a_run_is_its_seeds_and_never_early() -> None:

@@ -39,6 +39,7 @@ from pytest_concurrency.runners.aio_loop import (
     schedule_of,
     task_stack,
 )
+from pytest_concurrency.runners.aio_trace import StepTrace
 from pytest_concurrency.runners.base import Series, set_collateral_apart
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
@@ -46,6 +47,9 @@ __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them
 MODE = "asyncio"
 VIRTUAL = "virtual"
 """The clock of the plugin's own loop by default (``runners/aio_clock.py``); "real": asyncio's."""
+TRACE_STEPS = True
+"""Keep each run's steps for its failure report (``runners/aio_trace.py``); an arm of
+``benchmarks/asyncio_overhead.py`` turns it off to measure what it costs."""
 
 
 # -- the barrier of concurrency.barrier() ---------------------------------------------------------
@@ -214,11 +218,16 @@ class AsyncioRunner:
             else None
         )
         schedule.use_injection(plan)
+        reordered = (self.perturb and index > 0) or (plan is not None and plan.worker >= 0)
+        trace = StepTrace(index, reordered, loop.time()) if TRACE_STEPS else None
+        schedule.use_trace(trace)
         schedule.watch = watch
         try:
             for worker in range(self.workers):
                 task = loop.create_task(self._call(worker, record, series, barrier))
                 watch.tasks[task] = worker
+            if trace is not None:
+                trace.tasks = watch.tasks
             if plan is not None:
                 plan.tasks = watch.tasks
             _, pending = await asyncio.wait(watch.tasks, timeout=max(0.0, allowed))
@@ -231,12 +240,23 @@ class AsyncioRunner:
             schedule.use_order(FIFO)
             schedule.use_timers(EXACT)
             schedule.use_injection(None)
+            schedule.use_trace(None)
             schedule.watch = None
             if plan is not None and self.injection is not None:
                 record.notes.extend(plan.log)
                 self.injection.run_done(plan)
             self._plan = None
+            if trace is not None:
+                self._explain(record, trace)
         return watch
+
+    def _explain(self, record: RunRecord, trace: StepTrace) -> None:
+        """A failed run's report gets its steps; a passing one keeps them for a harness check
+        that fails after it (text only when asked)."""
+        if record.failures or record.hung_workers:
+            record.notes.extend(trace.lines())
+        else:
+            record.explain = trace.lines
 
     async def _call(
         self, worker: int, record: RunRecord, series: Series, barrier: TaskBarrier

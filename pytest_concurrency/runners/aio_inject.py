@@ -104,7 +104,7 @@ class CancelPlan:
 
     def arrange(self, ready: deque[asyncio.Handle]) -> None:
         """Count the ready steps of the run's workers; cancel the chosen one at its step."""
-        for handle in ready:
+        for handle in tuple(ready):  # a snapshot: call_soon_threadsafe may append meanwhile
             task = getattr(getattr(handle, "_callback", None), "__self__", None)
             worker = self.tasks.get(task) if isinstance(task, asyncio.Task) else None
             if worker is None or task is None or handle.cancelled() or handle in self.seen:

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine.context import CURRENT
 from pytest_concurrency.engine.leaks import note_leftover_tasks
 from pytest_concurrency.engine.outcomes import RunRecord, without_traceback
 from pytest_concurrency.engine.seeds import derive_seed
@@ -59,6 +60,7 @@ from pytest_concurrency.runners.aio_inject import CancelPlan
 from pytest_concurrency.runners.aio_stacks import is_own_frame as is_own_frame
 from pytest_concurrency.runners.aio_stacks import task_stack as task_stack
 from pytest_concurrency.runners.aio_stacks import user_stack
+from pytest_concurrency.runners.aio_trace import StepTrace
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
@@ -190,6 +192,7 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         self.order: ReadyOrder = FIFO
         self.timers: TimerMove = EXACT
         self.injection: CancelPlan | None = None
+        self.trace: StepTrace | None = None
         self.watch: RunWatch | None = None
         self.last_pass = time.monotonic()
         self.clock = VirtualClock() if virtual else None
@@ -197,10 +200,6 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         self._own_fds = len(inside._selector.get_map())
         if self.clock is not None:
             inside._selector = ClockedSelector(inside._selector, self.clock, self.real_waits)
-
-    @property
-    def virtual(self) -> bool:
-        return self.clock is not None
 
     def use_order(self, order: ReadyOrder) -> None:
         """Arrange the ready callbacks with ``order`` from the next pass on. The steps the
@@ -216,6 +215,10 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
     def use_injection(self, plan: CancelPlan | None) -> None:
         """Inject the cancellations and early timeouts of ``plan`` (None: none)."""
         self.injection = plan
+
+    def use_trace(self, trace: StepTrace | None) -> None:
+        """Keep the steps and timers of a run in ``trace`` (None: none)."""
+        self.trace = trace
 
     def time(self) -> float:
         return self.clock.now if self.clock is not None else super().time()
@@ -235,12 +238,23 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         self, when: float, callback: Callable[..., object]
     ) -> tuple[float, Callable[..., object]]:
         """A run's timer: a timeout may expire early (injection), any timer fire late."""
-        now = self.time()
+        now, due = self.time(), when
+        fire = callback
         if self.injection is not None:
-            early, fire = self.injection.move_timeout(when, now, callback)
-            if fire is not callback:
-                return early, fire
-        return self.timers.move(when, now), callback
+            when, fire = self.injection.move_timeout(when, now, callback)
+        if fire is callback:
+            when = self.timers.move(when, now)
+        if self.trace is not None:
+            fire = self.trace.timer(fire, due, self.time)
+        return when, fire
+
+    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = super().create_task(coro, **kwargs)
+        if self.trace is not None and JITTERED.get():  # made by a worker: traced too
+            worker = CURRENT.get()
+            if worker is not None:
+                self.trace.child(task, worker.worker)
+        return task
 
     def run_in_executor(  # type: ignore[override]
         self, executor: Any, func: Callable[..., T], *args: Any
@@ -251,11 +265,11 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         return job
 
     def real_waits(self) -> bool:
-        """Whether something real is awaited: a registered descriptor (beside the loop's
-        wake-up pipe) or an unfinished executor job."""
-        assert self.clock is not None
+        """Whether something real is awaited: a descriptor beside the wake-up pipe, a job."""
         registered = len(cast(Any, self)._selector.get_map())
-        return registered > self._own_fds or self.clock.executor_jobs > 0
+        return registered > self._own_fds or (
+            self.clock is not None and self.clock.executor_jobs > 0
+        )
 
     def _run_once(self) -> None:
         self.last_pass = time.monotonic()
@@ -263,21 +277,18 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
             self.order.arrange(self._ready)  # type: ignore[attr-defined]
         if self.injection is not None:
             self.injection.arrange(self._ready)  # type: ignore[attr-defined]
+        if self.trace is not None:
+            self.trace.arrange(self._ready)  # type: ignore[attr-defined]
         if self.clock is not None:
             self._advance(self.clock)
         super()._run_once()  # type: ignore[misc]
 
     def _advance(self, clock: VirtualClock) -> None:
-        watch = self.watch
-        if watch is not None:
-            now = time.monotonic()
-            if watch.overdue(now):  # past the run's deadline: never slower than real time
-                clock.catch_up(watch.clock_started + (now - watch.started))
-        clock.before_pass(
-            bool(self._ready),  # type: ignore[attr-defined]
-            self.real_waits(),
-            self._scheduled,  # type: ignore[attr-defined]
-        )
+        watch, now = self.watch, time.monotonic()
+        if watch is not None and watch.overdue(now):  # past its deadline: at real time's pace
+            clock.catch_up(watch.clock_started + (now - watch.started))
+        inside = cast(Any, self)
+        clock.before_pass(bool(inside._ready), self.real_waits(), inside._scheduled)
 
 
 class LoopSchedule(Protocol):
@@ -293,6 +304,8 @@ class LoopSchedule(Protocol):
     def use_timers(self, timers: TimerMove) -> None: ...
 
     def use_injection(self, plan: CancelPlan | None) -> None: ...
+
+    def use_trace(self, trace: StepTrace | None) -> None: ...
 
 
 _MISSING = object()
@@ -357,6 +370,9 @@ class AdoptedLoop:
 
     def use_injection(self, plan: CancelPlan | None) -> None:
         """A borrowed loop gets no injection: its tasks run as pytest-asyncio runs them."""
+
+    def use_trace(self, trace: StepTrace | None) -> None:
+        """A borrowed loop keeps no trace of its steps."""
 
     def beat(self) -> None:
         """On a loop that cannot be ordered: mark the turns (called on the loop, re-arms)."""

@@ -7,6 +7,7 @@ a blocked loop's thread, without the plugin's and asyncio's frames.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import traceback
 from types import FrameType
@@ -20,8 +21,10 @@ NOT_STARTED = "  (not started: its first step never ran)\n"
 _ASYNCIO_DIR = os.path.realpath(os.path.dirname(asyncio.__file__)) + os.sep
 
 
+@functools.lru_cache(maxsize=4096)
 def is_own_frame(filename: str) -> bool:
-    """Frames of this plugin and of asyncio: how a task got to the user's code."""
+    """Frames of this plugin and of asyncio: how a task got to the user's code (asked for
+    every step a run's trace keeps: remembered per file name)."""
     return owncode.is_plugin_file(filename) or os.path.realpath(filename).startswith(_ASYNCIO_DIR)
 
 
