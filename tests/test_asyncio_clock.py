@@ -40,7 +40,7 @@ async def timeline():
     await asyncio.gather(later("b", 20), later("a", 10), later("c", 30))
     try:
         await asyncio.wait_for(asyncio.sleep(50 * SCALE), timeout=20 * SCALE)
-    except TimeoutError:
+    except asyncio.TimeoutError:  # TimeoutError on 3.11+, not yet on 3.10
         events.append("timed out")
     # a timeout far beyond the sleep: on the real clock even a stalled loop keeps this order
     events.append(await asyncio.wait_for(asyncio.sleep(10 * SCALE, "in time"), 1000 * SCALE))

@@ -65,7 +65,7 @@ async def charge_with_retry(provider: Provider, key: str) -> str:
         reply = provider.request(key)
         try:
             return await asyncio.wait_for(asyncio.shield(reply), TIMEOUT_SECONDS)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError on 3.11+, not yet on 3.10
             continue  # the provider may still be working on it
     raise PaymentFailed(key)
 
