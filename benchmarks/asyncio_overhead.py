@@ -7,6 +7,8 @@ W tasks per run (default 8), each awaiting ``asyncio.sleep(0)`` once (one switch
 * hand-written, a fresh loop per run: ``asyncio.run(gather(...))`` R times;
 * ours, ``AsyncioRunner.run_series``: the loop runs in the plugin's loop thread, run 0 in FIFO
   order, later runs shuffled and held back from the seed;
+* the same on the real clock (``clock="real"``: what the virtual clock itself costs), and
+  without the trace of each run's steps (what the readable failure report costs);
 * the same with every run in FIFO order (what the seeded ordering itself costs);
 * ours, the async harness: ``for run in concurrency.runs(R): await run(body, workers=W)`` inside
   an ``async def`` run on the plugin's loop, through the ``Concurrency`` object;
@@ -88,8 +90,11 @@ def gather_fresh_loops(workers: int, runs: int) -> float:
     return time.perf_counter() - start
 
 
-def ours_runner(workers: int, runs: int, *, fifo: bool = False) -> float:
-    runner = aio.AsyncioRunner(workers, perturb=not fifo)  # perturb=False: FIFO in every run
+def ours_runner(
+    workers: int, runs: int, *, fifo: bool = False, clock: str = "virtual", trace: bool = True
+) -> float:
+    aio.TRACE_STEPS = trace
+    runner = aio.AsyncioRunner(workers, perturb=not fifo, clock=clock)  # perturb=False: FIFO
     outcome = SeriesOutcome(mode="asyncio", workers=workers, runs_planned=runs, seed=SEED)
     try:
         run_series(
@@ -100,6 +105,7 @@ def ours_runner(workers: int, runs: int, *, fifo: bool = False) -> float:
         elapsed = time.perf_counter() - start
     finally:
         runner.close()
+        aio.TRACE_STEPS = True
     assert not outcome.failed
     return elapsed
 
@@ -183,6 +189,14 @@ def main(argv: list[str] | None = None) -> int:
             "ours: AsyncioRunner + run_series (seeded order)": (
                 runs,
                 lambda: ours_runner(w, runs) / runs,
+            ),
+            "ours: AsyncioRunner, seeded order, no step trace": (
+                runs,
+                lambda: ours_runner(w, runs, trace=False) / runs,
+            ),
+            "ours: AsyncioRunner, seeded order, real clock": (
+                runs,
+                lambda: ours_runner(w, runs, clock="real") / runs,
             ),
             "ours: AsyncioRunner, FIFO order in every run": (
                 runs,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 MARKER_CONCURRENT = (
     "concurrent(workers=4, runs=100, mode='threads', seed=None, timeout=60, perturb=True, "
-    "budget=None, start_method='auto'): run the test body in `workers` workers at once, `runs` "
-    "times; fixtures are set up once and shared. mode is threads, processes or asyncio "
-    "(implied by async def)."
+    "clock='virtual', budget=None, start_method='auto'): run the test body in `workers` workers "
+    "at once, `runs` times; fixtures are set up once and shared. mode is threads, processes or "
+    "asyncio (implied by async def); clock is asyncio's, virtual or real."
 )
 MARKER_NOT_CONCURRENT = (
     "not_concurrent(reason=...): never run this test concurrently, even under "
@@ -482,6 +482,25 @@ ASYNCIO_LOOP_LEFT_BLOCKED = (
     "  that loop is still blocked in the plugin's thread: pytest-asyncio cannot run the "
     "teardown of the fixtures on it (the errors of that teardown come from this block)"
 )
+ASYNCIO_STEPS_HEADER = (
+    "  steps of run {run}, in the order they ran (the last {shown} of {total}, a worker's "
+    "repeated steps folded):"
+)
+ASYNCIO_STEP_LINE = "{who}: {start} -> {end}"
+ASYNCIO_WORKER = "worker {worker}"
+ASYNCIO_CHILD_TASK = "worker {worker}, task {task}"
+ASYNCIO_STEP_START = "(start)"
+ASYNCIO_STEP_END = "(end)"
+ASYNCIO_TIMER_LINE = "timer set at {where} fired at t={when:.4f} s ({late:.4f} s late)"
+FAILS_WITHOUT_REORDERING = (
+    "  fails without reordering: this run kept asyncio's FIFO order with every timer on time "
+    "and nothing injected, as plain asyncio runs it"
+)
+INJECTED_CANCEL = "  injected: worker {worker} cancelled at {where}"
+INJECTED_TIMEOUT = (
+    "  injected: the timeout set at {where} expired early, after {after:.4g} s of {delay:.4g} s"
+)
+INJECTED_AT_UNKNOWN = "(no line of the code under test)"
 ASYNCIO_ORDER_SEEDED = "in the seeded task order"
 ASYNCIO_ORDER_UNPERTURBED = "in FIFO order (perturbation off)"
 ASYNCIO_ORDER_FIFO = (

@@ -260,6 +260,8 @@ class HarnessRun:
         self.closed = False
         self.record_count = 0
         self.started: list[Coroutine[Any, Any, list[Any]]] = []
+        self.notes: list[str] = []  # the report lines of its runs (asyncio's injections)
+        self.explain: Callable[[], list[str]] | None = None  # asyncio: the run's steps
 
     def observe(self, value: object) -> None:
         """Record an outcome of this run; the histogram is printed on failure and kept in JSON."""
@@ -308,6 +310,9 @@ class HarnessRun:
         fixture = self.loop.fixture
         outcome = self.loop.outcome
         self.record_count += 1
+        if record is not None:
+            self.notes.extend(record.notes)
+            self.explain = record.explain
         if self.record_count > 1:
             outcome.runs_done -= 1  # several run(...) calls in one iteration are one run
         if outcome.interrupt is not None and not outcome.failed:

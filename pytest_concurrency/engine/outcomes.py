@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import FrameType, TracebackType
@@ -203,6 +203,7 @@ class RunRecord:
     hung_after: float | None = None  # seconds the hung run was given (less near pytest-timeout)
     stacks: dict[int, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # lines a schedule adds to the report
+    explain: Callable[[], list[str]] | None = None  # more lines, made only when asked for
     collateral: list[CallFailure] = field(default_factory=list)  # gave up at the barrier
     data_races: list[DataRace] = field(default_factory=list)  # found in this run (threads)
 

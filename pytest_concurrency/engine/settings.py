@@ -136,6 +136,22 @@ def parse_leaks(raw: object, source: Source) -> str:
     raise _fail(source, raw, f"expected one of {', '.join(choices)}")
 
 
+CLOCKS = ("virtual", "real")
+"""asyncio mode's clock: virtual (timers cost no wall time, seeded jitter) or asyncio's own."""
+
+
+def parse_clock(raw: object, source: Source) -> str:
+    return parse_choice(raw, source, CLOCKS)
+
+
+INJECTIONS = ("off", "cancel")
+"""asyncio mode's injection: none, or seeded cancellations and early timeouts (opt-in)."""
+
+
+def parse_inject(raw: object, source: Source) -> str:
+    return parse_choice(raw, source, INJECTIONS)
+
+
 SCHEDULES = ("off", "random", "pct")
 SCHEDULE_ON = "on"
 DEFAULT_STRATEGY = "random"
@@ -261,6 +277,8 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("seed", parse_seed),
         FieldSpec("timeout", parse_timeout),
         FieldSpec("perturb", parse_bool),
+        FieldSpec("clock", parse_clock),
+        FieldSpec("inject", parse_inject),
         FieldSpec("budget", parse_budget),
         FieldSpec("start_method", parse_start_method),
         FieldSpec("leaks", parse_leaks, in_marker=False),
@@ -286,6 +304,8 @@ class Settings:
     seed: int | None = None  # None: derived from the session seed and the test id
     timeout: float | None = None  # None: DEFAULT_TIMEOUT, or less under pytest-timeout
     perturb: bool = True
+    clock: str = CLOCKS[0]  # asyncio mode: "virtual" (runners/aio_clock.py) or "real"
+    inject: str = INJECTIONS[0]  # asyncio mode: "off" or "cancel" (runners/aio_inject.py)
     budget: float | None = None
     start_method: str | None = None  # process mode; None: the runner's default
     leaks: str = "warn"

@@ -49,6 +49,11 @@ OPTION_HELP = {
     "(default: random, printed in the header)",
     "timeout": "seconds one run may take before its workers are reported as hung (default: 60)",
     "perturb": "seeded schedule perturbation: true or false (default: true)",
+    "clock": "asyncio mode's clock: virtual (sleeps and timers cost no wall time, the clock "
+    "jumps to the next timer when every task waits, timers jitter from the seed) or real "
+    "(default: virtual)",
+    "inject": "asyncio mode's injection: cancel (runs from 1 on cancel a worker at an await "
+    "drawn from the seed, and let asyncio.timeout/wait_for expire early) or off (default: off)",
     "budget": "stress each concurrent test for this many seconds instead of a run count",
     "start_method": "how mode=processes starts workers: forkserver, spawn, fork or auto "
     "(default: auto, forkserver where available, else spawn)",

@@ -10,7 +10,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -376,7 +376,8 @@ def run_async_harness(session: ConcurrencySession, item: pytest.Function) -> boo
         test_function(item), **{n: item.funcargs[n] for n in item._fixtureinfo.argnames}
     )
     try:
-        aio.run_test_coroutine(body, borrowed_loop(item))
+        settings = item.stash.get(SETTINGS_KEY, None) or session.settings
+        aio.run_test_coroutine(body, borrowed_loop(item), clock=settings.clock)
     except LoopBlocked as blocked:
         session.abandoned_threads.append(blocked.thread.name)
         session.abandoned_idents |= {blocked.thread.ident or 0}
@@ -432,7 +433,9 @@ def _deadline(budget: float) -> float:
     return time.monotonic() + budget
 
 
-def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> list[str]:
+def check_failed_lines(
+    loop: HarnessLoop, run: int, config: HarnessConfig, notes: Sequence[str] = ()
+) -> list[str]:
     from pytest_concurrency.engine import report
 
     outcome = loop.outcome
@@ -440,6 +443,7 @@ def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> li
     return [
         f"FAILED after run {run} {report.run_position(outcome, run)} "
         f"({report.where(outcome, config.reproduce_seed)}): the check after the run failed",
+        *notes,
         *report.observation_lines(outcome),
         "  " + report.REPRODUCE.format(command=command),
     ]
@@ -448,13 +452,14 @@ def check_failed_lines(loop: HarnessLoop, run: int, config: HarnessConfig) -> li
 def runner_options(settings: Settings, item: pytest.Item | None = None) -> dict[str, Any]:
     """Mode-specific knobs for :func:`~pytest_concurrency.runners.make_runner`: the start
     method of processes; the loop coroutines borrow when pytest-asyncio ran the test's async
-    fixtures on it."""
+    fixtures on it, else the clock of the plugin's own loop."""
     if mode_of(settings.mode).start_method_matters:
         return {"start_method": settings.start_method, "hooks": pytest_hooks()}
-    if mode_of(settings.mode).runs_coroutines and item is not None:
-        loop = borrowed_loop(item)
+    if mode_of(settings.mode).runs_coroutines:
+        loop = borrowed_loop(item) if item is not None else None
         if loop is not None:
-            return {"loop": loop}
+            return {"loop": loop}  # pytest-asyncio's loop: its own clock, no injection
+        return {"clock": settings.clock, "inject": settings.inject}
     return {}
 
 

@@ -58,7 +58,9 @@ def record_harness(
     entry = harness_entry(item, fixture, loop)
     run = loop.current
     if error is not None and run is not None and not loop.outcome.failed:
-        add_note(error, "\n".join(check_failed_lines(loop, run.index, fixture.config)))
+        notes = [*run.notes, *(run.explain() if run.explain is not None else [])]
+        lines = check_failed_lines(loop, run.index, fixture.config, notes)
+        add_note(error, "\n".join(lines))
         from pytest_concurrency.engine.report import reproduce_for
 
         command = reproduce_for(loop.outcome, fixture.config.reproduce, run.index)

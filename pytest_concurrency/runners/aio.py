@@ -27,6 +27,8 @@ from pytest_concurrency.engine.outcomes import CallFailure, CallKind, RunRecord,
 from pytest_concurrency.engine.seeds import run_seed
 from pytest_concurrency.errors import BarrierAborted, ConcurrencyUsageError, LoopBlocked
 from pytest_concurrency.races.perturb import NO_PERTURBATION, Perturbation
+from pytest_concurrency.runners.aio_clock import EXACT, JITTERED, timers_for_run
+from pytest_concurrency.runners.aio_inject import INJECT_CANCEL, CancelInjection, CancelPlan
 from pytest_concurrency.runners.aio_loop import (
     CANCEL_SECONDS,
     FIFO,
@@ -37,11 +39,17 @@ from pytest_concurrency.runners.aio_loop import (
     schedule_of,
     task_stack,
 )
+from pytest_concurrency.runners.aio_trace import StepTrace
 from pytest_concurrency.runners.base import Series, set_collateral_apart
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
 MODE = "asyncio"
+VIRTUAL = "virtual"
+"""The clock of the plugin's own loop by default (``runners/aio_clock.py``); "real": asyncio's."""
+TRACE_STEPS = True
+"""Keep each run's steps for its failure report (``runners/aio_trace.py``); an arm of
+``benchmarks/asyncio_overhead.py`` turns it off to measure what it costs."""
 
 
 # -- the barrier of concurrency.barrier() ---------------------------------------------------------
@@ -71,6 +79,14 @@ class TaskBarrier:
         if not gate.done() or gate.cancelled():
             self.abort()
             raise BarrierAborted(messages.BARRIER_ABORTED)
+
+    def leave(self) -> None:
+        """A worker that will not come (cancelled by injection): the others need not wait."""
+        self.parties -= 1
+        if self.gate is not None and self.arrived >= self.parties:
+            gate, self.arrived, self.gate = self.gate, 0, None
+            if not gate.done():
+                gate.set_result(None)
 
     def abort(self) -> None:
         self.broken = True
@@ -107,10 +123,15 @@ class AsyncioRunner:
         *,
         perturb: bool = True,
         loop: asyncio.AbstractEventLoop | None = None,
+        clock: str = VIRTUAL,
+        inject: str = "off",
     ) -> None:
         self.workers = workers
         self.perturb = perturb  # False (perturb=False): every run keeps FIFO order
         self.loop = loop  # a loop to borrow (the fixtures' one); None: the plugin's own
+        self.virtual = clock == VIRTUAL  # the plugin's own loop only: a borrowed one is real
+        self.injection = CancelInjection() if inject == INJECT_CANCEL else None
+        self._plan: CancelPlan | None = None  # the injections of the run in progress
         self._host: LoopHost | None = None
         self._usage_error: ConcurrencyUsageError | None = None
         self._abandoned: list[threading.Thread] = []
@@ -121,7 +142,7 @@ class AsyncioRunner:
         if running_loop() is not None:
             raise ConcurrencyUsageError(messages.RUN_NOT_AWAITED)
         if self._host is None or self._host.abandoned:
-            self._host = LoopHost(self.loop)
+            self._host = LoopHost(self.loop, virtual=self.virtual)
         host = self._host
         try:
             host.run(self.run_series_async(series))
@@ -188,13 +209,27 @@ class AsyncioRunner:
         barrier = TaskBarrier(self.workers)
         started = time.monotonic()
         allowed = series.run_deadline(started) - started
-        watch = RunWatch(record, {}, started, allowed, series.on_run_done)
+        watch = RunWatch(record, {}, started, allowed, series.on_run_done, loop.time())
         schedule.use_order(order_for_run(index, seed) if self.perturb else FIFO)
+        schedule.use_timers(timers_for_run(index, seed) if self.perturb else EXACT)
+        plan = self._plan = (
+            self.injection.plan_for_run(index, seed, self.workers)
+            if (self.injection is not None)
+            else None
+        )
+        schedule.use_injection(plan)
+        reordered = (self.perturb and index > 0) or (plan is not None and plan.worker >= 0)
+        trace = StepTrace(index, reordered, loop.time()) if TRACE_STEPS else None
+        schedule.use_trace(trace)
         schedule.watch = watch
         try:
             for worker in range(self.workers):
                 task = loop.create_task(self._call(worker, record, series, barrier))
                 watch.tasks[task] = worker
+            if trace is not None:
+                trace.tasks = watch.tasks
+            if plan is not None:
+                plan.tasks = watch.tasks
             _, pending = await asyncio.wait(watch.tasks, timeout=max(0.0, allowed))
             if not pending:
                 series.run_finished(started)
@@ -203,12 +238,30 @@ class AsyncioRunner:
                 await self._give_up_on(record, pending, watch.tasks, series)
         finally:
             schedule.use_order(FIFO)
+            schedule.use_timers(EXACT)
+            schedule.use_injection(None)
+            schedule.use_trace(None)
             schedule.watch = None
+            if plan is not None and self.injection is not None:
+                record.notes.extend(plan.log)
+                self.injection.run_done(plan)
+            self._plan = None
+            if trace is not None:
+                self._explain(record, trace)
         return watch
+
+    def _explain(self, record: RunRecord, trace: StepTrace) -> None:
+        """A failed run's report gets its steps; a passing one keeps them for a harness check
+        that fails after it (text only when asked)."""
+        if record.failures or record.hung_workers:
+            record.notes.extend(trace.lines())
+        else:
+            record.explain = trace.lines
 
     async def _call(
         self, worker: int, record: RunRecord, series: Series, barrier: TaskBarrier
     ) -> None:
+        JITTERED.set(True)  # the timers this task (and those it makes) sets move in this run
         CURRENT.set(
             WorkerContext(
                 worker=worker,
@@ -229,6 +282,10 @@ class AsyncioRunner:
         except BaseException as exc:  # every failure is kept, none is lost
             if record.hung_workers and isinstance(exc, asyncio.CancelledError):
                 raise  # cancelled by _give_up_on: the hang is the failure
+            plan = self._plan
+            if isinstance(exc, asyncio.CancelledError) and plan and worker in plan.cancelled:
+                barrier.leave()  # cancelled by injection: what the test checks says the rest
+                return
             if exc.__traceback__ is not None:  # start the traceback in the user's code
                 exc.__traceback__ = exc.__traceback__.tb_next
             self._record_exception(record, worker, exc, barrier)
@@ -282,11 +339,14 @@ class AsyncioRunner:
 
 
 def run_test_coroutine(
-    function: Callable[[], Awaitable[Any]], loop: asyncio.AbstractEventLoop | None = None
+    function: Callable[[], Awaitable[Any]],
+    loop: asyncio.AbstractEventLoop | None = None,
+    clock: str = VIRTUAL,
 ) -> None:
     """Run an ``async def`` test body once on a fresh plugin loop (the harness runs inside),
-    or on ``loop``, borrowed (pytest-asyncio's, which ran the test's async fixtures)."""
-    host = LoopHost(loop)
+    on the ``clock`` given, or on ``loop``, borrowed (pytest-asyncio's, which ran the test's
+    async fixtures: on its own clock)."""
+    host = LoopHost(loop, virtual=clock == VIRTUAL)
 
     async def body() -> None:
         await function()

@@ -34,24 +34,33 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import os
 import random
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any, Protocol, TypeVar, cast
 
 from pytest_concurrency import messages
-from pytest_concurrency.engine import owncode
+from pytest_concurrency.engine.context import CURRENT
 from pytest_concurrency.engine.leaks import note_leftover_tasks
 from pytest_concurrency.engine.outcomes import RunRecord, without_traceback
 from pytest_concurrency.engine.seeds import derive_seed
 from pytest_concurrency.errors import LoopBlocked
+from pytest_concurrency.runners.aio_clock import (
+    EXACT,
+    JITTERED,
+    ClockedSelector,
+    TimerMove,
+    VirtualClock,
+)
+from pytest_concurrency.runners.aio_inject import CancelPlan
+from pytest_concurrency.runners.aio_stacks import is_own_frame as is_own_frame
+from pytest_concurrency.runners.aio_stacks import task_stack as task_stack
+from pytest_concurrency.runners.aio_stacks import user_stack
+from pytest_concurrency.runners.aio_trace import StepTrace
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
@@ -66,7 +75,6 @@ MIN_HOLD_RATE = 0.05
 MAX_HOLD_RATE = 0.5
 """Bounds of the per-run chance that a ready task step is held back (drawn uniformly)."""
 MAX_HOLD_PASSES = 2
-NOT_STARTED = "  (not started: its first step never ran)\n"
 
 T = TypeVar("T")
 Handle = asyncio.Handle
@@ -175,13 +183,23 @@ def order_for_run(run_index: int, seed: int) -> ReadyOrder:
 
 
 class ScheduledEventLoop(asyncio.SelectorEventLoop):
-    """A selector event loop whose ready callbacks are arranged by :attr:`order` each pass."""
+    """A selector event loop whose ready callbacks are arranged by :attr:`order` each pass;
+    on the virtual clock (``virtual=True``), its time is a :class:`VirtualClock`'s and the
+    timers of a run's tasks move as :attr:`timers` says (``runners/aio_clock.py``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, virtual: bool = False) -> None:
         super().__init__()
         self.order: ReadyOrder = FIFO
+        self.timers: TimerMove = EXACT
+        self.injection: CancelPlan | None = None
+        self.trace: StepTrace | None = None
         self.watch: RunWatch | None = None
         self.last_pass = time.monotonic()
+        self.clock = VirtualClock() if virtual else None
+        inside = cast(Any, self)  # asyncio's own attributes, not in its stubs
+        self._own_fds = len(inside._selector.get_map())
+        if self.clock is not None:
+            inside._selector = ClockedSelector(inside._selector, self.clock, self.real_waits)
 
     def use_order(self, order: ReadyOrder) -> None:
         """Arrange the ready callbacks with ``order`` from the next pass on. The steps the
@@ -190,11 +208,87 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         self._ready.extend(self.order.release())  # type: ignore[attr-defined]
         self.order = order
 
+    def use_timers(self, timers: TimerMove) -> None:
+        """Move the timers that a run's tasks set from now on as ``timers`` says."""
+        self.timers = timers if self.clock is not None else EXACT
+
+    def use_injection(self, plan: CancelPlan | None) -> None:
+        """Inject the cancellations and early timeouts of ``plan`` (None: none)."""
+        self.injection = plan
+
+    def use_trace(self, trace: StepTrace | None) -> None:
+        """Keep the steps and timers of a run in ``trace`` (None: none)."""
+        self.trace = trace
+
+    def time(self) -> float:
+        return self.clock.now if self.clock is not None else super().time()
+
+    def call_at(  # type: ignore[override]
+        self,
+        when: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        if JITTERED.get():
+            when, callback = self._moved(when, callback)
+        return super().call_at(when, callback, *args, context=context)
+
+    def _moved(
+        self, when: float, callback: Callable[..., object]
+    ) -> tuple[float, Callable[..., object]]:
+        """A run's timer: a timeout may expire early (injection), any timer fire late."""
+        now, due = self.time(), when
+        fire = callback
+        if self.injection is not None:
+            when, fire = self.injection.move_timeout(when, now, callback)
+        if fire is callback:
+            when = self.timers.move(when, now)
+        if self.trace is not None:
+            fire = self.trace.timer(fire, due, self.time)
+        return when, fire
+
+    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = super().create_task(coro, **kwargs)
+        if self.trace is not None and JITTERED.get():  # made by a worker: traced too
+            worker = CURRENT.get()
+            if worker is not None:
+                self.trace.child(task, worker.worker)
+        return task
+
+    def run_in_executor(  # type: ignore[override]
+        self, executor: Any, func: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
+        job = super().run_in_executor(executor, func, *args)
+        if self.clock is not None:
+            self.clock.track(job)
+        return job
+
+    def real_waits(self) -> bool:
+        """Whether something real is awaited: a descriptor beside the wake-up pipe, a job."""
+        registered = len(cast(Any, self)._selector.get_map())
+        return registered > self._own_fds or (
+            self.clock is not None and self.clock.executor_jobs > 0
+        )
+
     def _run_once(self) -> None:
         self.last_pass = time.monotonic()
         if self.order is not FIFO:
             self.order.arrange(self._ready)  # type: ignore[attr-defined]
+        if self.injection is not None:
+            self.injection.arrange(self._ready)  # type: ignore[attr-defined]
+        if self.trace is not None:
+            self.trace.arrange(self._ready)  # type: ignore[attr-defined]
+        if self.clock is not None:
+            self._advance(self.clock)
         super()._run_once()  # type: ignore[misc]
+
+    def _advance(self, clock: VirtualClock) -> None:
+        watch, now = self.watch, time.monotonic()
+        if watch is not None and watch.overdue(now):  # past its deadline: at real time's pace
+            clock.catch_up(watch.clock_started + (now - watch.started))
+        inside = cast(Any, self)
+        clock.before_pass(bool(inside._ready), self.real_waits(), inside._scheduled)
 
 
 class LoopSchedule(Protocol):
@@ -206,6 +300,12 @@ class LoopSchedule(Protocol):
     last_pass: float
 
     def use_order(self, order: ReadyOrder) -> None: ...
+
+    def use_timers(self, timers: TimerMove) -> None: ...
+
+    def use_injection(self, plan: CancelPlan | None) -> None: ...
+
+    def use_trace(self, trace: StepTrace | None) -> None: ...
 
 
 _MISSING = object()
@@ -265,6 +365,15 @@ class AdoptedLoop:
         self.loop._ready.extend(self.order.release())  # type: ignore[attr-defined]
         self.order = order
 
+    def use_timers(self, timers: TimerMove) -> None:
+        """A borrowed loop keeps the real clock and its timers as they are."""
+
+    def use_injection(self, plan: CancelPlan | None) -> None:
+        """A borrowed loop gets no injection: its tasks run as pytest-asyncio runs them."""
+
+    def use_trace(self, trace: StepTrace | None) -> None:
+        """A borrowed loop keeps no trace of its steps."""
+
     def beat(self) -> None:
         """On a loop that cannot be ordered: mark the turns (called on the loop, re-arms)."""
         self.last_pass = time.monotonic()
@@ -302,6 +411,7 @@ class RunWatch:
     started: float
     timeout: float
     on_run_done: Callable[[RunRecord], bool]
+    clock_started: float = 0.0  # loop.time() when the run started (the virtual clock's)
     _claimed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -316,14 +426,19 @@ class RunWatch:
 
 
 class LoopHost:
-    """A :class:`ScheduledEventLoop` running in a daemon thread, and a way to run coroutines
-    on it from another thread with every wait bounded. Given a ``loop`` (not running, not
-    closed), it borrows that one instead (:class:`AdoptedLoop`) and hands it back at
-    :meth:`close`, stopped and open, to its owner."""
+    """A :class:`ScheduledEventLoop` (on the virtual clock with ``virtual=True``) running in a
+    daemon thread, and a way to run coroutines on it from another thread with every wait
+    bounded. Given a ``loop`` (not running, not closed), it borrows that one instead
+    (:class:`AdoptedLoop`, on its own clock) and hands it back at :meth:`close`, stopped and
+    open, to its owner."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop | None = None, *, virtual: bool = False
+    ) -> None:
         self.adopted = AdoptedLoop(loop) if loop is not None else None
-        self.loop: asyncio.AbstractEventLoop = loop if loop is not None else ScheduledEventLoop()
+        self.loop: asyncio.AbstractEventLoop = (
+            loop if loop is not None else ScheduledEventLoop(virtual=virtual)
+        )
         self.schedule: LoopSchedule = self.adopted or cast(ScheduledEventLoop, self.loop)
         if self.adopted is not None and not self.adopted.orders_tasks:
             self.loop.call_soon(self.adopted.beat)  # not running yet: its first callback
@@ -479,45 +594,3 @@ def _settle(task: asyncio.Task[T], done: concurrent.futures.Future[T]) -> None:
         done.set_exception(task.exception())
     else:
         done.set_result(task.result())
-
-
-# -- stacks -------------------------------------------------------------------------------------
-
-
-_ASYNCIO_DIR = os.path.realpath(os.path.dirname(asyncio.__file__)) + os.sep
-
-
-def is_own_frame(filename: str) -> bool:
-    """Frames of this plugin and of asyncio: how a task got to the user's code."""
-    return owncode.is_plugin_file(filename) or os.path.realpath(filename).startswith(_ASYNCIO_DIR)
-
-
-def task_stack(task: asyncio.Task[Any]) -> str:
-    """Where a suspended task waits: its coroutine chain, innermost last, and what it awaits."""
-    frames: list[tuple[FrameType, int]] = []
-    awaited: Any = task.get_coro()
-    while awaited is not None:
-        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-        if frame is None:
-            break
-        if not is_own_frame(frame.f_code.co_filename):
-            frames.append((frame, frame.f_lineno))
-        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-    text = "".join(traceback.StackSummary.extract(iter(frames)).format())
-    if isinstance(awaited, asyncio.Future):  # a task, or a bare future; C iterators hide theirs
-        text += f"  awaiting {awaited!r}\n"
-    return text or NOT_STARTED
-
-
-def user_stack(frame: FrameType) -> str:
-    """The stack of ``frame`` from the first frame of the code under test (pytest's and the
-    plugin's frames that led to it left out), without asyncio's and the plugin's frames."""
-    summary = traceback.StackSummary.extract(traceback.walk_stack(frame))
-    summary.reverse()
-    first_user = owncode.first_user_frame([entry.filename for entry in summary])
-    kept = [
-        entry
-        for entry in summary[first_user or 0 :]
-        if not is_own_frame(entry.filename) and "threading.py" not in entry.filename
-    ]
-    return "".join(traceback.StackSummary.from_list(kept).format())
