@@ -478,9 +478,21 @@ def interleavings(strategy: str, seed: int) -> list[tuple[int, int, int]]:
 @pytest.mark.parametrize("strategy", ["random", "pct"])
 def test_a_seed_replays_the_same_interleavings_and_another_seed_differs(strategy: str) -> None:
     first = interleavings(strategy, seed=8)
-    assert interleavings(strategy, seed=8) == first
-    assert interleavings(strategy, seed=9) != first
+    again = exact_pairs(first, interleavings(strategy, seed=8))
+    assert again and all(one == other for one, other in again)
+    assert any(one != other for one, other in exact_pairs(first, interleavings(strategy, seed=9)))
     assert len({fingerprint for _, fingerprint, _ in first}) > 5  # runs differ from one another
+
+
+def exact_pairs(
+    first: list[tuple[int, int, int]], second: list[tuple[int, int, int]]
+) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
+    """The runs of two series that no detached step made uncontrolled in either (each run has
+    its own seed: a detach changes its run only). A loaded machine may detach a step whose
+    worker the operating system leaves waiting for the GIL; the replay promise is the exact
+    runs'."""
+    pairs = zip(first, second, strict=True)
+    return [(one, other) for one, other in pairs if one[2] == 0 and other[2] == 0]
 
 
 CRITICAL_SECTION = """
@@ -853,17 +865,31 @@ def test_a_failing_seed_replays_ten_times_with_the_same_interleaving(
     """The Must show: the printed reproduction line, rerun 10 times in fresh processes, fails
     10 times at the same run with the same interleaving, step for step."""
     pytester.makepyfile(RACY)
-    first = run_subprocess("--concurrency-seed=424242")
-    first.assert_outcomes(failed=1)
-    failing_run, interleaving, steps, command = failure_facts(first)
+    failing_run, interleaving, steps, command = exact_failure(
+        run_subprocess, "--concurrency-seed=424242"
+    )
     racing = {int(w) for w in re.findall(r"step\s+\d+\s+worker (\d+) .*self\.n \+= 1", steps)}
     assert len(racing) >= 2, steps  # the report shows the workers whose updates interleaved
     assert "test_lost_update --concurrency-seed=424242" in command
     args = shlex.split(command)[1:]
     for _ in range(10):
-        again = run_subprocess(*args)
-        again.assert_outcomes(failed=1)
-        assert failure_facts(again)[:3] == (failing_run, interleaving, steps)
+        assert exact_failure(run_subprocess, *args)[:3] == (failing_run, interleaving, steps)
+
+
+def exact_failure(run_subprocess: Any, *args: str, attempts: int = 3) -> tuple[str, ...]:
+    """The failure facts of a run whose failing run the scheduler controlled step for step.
+
+    A step that leaves Python for longer than the scheduler waits (on a loaded machine, a
+    worker that the operating system leaves waiting for the GIL looks asleep) is detached:
+    the report says its replay may differ, and the promise is only the exact runs'. Such a
+    session is run again, a few times at most."""
+    for _ in range(attempts):
+        result = run_subprocess(*args)
+        result.assert_outcomes(failed=1)
+        if messages.SCHEDULE_EXACT.strip() in result.stdout.str():
+            return failure_facts(result)
+        assert messages.SCHEDULE_DETACHED.split("{count}")[0].strip() in result.stdout.str()
+    raise AssertionError(f"no exact run in {attempts} sessions: the machine is too loaded")
 
 
 def test_a_schedule_chosen_on_the_command_line_is_in_the_reproduce_line(pytester, run) -> None:
