@@ -540,10 +540,12 @@ class MonitoringPerturbation(SeededPerturbation):
         ):
             if key not in self._offsets:
                 self._offsets[key] = (code, shared_state_offsets(code))  # the code keeps its id
-            self._instrumented[key] = code
             sys.monitoring.set_local_events(  # type: ignore[attr-defined,unused-ignore]
                 tool_id, code, _INSTRUCTION
             )
+            # Marked only once its events are on: without the GIL another worker may start the
+            # same code meanwhile, and it must not run it uninstrumented (it sets them too).
+            self._instrumented[key] = code
         return _DISABLE
 
     def _on_instruction(self, code: CodeType, offset: int) -> object:
