@@ -61,6 +61,9 @@ class ConcurrentEntry(_ConcurrentFields, total=False):
     schedule: dict[str, Any]  # the controlled scheduler's summary (the lock watch adds it)
     lock_order: dict[str, Any]  # {"verdict": ..., "inversions": [...]} (the lock watch)
     outcome: str  # pytest's word for the test (the session adds it)
+    gil_enabled: bool  # the GIL state when the test's call ended (plugin/gilwatch.py)
+    gil_reenabled: bool  # the GIL was off when the test began and on when its call ended
+    gil_modules: list[str]  # then: the extension modules first imported meanwhile
 
 
 class _SerialFields(TypedDict):
