@@ -206,13 +206,18 @@ def test_under_gil_fail_that_test_fails_and_the_others_pass(
     pytester.makepyfile(test_gil=TESTS)
     result = run_subprocess("-p", "no:randomly", "--concurrency-gil=fail")
     result.assert_outcomes(passed=2, failed=1)
+    cause = messages.GIL_CAUSE_MODULES.format(modules="gil_user_ext")
+    named = messages.GIL_BACK_IN_TEST.format(nodeid="test_gil.py::test_imports_it", cause=cause)
+    failure = f"{named} {messages.GIL_FAIL_HINT}"
     result.stdout.fnmatch_lines(
         [
             "*_ test_imports_it _*",
-            f"*{messages.GIL_FAIL_HINT.split(':')[0]}*",
+            failure,
+            "*= concurrency =*",
             "FAILED test_gil.py::test_imports_it*",
         ]
     )
+    assert result.stdout.str().count(failure) == 1  # no report section repeating the failure
     assert "Traceback" not in result.stdout.str()
 
 

@@ -74,9 +74,9 @@ class GilWatch:
             return
         self.returns.append(back)
         text = f"{back.describe()} {self.hint()}"
-        item.add_report_section("call", messages.GIL_REPORT_SECTION, text)
         if passed and self.policy == FAIL:
-            pytest.fail(text, pytrace=False)
+            pytest.fail(text, pytrace=False)  # the failure's own text says it
+        item.add_report_section("call", messages.GIL_REPORT_SECTION, text)
 
     def mark_entries(self, item: pytest.Item) -> None:
         """The GIL keys of the test's concurrent entries (before they leave with its report)."""
