@@ -15,6 +15,8 @@ Two forms, 4 workers, the plugin's defaults (schedule perturbation on, lock-orde
 Each arm is a ``python -m pytest`` subprocess on a generated file holding both tests for R runs
 and for 1 run; the call phase of each test is read from its JUnit XML (call time only), and the
 per-run cost is ``(T(R) - T(1)) / (R - 1)``, so thread start-up and pytest's work cancel out.
+The table gives the median over repetitions, the range, and the ratio of the medians (a paired
+ratio would divide by a difference that noise can bring near zero on a loaded machine).
 
 ``--source DIR`` puts DIR first on the subprocesses' ``PYTHONPATH``: the same figures for
 another checkout (e.g. the code before the change), with the interpreter and packages of this
@@ -181,17 +183,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; {reps} repetitions; {total:.0f}s in all")
     print(f"per run = (T(R) - T(1)) / (R - 1) of the call phase, R = {runs}, {WORKERS} workers")
     print()
-    print("| form | ms per run, PYTHON_GIL=0 | ms per run, PYTHON_GIL=1 | ratio 0/1 (paired) |")
+    print(
+        "| form | ms per run, PYTHON_GIL=0: median (min-max) | PYTHON_GIL=1: median (min-max) "
+        "| ratio of medians, 0/1 |"
+    )
     print("|---|---:|---:|---:|")
     off, on = arms
     for form in FORMS:
         a, b = off.per_run[form], on.per_run[form]
-        paired = statistics.median(x / y for x, y in zip(a, b, strict=True) if y > 0)
         print(
-            f"| {form} | {ms(statistics.median(a))} | {ms(statistics.median(b))} | "
-            f"{statistics.median(a) / statistics.median(b):.2f} ({paired:.2f}) |"
+            f"| {form} | {spread(a)} | {spread(b)} | "
+            f"{statistics.median(a) / statistics.median(b):.2f} |"
         )
     return 0
+
+
+def spread(values: list[float]) -> str:
+    return f"{ms(statistics.median(values))} ({ms(min(values))}-{ms(max(values))})"
 
 
 if __name__ == "__main__":

@@ -320,3 +320,22 @@ def test_a_bad_gil_setting_names_its_source(pytester: pytest.Pytester, run_subpr
     result.stderr.fnmatch_lines(
         ["*invalid --concurrency-gil=sometimes: expected one of warn, fail*"]
     )
+
+
+def test_under_xdist_the_controller_names_the_test_from_its_entry(
+    pytester: pytest.Pytester, run_subprocess
+) -> None:
+    pytester.makeconftest(SIMULATED_BUILD)
+    pytester.makepyfile(test_gil=TESTS)
+    result = run_subprocess("-p", "no:randomly", "-n", "1", "--concurrency-json=report.json")
+    result.assert_outcomes(passed=3)
+    nodeid = "test_gil.py::test_imports_it"
+    cause = messages.GIL_CAUSE_MODULES.format(modules="gil_user_ext")
+    result.stdout.fnmatch_lines(
+        ["*= concurrency =*", messages.GIL_BACK_IN_TEST.format(nodeid=nodeid, cause=cause)]
+    )
+    header, tests = entries_by_name(pytester.path / "report.json")
+    assert header["gil_returns"] == [
+        {"where": WHERE_TEST, "nodeid": nodeid, "modules": ["gil_user_ext"]}
+    ]
+    assert tests["test_imports_it"]["gil_reenabled"] is True

@@ -11,6 +11,9 @@ fails (in its call, or in its setup for a return found before it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import pytest
 
 from pytest_concurrency import messages
@@ -26,6 +29,9 @@ from pytest_concurrency.engine.gilstate import (
     read_gil,
 )
 from pytest_concurrency.plugin.entries import ENTRIES_KEY
+
+if TYPE_CHECKING:
+    from pytest_concurrency.engine.entries import Entry
 
 GIL_BEFORE_KEY: pytest.StashKey[GilReading] = pytest.StashKey()
 GIL_AFTER_KEY: pytest.StashKey[tuple[GilReading, GilReturn | None]] = pytest.StashKey()
@@ -99,10 +105,18 @@ class GilWatch:
             )
         return lines
 
-    def json_header(self) -> dict[str, object]:
+    def json_header(self, entries: Sequence[Entry]) -> dict[str, object]:
+        """The JSON header's GIL keys: the returns found here outside tests, and those the
+        tests' entries record (also the entries of pytest-xdist workers), in test order."""
+        from pytest_concurrency.engine.entries import concurrent_entries
+        from pytest_concurrency.engine.gilstate import returned_in
+
+        outside = [back for back in self.returns if back.where != WHERE_TEST]
+        during = [returned_in(entry) for entry in concurrent_entries(entries)]
+        returns = outside + [back for back in during if back is not None]
         return {
             "gil_enabled_at_start": self.at_start.enabled,
-            "gil_returns": [back.as_json() for back in self.returns],
+            "gil_returns": [back.as_json() for back in returns],
         }
 
     def _read(self, where: str, nodeid: str | None) -> GilReturn | None:

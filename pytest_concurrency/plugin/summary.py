@@ -201,7 +201,7 @@ def json_header(session: ConcurrencySession) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "implementation": sys.implementation.name,
         "gil_enabled": cores.gil_enabled(),
-        **session.gil.json_header(),  # gil_enabled_at_start, gil_returns
+        **session.gil.json_header(session.entries),  # gil_enabled_at_start, gil_returns
         "free_threaded_build": cores.free_threaded_build(),
         "usable_cores": session.budget.usable,
         "cpu_count": session.budget.cpu_count,
