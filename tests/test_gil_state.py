@@ -139,6 +139,8 @@ def test_extension_modules_are_told_from_others() -> None:
     assert is_extension_module(fake_extension("x"))
     assert not is_extension_module(types.ModuleType("y"))
     assert not is_extension_module(sys)  # built in: declares Py_mod_gil
+    standard = fake_extension("_socket")  # the standard library's, from lib-dynload
+    assert not is_extension_module(standard)
     assert not is_extension_module(None)
     assert not is_extension_module(gilstate)
 

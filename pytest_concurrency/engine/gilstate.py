@@ -88,8 +88,9 @@ EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def is_extension_module(module: ModuleType | None) -> bool:
-    """A module loaded from a shared library (built-in modules all declare ``Py_mod_gil``)."""
-    if module is None:
+    """A module loaded from a shared library, not the standard library's (its modules, built
+    in or not, all declare ``Py_mod_gil`` on a free-threaded build)."""
+    if module is None or module.__name__.partition(".")[0] in sys.stdlib_module_names:
         return False
     if isinstance(getattr(module, "__loader__", None), importlib.machinery.ExtensionFileLoader):
         return True
