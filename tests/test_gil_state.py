@@ -142,6 +142,7 @@ def test_extension_modules_are_told_from_others() -> None:
     standard = fake_extension("_socket")  # the standard library's, from lib-dynload
     assert not is_extension_module(standard)
     assert not is_extension_module(None)
+    assert not is_extension_module(object())  # sys.modules may hold anything
     assert not is_extension_module(gilstate)
 
 

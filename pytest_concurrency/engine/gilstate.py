@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.machinery
 import sys
 from dataclasses import dataclass
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 from pytest_concurrency import messages
@@ -87,10 +86,12 @@ def gil_came_back(
 EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
-def is_extension_module(module: ModuleType | None) -> bool:
+def is_extension_module(module: object) -> bool:
     """A module loaded from a shared library, not the standard library's (its modules, built
-    in or not, all declare ``Py_mod_gil`` on a free-threaded build)."""
-    if module is None or module.__name__.partition(".")[0] in sys.stdlib_module_names:
+    in or not, all declare ``Py_mod_gil`` on a free-threaded build). Whatever else a library
+    put into ``sys.modules`` is not one."""
+    name = getattr(module, "__name__", None)
+    if not isinstance(name, str) or name.partition(".")[0] in sys.stdlib_module_names:
         return False
     if isinstance(getattr(module, "__loader__", None), importlib.machinery.ExtensionFileLoader):
         return True
