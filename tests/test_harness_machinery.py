@@ -236,14 +236,17 @@ perturb.seeded_perturbation = _monitoring_perturbation  # the mechanism on every
 
 INNER_TESTS = """
 import sys
+import threading
 
 
 class Box:
     def __init__(self):
         self.n = 0
+        self.lock = threading.Lock()
 
-    def bump(self):
-        self.n += 1
+    def bump(self):  # locked: with the real sys.monitoring the perturbation finds a bare += 1
+        with self.lock:
+            self.n += 1
 
 
 def test_two_loops(concurrency):
