@@ -277,6 +277,28 @@ LEAK_MESSAGE = (
     "and await or cancel tasks in the test or its fixtures (--concurrency-leaks=off silences "
     "this)"
 )
+# -- the GIL coming back on a free-threaded build (engine/gilstate.py, issue 16) ---------------
+GIL_CAUSE_MODULES = "extension modules first imported meanwhile: {modules}"
+GIL_CAUSE_UNKNOWN = "no extension module was first imported meanwhile: the cause is not known"
+GIL_BACK_IN_TEST = (
+    "the GIL came back during {nodeid} ({cause}); its threads, and every later test's, ran "
+    "held by the GIL"
+)
+GIL_BACK_IN_COLLECTION = (
+    "the GIL came back during collection ({cause}); the concurrent tests run held by the GIL"
+)
+GIL_BACK_BETWEEN_TESTS = (
+    "the GIL came back between concurrent tests, before {nodeid} ({cause}); from there on they "
+    "run held by the GIL"
+)
+GIL_WARN_HINT = "(--concurrency-gil=fail makes this a failure)"
+GIL_FAIL_HINT = (
+    "(a failure under --concurrency-gil=fail: import that module under PYTHON_GIL=0 at your own "
+    "risk, or audit it with the GIL on)"
+)
+GIL_SUMMARY_STATE = "interpreter at the end: {interpreter} (the GIL was disabled at the start)"
+GIL_REPORT_SECTION = "concurrency: GIL"
+"""The title of the report section a test whose run brought the GIL back carries."""
 INVALID_SETTING = "pytest-concurrency: invalid {where}: {expected}"
 """A bad value for a setting: ``where`` names the source as the user wrote it (the marker
 argument, the command-line option, the environment variable or the ini key)."""

@@ -73,6 +73,41 @@ def test_take():
     assert second["op"] in ("read", "write") and second["worker"] != first["worker"]
 
 
+def test_a_harness_loop_keeps_the_machinery_and_the_watch_starts_afresh_each_run(
+    pytester, run
+) -> None:
+    """A ``concurrency.runs()`` loop keeps the perturbation's machinery from run to run
+    (issue 16): the watch around it takes part in the loop, and each run is watched anew."""
+    pytester.makepyfile(
+        INVENTORY
+        + """
+def test_loop(concurrency):
+    for run in concurrency.runs(3):
+        fresh = Inventory()
+        run(fresh.take, workers=4)
+
+
+def test_locked_loop(concurrency):
+    lock = threading.Lock()
+
+    def take(stock):
+        with lock:
+            stock.take()
+
+    for run in concurrency.runs(3):
+        fresh = Inventory()
+        run(lambda: take(fresh), workers=4)
+"""
+    )
+    result = run("--concurrency-json=out.json", "--concurrency-perturb=false")
+    result.assert_outcomes(failed=1, passed=1)
+    assert "AttributeError" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["data races: *::test_loop: 1 (failed): Inventory.stock*"])
+    entries = _entries(pytester.path / "out.json")
+    assert [race["location"] for race in entries["test_loop"]["data_races"]] == ["Inventory.stock"]
+    assert not entries["test_locked_loop"].get("data_races")
+
+
 def test_check_then_act_lazy_init_and_iteration_in_the_users_terms(pytester, run) -> None:
     pytester.makepyfile(
         settings="""

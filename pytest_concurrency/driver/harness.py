@@ -39,6 +39,8 @@ from pytest_concurrency.runners.base import (
     Runner,
     RunPlan,
     WorkerCall,
+    loop_finished,
+    loop_started,
 )
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
@@ -75,6 +77,7 @@ class Concurrency:
         self._runner_key: tuple[int, str, str | None] = (0, config.mode, None)
         self._schedule: str | None = None  # runs(schedule=...); None: the test's setting
         self.active: HarnessLoop | None = None
+        self._looping = False  # a runs() loop is iterating: its runner keeps its machinery
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A worker process gets the plain settings; the runner stays with the controller.
@@ -197,9 +200,27 @@ class Concurrency:
                 raise ConcurrencyUsageError(messages.NESTED_RUN)
             self._runner = self._runner_factory(mode, workers, self._schedule)
             self._runner_key = key
+            if self._looping:
+                loop_started(self._runner)
         return self._runner
 
+    def loop_started(self) -> None:
+        """A runs() loop begins: the runner it makes keeps its perturbation machinery (the
+        ``sys.monitoring`` tool and its events) from one run to the next."""
+        self._looping = True
+        if self._runner is not None:
+            loop_started(self._runner)
+
+    def loop_finished(self) -> None:
+        """The loop is over, however it ended: the machinery is released, once."""
+        if not self._looping:
+            return
+        self._looping = False
+        if self._runner is not None:
+            loop_finished(self._runner)
+
     def close(self) -> None:
+        self._looping = False
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.close()
@@ -238,17 +259,21 @@ class HarnessLoop:
 
     def iterate(self) -> Iterator[HarnessRun]:
         __tracebackhide__ = True
-        index = self.plan.first_index
-        while self.plan.has_run(index):
-            run = HarnessRun(self, index)
-            self.current = run
-            yield run
-            run.closed = True
-            run.check_awaited()
-            if run.record_count == 0:
-                self.outcome.runs_done += 1
-            index += 1
-        self.current = None
+        self.fixture.loop_started()
+        try:
+            index = self.plan.first_index
+            while self.plan.has_run(index):
+                run = HarnessRun(self, index)
+                self.current = run
+                yield run
+                run.closed = True
+                run.check_awaited()
+                if run.record_count == 0:
+                    self.outcome.runs_done += 1
+                index += 1
+            self.current = None
+        finally:  # also when the body raised, broke out or was interrupted
+            self.fixture.loop_finished()
 
 
 class HarnessRun:

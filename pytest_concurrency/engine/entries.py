@@ -64,6 +64,9 @@ class ConcurrentEntry(_ConcurrentFields, total=False):
     lock_order: dict[str, Any]  # {"verdict": ..., "inversions": [...]} (the lock watch)
     data_races: list[DataRaceEntry]  # unordered conflicting accesses (thread mode, issue 18)
     outcome: str  # pytest's word for the test (the session adds it)
+    gil_enabled: bool  # the GIL state when the test's call ended (plugin/gilwatch.py)
+    gil_reenabled: bool  # the GIL was off when the test began and on when its call ended
+    gil_modules: list[str]  # then: the extension modules first imported meanwhile
 
 
 class _SerialFields(TypedDict):

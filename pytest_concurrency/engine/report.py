@@ -326,6 +326,7 @@ def summary_lines(entries: Sequence[Entry]) -> list[str]:
     lines.extend(shard_lines(concurrent))
     lines.extend(schedule_lines(concurrent))
     lines.extend(data_race_summary(concurrent))
+    lines.extend(gil_lines(concurrent))
     if serial:
         lines.append(f"{len(serial)} tests ran once, not concurrently:")
         by_reason: dict[str, list[str]] = {}
@@ -459,6 +460,14 @@ def concurrent_verdict(entry: ConcurrentEntry) -> str:
     return VERDICT_CLEAN
 
 
+def gil_lines(concurrent: Sequence[ConcurrentEntry]) -> list[str]:
+    """The concurrent tests during which the GIL came back (free-threaded builds)."""
+    from pytest_concurrency.engine.gilstate import returned_in
+
+    returns = [back for back in map(returned_in, concurrent) if back is not None]
+    return [back.describe() for back in returns]
+
+
 def junit_properties(any_entry: Entry) -> list[tuple[str, object]]:
     """Properties for a test's JUnit XML ``<testcase>`` (``--junitxml``), from its entry."""
     values: dict[str, object]
@@ -474,6 +483,8 @@ def junit_properties(any_entry: Entry) -> list[tuple[str, object]]:
         }
         if entry.get("shard") is not None:
             values["shard"] = f"{entry['shard']} of {entry['shards']}"
+        if entry.get("gil_reenabled"):
+            values["gil_reenabled"] = ",".join(entry.get("gil_modules", ())) or "unknown module"
     elif kind_of(any_entry) == KIND_SCALING:
         scaling = cast(ScalingEntry, any_entry)
         judged = scaling.get("judged_workers") or {}

@@ -152,6 +152,14 @@ def parse_inject(raw: object, source: Source) -> str:
     return parse_choice(raw, source, INJECTIONS)
 
 
+GIL_CHOICES = ("warn", "fail")
+"""What a concurrent test during which the GIL came back (free-threaded builds) is."""
+
+
+def parse_gil(raw: object, source: Source) -> str:
+    return parse_choice(raw, source, GIL_CHOICES)
+
+
 SCHEDULES = ("off", "random", "pct")
 SCHEDULE_ON = "on"
 DEFAULT_STRATEGY = "random"
@@ -282,6 +290,7 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("budget", parse_budget),
         FieldSpec("start_method", parse_start_method),
         FieldSpec("leaks", parse_leaks, in_marker=False),
+        FieldSpec("gil", parse_gil, in_marker=False),
         FieldSpec("shards", parse_shards, in_marker=False),
         FieldSpec("schedule", parse_schedule),
         FieldSpec("schedule_depth", parse_schedule_depth),
@@ -309,6 +318,7 @@ class Settings:
     budget: float | None = None
     start_method: str | None = None  # process mode; None: the runner's default
     leaks: str = "warn"
+    gil: str = "warn"  # the GIL came back during a concurrent test: warn or fail
     shards: int = 1
     schedule: str = "off"  # the controlled scheduler: off, random or pct (threads only)
     schedule_depth: int = DEFAULT_SCHEDULE_DEPTH  # PCT's bug depth d

@@ -59,6 +59,9 @@ OPTION_HELP = {
     "(default: auto, forkserver where available, else spawn)",
     "leaks": "threads and processes a concurrent test leaves running: warn, fail or off "
     "(default: warn)",
+    "gil": "a concurrent test during which the GIL came back (a free-threaded build that "
+    "imported an extension module without Py_mod_gil): warn (named in the summary and JSON) or "
+    "fail (default: warn)",
     "shards": "split each concurrent test into this many items with disjoint seeds, so that "
     "pytest-xdist spreads one test's hunt over all its workers (default: 1)",
     "schedule": "controlled scheduler for thread mode, one worker at a time in an order drawn "

@@ -32,6 +32,7 @@ def before_call_report(
 ) -> None:
     """The call phase is over: the harness's entry, and the entries' junit properties."""
     record_harness(session, item, call)
+    session.gil.mark_entries(item)
     entries = item.stash.get(ENTRIES_KEY, [])
     if entries:
         from pytest_concurrency.engine.report import junit_properties

@@ -31,6 +31,7 @@ from pytest_concurrency.plugin.entries import (
     record_entry,
     take_entries,
 )
+from pytest_concurrency.plugin.gilwatch import GilWatch
 from pytest_concurrency.plugin.items import (
     ASYNCIO_PLUGIN,
     LEAK_SNAPSHOT_KEY,
@@ -104,11 +105,15 @@ class ConcurrencySession:
         self.item_hooks: ItemHooks | None = None
         self.asyncio_fixtures: AsyncioFixtureHooks | None = None  # with pytest-asyncio only
         self.running: pytest.Item | None = None  # a test from its setup to its call's report
+        self.gil = GilWatch(settings.gil)  # the GIL state: read now, after collection, per test
 
     # -- what the session says: header, summary, files (see summary.py) ---------------------
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return summary.header_lines(self, config)
+
+    def pytest_report_collectionfinish(self) -> list[str]:
+        return self.gil.collection_finished()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         summary.write_summary(self, terminalreporter)
@@ -222,6 +227,8 @@ class ConcurrencySession:
 
             record_entry(item, serial_entry(item.nodeid, reason))
             return
+        if is_concurrent(item):
+            self.gil.before_test(item)  # under --concurrency-gil=fail, may fail the setup
         settled = self.marked_settings(item)
         if isinstance(settled, str):
             pytest.fail(settled, pytrace=False)
@@ -406,10 +413,15 @@ class ItemHooks:
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
         __tracebackhide__ = True
         try:
-            return (yield)
+            result = yield
         except (KeyboardInterrupt, pytest.exit.Exception) as interrupt:
             harness_entries.record_harness_interrupt(self.session, item, interrupt)
             raise
+        except BaseException:
+            self.session.gil.after_call(item, passed=False)
+            raise
+        self.session.gil.after_call(item, passed=True)  # under --concurrency-gil=fail, may fail
+        return result
 
     def pytest_keyboard_interrupt(self) -> None:
         harness_entries.collect_interrupted(self.session)

@@ -109,6 +109,7 @@ def write_summary(session: ConcurrencySession, terminalreporter: Any) -> None:
 
         lines.extend(format_scaling_table(scaling))
     lines.extend(session.plot_lines)
+    lines.extend(session.gil.summary_lines())
     if session.abandoned_threads:
         lines.append(f"abandoned hung threads: {', '.join(session.abandoned_threads)}")
     lines.extend(f"leak: {text}" for text in session.leaked)
@@ -200,6 +201,7 @@ def json_header(session: ConcurrencySession) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "implementation": sys.implementation.name,
         "gil_enabled": cores.gil_enabled(),
+        **session.gil.json_header(session.entries),  # gil_enabled_at_start, gil_returns
         "free_threaded_build": cores.free_threaded_build(),
         "usable_cores": session.budget.usable,
         "cpu_count": session.budget.cpu_count,

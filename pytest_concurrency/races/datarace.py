@@ -313,6 +313,14 @@ class DataRaceWatch:
         happens_before.observe(None)
         self.inner.series_finished()
 
+    def loop_started(self) -> None:
+        """A harness loop: the inner perturbation keeps its machinery between series; the
+        watch still starts afresh at each series (:meth:`series_started`)."""
+        self.inner.loop_started()
+
+    def loop_finished(self) -> None:
+        self.inner.loop_finished()
+
     def call_started(self, worker: int, run: int, run_seed: int) -> None:
         state = self._state
         state.worker = worker

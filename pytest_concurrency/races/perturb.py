@@ -28,6 +28,13 @@ The thread runner drives a :class:`Perturbation` through one series of runs:
   monitoring hooks), even after failures. The switch interval belongs to the runner.
 * ``call_started(worker, run, run_seed)`` / ``call_finished()`` are called inside each worker
   thread around every call of the test body.
+* ``loop_started()`` / ``loop_finished()`` bracket several series that follow one another (the
+  one-run series of a ``concurrency.runs()`` loop): in between, ``series_finished`` keeps the
+  machinery (the ``sys.monitoring`` tool, its events and callbacks, the instrumented code) and
+  the next ``series_started`` reuses it; ``loop_finished`` releases it, once. Claiming a tool
+  and setting its events stops the world on a free-threaded build, which made each harness run
+  cost 15-20 times more there than with the GIL on (issue 16). Per run, only what the run's
+  seed draws changes: the profile and the workers' generators, made in ``call_started``.
 
 Pure module: no pytest import.
 """
@@ -88,6 +95,10 @@ class Perturbation(Protocol):
 
     def call_finished(self) -> None: ...
 
+    def loop_started(self) -> None: ...
+
+    def loop_finished(self) -> None: ...
+
 
 class NoPerturbation:
     """Changes nothing: the baseline, and the choice of ``perturb=False``."""
@@ -102,6 +113,12 @@ class NoPerturbation:
         return None
 
     def call_finished(self) -> None:
+        return None
+
+    def loop_started(self) -> None:
+        return None
+
+    def loop_finished(self) -> None:
         return None
 
 
@@ -302,6 +319,7 @@ class SeededPerturbation:
         self._thread = _ThreadState()
         self._lock = threading.Lock()
         self._profiles: dict[int, RunProfile] = {}
+        self.looping = False  # between loop_started and loop_finished: series keep the machinery
 
     # -- the Perturbation protocol --------------------------------------------------------
 
@@ -310,6 +328,16 @@ class SeededPerturbation:
 
     def series_finished(self) -> None:
         return None
+
+    def loop_started(self) -> None:
+        self.looping = True
+
+    def loop_finished(self) -> None:
+        """The loop is over: release what its series kept (nothing if none ran)."""
+        if not self.looping:
+            return
+        self.looping = False
+        self.series_finished()
 
     def call_started(self, worker: int, run: int, run_seed: int) -> None:
         state = self._thread
@@ -468,7 +496,7 @@ class MonitoringPerturbation(SeededPerturbation):
         super().__init__(roots, seed, record=record)
         self.tool_id: int | None = None
         self._offsets: dict[int, tuple[CodeType, frozenset[int]]] = {}  # kept across series
-        self._instrumented: dict[int, CodeType] = {}  # in this series
+        self._instrumented: dict[int, CodeType] = {}  # until the tool is freed
 
     def series_started(self) -> None:
         if self.tool_id is not None:
@@ -487,10 +515,14 @@ class MonitoringPerturbation(SeededPerturbation):
             monitoring.register_callback(tool_id, events.INSTRUCTION, self._on_instruction)
             monitoring.set_events(tool_id, events.PY_START | events.PY_RESUME)
         except BaseException:
-            self.series_finished()
+            self._free_tool()
             raise
 
     def series_finished(self) -> None:
+        if not self.looping:  # in a loop the next series reuses the tool; loop_finished frees it
+            self._free_tool()
+
+    def _free_tool(self) -> None:
         tool_id, self.tool_id = self.tool_id, None
         if tool_id is None:
             return
@@ -517,10 +549,12 @@ class MonitoringPerturbation(SeededPerturbation):
         ):
             if key not in self._offsets:
                 self._offsets[key] = (code, shared_state_offsets(code))  # the code keeps its id
-            self._instrumented[key] = code
             sys.monitoring.set_local_events(  # type: ignore[attr-defined,unused-ignore]
                 tool_id, code, _INSTRUCTION
             )
+            # Marked only once its events are on: without the GIL another worker may start the
+            # same code meanwhile, and it must not run it uninstrumented (it sets them too).
+            self._instrumented[key] = code
         return _DISABLE
 
     def _on_instruction(self, code: CodeType, offset: int) -> object:

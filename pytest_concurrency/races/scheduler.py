@@ -191,6 +191,12 @@ class ControlledScheduler:
         finally:
             self._close_window()
 
+    def loop_started(self) -> None:
+        self.tracer.loop_started()  # the tracing layer's tool is kept; the window is per series
+
+    def loop_finished(self) -> None:
+        self.tracer.loop_finished()
+
     def _close_window(self) -> None:
         window, self._window = self._window, None
         if window is not None:

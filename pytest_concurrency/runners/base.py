@@ -138,6 +138,22 @@ class Runner(Protocol):
         """Stop every worker; never leave a thread, task or process behind."""
 
 
+def loop_started(runner: Runner) -> None:
+    """One-run series of a harness loop follow on ``runner``: let it keep what it sets up per
+    series (the thread runner's perturbation) until :func:`loop_finished` or its ``close``.
+    A runner without ``loop_started`` sets up per series as always."""
+    method = getattr(runner, "loop_started", None)
+    if method is not None:
+        method()
+
+
+def loop_finished(runner: Runner) -> None:
+    """The loop is over: the runner releases what :func:`loop_started` let it keep."""
+    method = getattr(runner, "loop_finished", None)
+    if method is not None:
+        method()
+
+
 class AsyncRunner(Runner, Protocol):
     """A mode that can also run a series on the caller's event loop (asyncio)."""
 

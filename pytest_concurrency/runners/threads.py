@@ -132,7 +132,16 @@ class ThreadRunner:
         if self._error is not None:
             raise self._error
 
+    def loop_started(self) -> None:
+        """Series follow one another (a harness loop): the perturbation keeps its machinery
+        between them until :meth:`loop_finished` (or :meth:`close`)."""
+        self.perturbation.loop_started()
+
+    def loop_finished(self) -> None:
+        self.perturbation.loop_finished()
+
     def close(self) -> None:
+        self.perturbation.loop_finished()
         if self._threads and not self._broken:
             self._stop = True
             self._release_all()
