@@ -106,6 +106,45 @@ WORKER_CRASHED = "worker {worker} (pid {pid}) {how} during run {run}; the worker
 CRASH_SIGNAL = "was killed by signal {signal} ({number})"
 CRASH_EXIT = "exited with code {code} (os._exit() in the body or in code it calls?)"
 CRASH_NO_ANSWER = "stopped answering"
+
+# -- crash-safe runs: a concurrent test isolated in a supervised child (plugin/isolation.py) --
+TEST_CRASHED = (
+    "CRASHED: the interpreter running {nodeid} died during its {phase}: {how} (isolated in "
+    "child process {pid}; {where}); the session goes on"
+)
+TEST_CRASH_SIGNAL = "killed by signal {signal} ({number})"
+TEST_CRASH_EXIT = (
+    "exited with code {code} before reporting (os._exit() or sys.exit() in the body, a fixture "
+    "or code they call?)"
+)
+TEST_CRASH_WHERE = "{mode}, {workers} workers, seed {seed}"
+TEST_CRASH_STACKS = "The stack of every thread when it died (faulthandler):"
+TEST_CRASH_NO_STACKS = (
+    "No stack was written: the process was killed from outside (the OOM killer, SIGKILL) or "
+    "exited without a fatal error."
+)
+CRASH_HOW_UNKNOWN = "its pytest-xdist worker died"
+TEST_CRASH_SUMMARY = "  {nodeid}: crashed ({how}) during its {phase} ({mode}, {workers} workers)"
+ISOLATED_CUT_SHORT = (
+    "pytest-concurrency: the isolated child process {pid} running {nodeid} was stopped and "
+    "reaped: {error}"
+)
+ISOLATE_UNAVAILABLE = (
+    "pytest-concurrency: {nodeid} asks to run isolated (isolate=true), but this platform has "
+    "no os.fork(); run it without isolate, or on Linux or macOS"
+)
+CRASH_NOTE = (
+    "<pytest-concurrency was running {nodeid} here ({where}). If the interpreter died: "
+    "--concurrency-isolate reports a crash as that test's failure and the session goes on. "
+    "Reproduce: {reproduce}>"
+)
+"""The file name of a frame on the main thread's stack while an in-process series runs: a
+crash's faulthandler dump then names the test, its seed, the fix and the reproduction line."""
+XDIST_CRASH_NOTE = (
+    "pytest-concurrency: the worker died while {nodeid} ran concurrently ({where}); "
+    "--concurrency-isolate reports a crash as that test's failure, with every thread's stack.\n"
+    "  reproduce: {reproduce}"
+)
 WORKER_DIED_AT_START = (
     "pytest-concurrency: worker process {worker} {how} before it was ready to run the test.\n"
     "{stack}"

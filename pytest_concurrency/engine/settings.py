@@ -220,6 +220,7 @@ class FieldSpec:
     parse: Callable[[object, Source], Any]
     in_marker: bool = True
     cli: bool = True
+    flag: bool = False  # a command-line option that may stand alone (``--concurrency-isolate``)
 
     @property
     def option(self) -> str:
@@ -249,6 +250,7 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("perturb", parse_bool),
         FieldSpec("budget", parse_budget),
         FieldSpec("start_method", parse_start_method),
+        FieldSpec("isolate", parse_bool, flag=True),
         FieldSpec("leaks", parse_leaks, in_marker=False),
         FieldSpec("shards", parse_shards, in_marker=False),
         FieldSpec("schedule", parse_schedule),
@@ -272,6 +274,7 @@ class Settings:
     perturb: bool = True
     budget: float | None = None
     start_method: str | None = None  # process mode; None: the runner's default
+    isolate: bool = False  # the whole test in a supervised child process (plugin/isolation.py)
     leaks: str = "warn"
     shards: int = 1
     schedule: str = "off"  # the controlled scheduler: off, random or pct (threads only)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Generator, Iterable, Mapping
 from pathlib import Path
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from pytest_concurrency.engine.memory import Memory, Remembered
     from pytest_concurrency.engine.undertest import Package
     from pytest_concurrency.plugin.asyncio_fixtures import AsyncioFixtureHooks
+    from pytest_concurrency.plugin.crash_notes import CrashNotes
 
 
 ITEM_HOOKS_NAME = "concurrency-item-hooks"
@@ -102,6 +104,7 @@ class ConcurrencySession:
         self.item_hooks: ItemHooks | None = None
         self.asyncio_fixtures: AsyncioFixtureHooks | None = None  # with pytest-asyncio only
         self.running: pytest.Item | None = None  # a test from its setup to its call's report
+        self.crash_notes: CrashNotes | None = None  # the xdist controller's, once workers start
 
     # -- what the session says: header, summary, files (see summary.py) ---------------------
 
@@ -114,6 +117,22 @@ class ConcurrencySession:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         summary.finish_session(self)
+        if self.crash_notes is not None:
+            self.crash_notes.remove()
+
+    # -- pytest-xdist: which concurrent test a worker that died was running ------------------
+
+    def give_crash_notes(self, node: object) -> None:
+        if self.crash_notes is None:
+            from pytest_concurrency.plugin.crash_notes import CrashNotes
+
+            self.crash_notes = CrashNotes()
+        self.crash_notes.give_to(node)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport) -> None:
+        if self.crash_notes is not None:
+            self.crash_notes.complete(crashitem, report)
 
     @functools.cached_property
     def budget(self) -> cores.CoreBudget:
@@ -216,6 +235,8 @@ class ConcurrencySession:
         settled = self.marked_settings(item)
         if isinstance(settled, str):
             pytest.fail(settled, pytrace=False)
+        if settled is not None and settled.isolate and not hasattr(os, "fork"):
+            pytest.fail(messages.ISOLATE_UNAVAILABLE.format(nodeid=item.nodeid), pytrace=False)
         if settled is not None:
             item.stash[SETTINGS_KEY] = settled
         elif item.get_closest_marker("concurrent") is not None:  # a closer not_concurrent won
@@ -226,6 +247,20 @@ class ConcurrencySession:
                 record_entry(item, serial_entry(item.nodeid, not_concurrent_reason(mark)))
         if self.asyncio_fixtures is not None:  # before any fixture runs
             self.asyncio_fixtures.before_fixtures(item)
+
+    def isolated(self, item: pytest.Item) -> bool:
+        """Does this test run in a supervised child (``--concurrency-isolate``, or
+        ``isolate=True`` on its marker)? A harness test follows the session's setting."""
+        settled = self.marked_settings(item)
+        if isinstance(settled, Settings):
+            wanted = settled.isolate
+        else:
+            wanted = self.settings.isolate and "concurrency" in getattr(item, "fixturenames", ())
+        if not wanted:
+            return False
+        from pytest_concurrency.plugin.isolation import available
+
+        return available()
 
     def packages_for(self, names: tuple[str, ...]) -> list[Package]:
         """The packages under test beside the rootdir for these names (found once); raises
@@ -340,6 +375,17 @@ class ItemHooks:
 
     def __init__(self, session: ConcurrencySession) -> None:
         self.session = session
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> bool | None:
+        if not self.session.isolated(item):
+            return None
+        from pytest_concurrency.plugin.isolation import run_isolated
+
+        run_isolated(self.session, item, nextitem)
+        return True
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:

@@ -1,0 +1,357 @@
+"""Acceptance: crash-safe runs. A concurrent test whose workers crash the interpreter
+(segfault, abort, os._exit) is that test's failure with the signal, every thread's stack and
+the reproduction line, under ``--concurrency-isolate`` (or ``isolate=True``); the session goes
+on and the summary and the JSON report keep every test. Without isolation the crash's
+faulthandler dump names the test and the fix; under xdist the "worker crashed" report does.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+
+import pytest
+
+from pytest_concurrency import messages
+from pytest_concurrency.engine.crashes import (
+    Crash,
+    SeriesFacts,
+    crash_note,
+    crash_summary_lines,
+    crashed_entry,
+    user_frames,
+)
+
+CRASHES = """
+import ctypes
+import os
+import pytest
+
+@pytest.fixture
+def crashing_fixture():
+    ctypes.string_at(0)
+
+@pytest.mark.concurrent(workers=2, runs=3)
+def test_segfault():
+    print("about to read address 0")
+    ctypes.string_at(0)
+
+@pytest.mark.concurrent(workers=2, runs=3)
+def test_abort():
+    os.abort()
+
+@pytest.mark.concurrent(workers=2, runs=3)
+def test_exits():
+    os._exit(3)
+
+@pytest.mark.concurrent(workers=2, runs=3)
+def test_setup_crashes(crashing_fixture):
+    pass
+
+@pytest.mark.xfail(reason="known to crash", strict=True)
+@pytest.mark.concurrent(workers=2, runs=3)
+def test_expected_crash():
+    ctypes.string_at(0)
+
+def test_harness_crash(concurrency):
+    for run in concurrency.runs(3):
+        run(lambda: ctypes.string_at(0), workers=2)
+
+@pytest.mark.concurrent(workers=2, runs=4)
+def test_fine():
+    pass
+
+def test_plain():
+    pass
+"""
+
+SEGFAULT_THEN_PASS = """
+import ctypes
+import pytest
+
+@pytest.mark.concurrent(workers=2, runs=3{marker})
+def test_segfault():
+    ctypes.string_at(0)
+
+@pytest.mark.concurrent(workers=2, runs=2)
+def test_next():
+    pass
+"""
+
+
+def crashed_line(nodeid: str, phase: str, how: str) -> str:
+    return messages.TEST_CRASHED.format(nodeid=nodeid, phase=phase, how=how, pid="*", where="*")
+
+
+def by_test(path) -> dict[str, dict]:
+    return {entry["nodeid"]: entry for entry in json.loads(path.read_text())["tests"]}
+
+
+SEGV = messages.TEST_CRASH_SIGNAL.format(signal="SIGSEGV", number=int(signal.SIGSEGV))
+ABRT = messages.TEST_CRASH_SIGNAL.format(signal="SIGABRT", number=int(signal.SIGABRT))
+
+
+def test_each_crash_fails_its_test_and_the_session_goes_on(pytester, run_subprocess) -> None:
+    pytester.makepyfile(test_crashes=CRASHES)
+    out = pytester.path / "out.json"
+    result = run_subprocess("--concurrency-isolate", f"--concurrency-json={out}")
+    result.assert_outcomes(passed=2, failed=4, errors=1, xfailed=1)
+    result.stdout.fnmatch_lines(
+        [
+            crashed_line("test_crashes.py::test_segfault", "call", SEGV),
+            messages.TEST_CRASH_STACKS,
+            "    Fatal Python error: Segmentation fault",
+            '      File "*test_crashes.py", line * in test_segfault',
+            "  reproduce: pytest test_crashes.py::test_segfault --concurrency-seed=* "
+            "--concurrency-isolate=true",
+            "*- Captured stdout call -*",
+            "about to read address 0",
+        ]
+    )
+    text = result.stdout.str()
+    segfault = text.split("_ test_segfault _", 1)[1].split("_ test_abort _", 1)[0]
+    assert segfault.count("Current thread 0x") == 1
+    assert segfault.count("Thread 0x") >= 2  # the other worker and the main thread too
+    result.stdout.fnmatch_lines([crashed_line("test_crashes.py::test_abort", "call", ABRT)])
+    exited = messages.TEST_CRASH_EXIT.format(code=3)
+    result.stdout.fnmatch_lines([crashed_line("test_crashes.py::test_exits", "call", exited)])
+    result.stdout.fnmatch_lines(
+        [crashed_line("test_crashes.py::test_setup_crashes", "setup", SEGV)]
+    )
+    result.stdout.fnmatch_lines([crashed_line("test_crashes.py::test_harness_crash", "call", SEGV)])
+    result.stdout.fnmatch_lines(
+        [
+            "*= concurrency =*",
+            "7 concurrent tests, 4 runs, 8 calls; 6 with failures, 6 crashed",
+            messages.TEST_CRASH_SUMMARY.format(
+                nodeid="test_crashes.py::test_segfault",
+                how="SIGSEGV",
+                phase="call",
+                mode="threads",
+                workers=2,
+            ),
+            "    reproduce: pytest test_crashes.py::test_segfault --concurrency-seed=*",
+        ]
+    )
+    tests = by_test(out)
+    assert len(tests) == 7
+    segv = tests["test_crashes.py::test_segfault"]
+    assert segv["crashed"] is True and segv["isolated"] is True
+    assert (segv["signal"], segv["exit_code"], segv["crash_phase"]) == ("SIGSEGV", None, "call")
+    assert "Segmentation fault" in segv["crash_stacks"]
+    assert segv["outcome"] == "failed"
+    assert segv["reproduce"].startswith("pytest test_crashes.py::test_segfault --concurrency-seed=")
+    assert (segv["mode"], segv["workers"], segv["runs_planned"]) == ("threads", 2, 3)
+    assert tests["test_crashes.py::test_abort"]["signal"] == "SIGABRT"
+    assert tests["test_crashes.py::test_exits"]["exit_code"] == 3
+    assert tests["test_crashes.py::test_exits"]["signal"] is None
+    assert tests["test_crashes.py::test_setup_crashes"]["crash_phase"] == "setup"
+    assert tests["test_crashes.py::test_setup_crashes"]["outcome"] == "failed"
+    assert tests["test_crashes.py::test_expected_crash"]["outcome"] == "xfailed"
+    assert tests["test_crashes.py::test_harness_crash"]["signal"] == "SIGSEGV"
+    fine = tests["test_crashes.py::test_fine"]
+    assert (fine["outcome"], fine["runs_done"], fine["calls"]) == ("passed", 4, 8)
+    assert fine["isolated"] is True and "crashed" not in fine
+
+
+def test_the_reproduction_line_crashes_the_same_way(pytester, run_subprocess) -> None:
+    pytester.makepyfile(test_it=SEGFAULT_THEN_PASS.format(marker=", isolate=True"))
+    out = pytester.path / "out.json"
+    first = run_subprocess(f"--concurrency-json={out}")
+    first.assert_outcomes(passed=1, failed=1)
+    entry = by_test(out)["test_it.py::test_segfault"]
+    command = shlex.split(entry["reproduce"])
+    assert command[0] == "pytest"
+    again = run_subprocess(*command[1:], f"--concurrency-json={out}")
+    again.assert_outcomes(failed=1)
+    again.stdout.fnmatch_lines([crashed_line("test_it.py::test_segfault", "call", SEGV)])
+    replayed = by_test(out)["test_it.py::test_segfault"]
+    assert replayed["seed"] == entry["seed"]
+    assert replayed["signal"] == "SIGSEGV"
+
+
+REAPED = """
+import ctypes
+import os
+import time
+import pytest
+
+@pytest.fixture
+def hangs():
+    time.sleep(600)
+
+@pytest.mark.concurrent(workers=2, runs=3)
+def test_segfault(tmp_path_factory):
+    (tmp_path_factory.getbasetemp() / "segfault.pid").write_text(str(os.getpid()))
+    ctypes.string_at(0)
+
+@pytest.mark.timeout(3)
+@pytest.mark.concurrent(workers=2, runs=1)
+def test_hangs_in_setup(tmp_path_factory, hangs):
+    pass
+
+def test_children_were_reaped(tmp_path_factory):
+    pid = int((tmp_path_factory.getbasetemp() / "segfault.pid").read_text())
+    assert pid != os.getpid()
+    with pytest.raises(ChildProcessError):  # not a zombie, not running: reaped
+        os.waitpid(pid, os.WNOHANG)
+    with pytest.raises(ChildProcessError):  # no child of this session is left at all
+        os.waitpid(-1, os.WNOHANG)
+"""
+
+
+def test_the_child_is_reaped_also_when_pytest_timeout_stops_it(pytester, run_subprocess) -> None:
+    pytester.makepyfile(test_reaped=REAPED)
+    out = pytester.path / "out.json"
+    result = run_subprocess("--concurrency-isolate", f"--concurrency-json={out}", "-p", "timeout")
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            messages.ISOLATED_CUT_SHORT.format(
+                pid="*",
+                nodeid="test_reaped.py::test_hangs_in_setup",
+                error="Failed: Timeout (>3.0s) from pytest-timeout.",
+            ),
+            messages.TEST_CRASH_STACKS,
+            "*Fatal Python error: Aborted*",
+            '*File "*test_reaped.py", line 8 in hangs',
+        ]
+    )
+    hung = by_test(out)["test_reaped.py::test_hangs_in_setup"]
+    assert hung["crashed"] is False
+    assert hung["interrupted"] == "Failed: Timeout (>3.0s) from pytest-timeout."
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "not-isolated"])
+def test_under_xdist_the_crash_is_that_tests_failure(pytester, run_subprocess, isolate) -> None:
+    pytester.makepyfile(test_it=SEGFAULT_THEN_PASS.format(marker=""))
+    out = pytester.path / "out.json"
+    options = ["--concurrency-isolate"] if isolate else []
+    result = run_subprocess("-n", "2", *options, f"--concurrency-json={out}")
+    result.assert_outcomes(passed=1, failed=1)
+    if isolate:
+        result.stdout.fnmatch_lines(
+            [
+                crashed_line("test_it.py::test_segfault", "call", SEGV),
+                "    Fatal Python error: Segmentation fault",
+            ]
+        )
+    else:
+        result.stdout.fnmatch_lines(
+            [
+                "worker 'gw*' crashed while running 'test_it.py::test_segfault'",
+                "pytest-concurrency: the worker died while test_it.py::test_segfault ran "
+                "concurrently (threads, 2 workers, seed *); --concurrency-isolate *",
+                "  reproduce: pytest test_it.py::test_segfault --concurrency-seed=*",
+            ]
+        )
+    tests = by_test(out)
+    assert set(tests) == {"test_it.py::test_segfault", "test_it.py::test_next"}
+    crashed = tests["test_it.py::test_segfault"]
+    assert crashed["crashed"] is True and crashed["isolated"] is isolate
+    assert crashed["signal"] == ("SIGSEGV" if isolate else None)
+    assert crashed["outcome"] == "failed"
+    assert tests["test_it.py::test_next"]["outcome"] == "passed"
+    assert tests["test_it.py::test_next"]["runs_done"] == 2
+
+
+def test_without_isolation_the_crash_dump_names_the_test_and_the_fix(
+    pytester, run_subprocess
+) -> None:
+    pytester.makepyfile(test_it=SEGFAULT_THEN_PASS.format(marker=""))
+    result = run_subprocess("--concurrency-seed=4242")
+    assert result.ret == -signal.SIGSEGV  # nothing can go on in a process that segfaulted
+    expected = crash_note(
+        "test_it.py::test_segfault",
+        SeriesFacts(
+            mode="threads",
+            workers=2,
+            runs=3,
+            budget=None,
+            seed=0,
+            reproduce_seed=4242,
+            reproduce="pytest test_it.py::test_segfault --concurrency-seed=4242",
+        ),
+    )
+    result.stderr.fnmatch_lines(["Fatal Python error: Segmentation fault", f'*File "{expected}"*'])
+
+
+def test_a_platform_without_fork_refuses_isolation_with_the_reason(
+    pytester, run_subprocess
+) -> None:
+    pytester.makeconftest("import os\ndel os.fork\n")
+    pytester.makepyfile(test_it=SEGFAULT_THEN_PASS.format(marker=", isolate=True"))
+    result = run_subprocess()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [messages.ISOLATE_UNAVAILABLE.format(nodeid="test_it.py::test_segfault")]
+    )
+
+
+# -- the pure pieces -----------------------------------------------------------------------
+
+FACTS = SeriesFacts(
+    mode="threads",
+    workers=4,
+    runs=100,
+    budget=None,
+    seed=7,
+    reproduce_seed=99,
+    reproduce="pytest t.py::test_x --concurrency-seed=99",
+)
+
+
+def test_a_crash_says_how_it_died() -> None:
+    assert Crash(pid=1, phase="call", returncode=-11, stacks="").signal == "SIGSEGV"
+    assert Crash(pid=1, phase="call", returncode=-6, stacks="").exit_code is None
+    exited = Crash(pid=1, phase="call", returncode=3, stacks="")
+    assert (exited.signal, exited.exit_code) == (None, 3)
+    assert exited.describe() == messages.TEST_CRASH_EXIT.format(code=3)
+
+
+def test_the_series_facts_survive_json() -> None:
+    assert SeriesFacts.from_json(json.loads(json.dumps(FACTS.to_json()))) == FACTS
+    sharded = SeriesFacts(**{**FACTS.to_json(), "shard": (1, 4)})
+    assert SeriesFacts.from_json(json.loads(json.dumps(sharded.to_json()))) == sharded
+
+
+def test_the_stacks_keep_the_users_frames_and_each_threads_innermost() -> None:
+    dump = [
+        "Fatal Python error: Segmentation fault",
+        "",
+        "Current thread 0x01 (most recent call first):",
+        '  File "/usr/lib/python3.11/ctypes/__init__.py", line 519 in string_at',
+        '  File "/project/test_native.py", line 6 in test_body',
+        f'  File "{pytest.__file__}", line 1 in runtest',
+        f'  File "{json.__file__}", line 2 in dumps',
+        "",
+        "Thread 0x02 (most recent call first):",
+        f'  File "{json.__file__}", line 3 in wait',
+    ]
+    kept = user_frames(dump)
+    assert kept == [
+        *dump[:5],
+        "  (2 frames of pytest, pluggy, the plugin and the standard library left out)",
+        "",
+        *dump[8:],
+    ]
+
+
+def test_the_crash_note_stays_within_what_faulthandler_prints() -> None:
+    long = SeriesFacts(**{**FACTS.to_json(), "reproduce": "pytest " + "x" * 1000})
+    note = crash_note("t.py::test_x", long)
+    assert len(note) <= 480 and note.startswith("<") and note.endswith(">")
+    assert "t.py::test_x" in note and "seed 99" in note and "--concurrency-isolate" in note
+
+
+def test_the_summary_names_each_crashed_test() -> None:
+    crash = Crash(pid=1, phase="teardown", returncode=-6, stacks="")
+    entry = crashed_entry("t.py::test_x", crash, FACTS)
+    assert entry["runs_planned"] == 100 and entry["seed"] == 7
+    assert crash_summary_lines([entry]) == [
+        messages.TEST_CRASH_SUMMARY.format(
+            nodeid="t.py::test_x", how="SIGABRT", phase="teardown", mode="threads", workers=4
+        ),
+        "    reproduce: pytest t.py::test_x --concurrency-seed=99",
+    ]
