@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import gc
+import importlib
 import json
 import os
 import signal
+import sys
 import tempfile
 import time
 import warnings
@@ -35,6 +38,7 @@ from _pytest.runner import runtestprotocol
 
 from pytest_concurrency import messages
 from pytest_concurrency.engine.crashes import Crash, SeriesFacts, crash_text, crashed_entry
+from pytest_concurrency.engine.settings import Settings
 from pytest_concurrency.plugin.entries import REPORT_ATTRIBUTE
 from pytest_concurrency.plugin.items import SERIES_NOTE_KEY
 
@@ -60,6 +64,7 @@ def run_isolated(
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     started = time.time()
     shared_basetemp(item.config)
+    warm_up(session, item)
     with tempfile.TemporaryFile() as records, tempfile.TemporaryFile() as stacks:
         pid = fork_child(session, item, nextitem, records.fileno(), stacks.fileno())
         returncode, cut_short = supervise(pid)
@@ -89,6 +94,64 @@ def run_isolated(
         raise cut_short  # Ctrl-C, pytest.exit(): the child is reaped, the report logged
 
 
+WARM_MODULES = (
+    "pytest_concurrency.driver.series",
+    "pytest_concurrency.driver.harness",
+    "pytest_concurrency.engine.report",
+    "pytest_concurrency.engine.leaks",
+    "pytest_concurrency.races.perturb",
+    "pytest_concurrency.races.tracked",
+    "pytest_concurrency.races.primitives",
+    "pytest_concurrency.races.tracker",
+    "pytest_concurrency.races.lockgraph",
+    "pytest_concurrency.races.codefilter",
+    "pytest_concurrency.races.scheduler",
+    "pytest_concurrency.races.runreport",
+    "pytest_concurrency.engine.undertest",
+    "multiprocessing.forkserver",
+    "multiprocessing.resource_tracker",
+)
+warmed: set[str] = set()  # the modes whose machinery this process has imported
+
+
+def warm_up(session: ConcurrencySession, item: pytest.Item) -> None:
+    """Import the machinery a child would import again for every test (the parent runs no
+    series itself) and fill the session's caches (usable cores, packages under test), once
+    per mode: a child then pays for its fork, not for a cold start."""
+    from pytest_concurrency.plugin.calls import harness_config
+    from pytest_concurrency.runners import RUNNERS
+
+    settings = settings_of(session, item)
+    if settings.mode in warmed:
+        return
+    warmed.add(settings.mode)
+    for name in (*WARM_MODULES, RUNNERS[settings.mode]):
+        importlib.import_module(name)
+    harness_config(session, item, settings)
+    session.roots(item, settings)
+    warm_lock_watch(item, settings)
+
+
+def warm_lock_watch(item: pytest.Item, settings: Settings) -> None:
+    """The lock watch's answers to "is this module the user's?" (one per imported module,
+    asked when its window opens), found here so that each child inherits them."""
+    from pytest_concurrency.plugin.lockwatch import LOCKWATCH_NAME, LockWatch
+
+    watch = item.config.pluginmanager.get_plugin(LOCKWATCH_NAME)
+    if not isinstance(watch, LockWatch):
+        return
+    is_user_file = watch.user_file_filter(item, settings)
+    for module in list(sys.modules.values()):
+        filename = getattr(module, "__file__", None)
+        if isinstance(filename, str):
+            is_user_file(filename)
+
+
+def settings_of(session: ConcurrencySession, item: pytest.Item) -> Settings:
+    settled = session.marked_settings(item)
+    return settled if isinstance(settled, Settings) else session.settings
+
+
 def shared_basetemp(config: pytest.Config) -> None:
     """Make pytest's base temporary folder here, before the fork: made first in a child, it
     would be made again (and a given ``--basetemp`` wiped) by this process later."""
@@ -105,9 +168,15 @@ def fork_child(
     records: int,
     stacks: int,
 ) -> int:
-    with warnings.catch_warnings():  # 3.12+: "multi-threaded, use of fork() may deadlock"
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    pid = -1
+    gc.freeze()  # the child's collections leave the session's objects alone: fewer copied pages
+    try:
+        with warnings.catch_warnings():  # 3.12+: "multi-threaded, use of fork() may deadlock"
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    finally:
+        if pid != 0:
+            gc.unfreeze()
     if pid == 0:
         run_child(session, item, nextitem, records, stacks)
     return pid
@@ -259,12 +328,8 @@ def captured_sections(config: pytest.Config, phase: str) -> list[tuple[str, str]
 def facts_from_settings(session: ConcurrencySession, item: pytest.Item) -> SeriesFacts:
     """The series facts when the child died before its first series (in the setup)."""
     from pytest_concurrency.plugin.calls import harness_config, series_facts
-    from pytest_concurrency.plugin.items import SETTINGS_KEY
 
-    settings = session.marked_settings(item)
-    if not isinstance(settings, type(session.settings)):
-        settings = item.stash.get(SETTINGS_KEY, session.settings)
-    return series_facts(harness_config(session, item, settings))
+    return series_facts(harness_config(session, item, settings_of(session, item)))
 
 
 def keep_setup_state(item: pytest.Item, nextitem: pytest.Item | None) -> None:
