@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import shlex
 import signal
+import xml.etree.ElementTree as ET
 
 import pytest
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine import report
 from pytest_concurrency.engine.crashes import (
     Crash,
     SeriesFacts,
@@ -95,7 +97,10 @@ ABRT = messages.TEST_CRASH_SIGNAL.format(signal="SIGABRT", number=int(signal.SIG
 def test_each_crash_fails_its_test_and_the_session_goes_on(pytester, run_subprocess) -> None:
     pytester.makepyfile(test_crashes=CRASHES)
     out = pytester.path / "out.json"
-    result = run_subprocess("--concurrency-isolate", f"--concurrency-json={out}")
+    xml = pytester.path / "junit.xml"
+    result = run_subprocess(
+        "--concurrency-isolate", f"--concurrency-json={out}", f"--junitxml={xml}"
+    )
     result.assert_outcomes(passed=2, failed=4, errors=1, xfailed=1)
     result.stdout.fnmatch_lines(
         [
@@ -106,7 +111,7 @@ def test_each_crash_fails_its_test_and_the_session_goes_on(pytester, run_subproc
             "  reproduce: pytest test_crashes.py::test_segfault --concurrency-seed=* "
             "--concurrency-isolate=true",
             "*- Captured stdout call -*",
-            "about to read address 0",
+            "about to read address 0*",  # two workers print: their lines may interleave
         ]
     )
     text = result.stdout.str()
@@ -153,6 +158,12 @@ def test_each_crash_fails_its_test_and_the_session_goes_on(pytester, run_subproc
     fine = tests["test_crashes.py::test_fine"]
     assert (fine["outcome"], fine["runs_done"], fine["calls"]) == ("passed", 4, 8)
     assert fine["isolated"] is True and "crashed" not in fine
+    cases = {
+        case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+        for case in ET.parse(xml).getroot().iter("testcase")
+    }
+    assert cases["test_segfault"]["concurrency_verdict"] == report.VERDICT_CRASHED
+    assert cases["test_fine"]["concurrency_verdict"] == report.VERDICT_CLEAN
 
 
 def test_the_reproduction_line_crashes_the_same_way(pytester, run_subprocess) -> None:

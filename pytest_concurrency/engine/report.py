@@ -412,6 +412,7 @@ def shard_lines(concurrent: Sequence[ConcurrentEntry]) -> list[str]:
 
 
 JUNIT_PREFIX = "concurrency_"
+VERDICT_CRASHED = "crashed"
 VERDICT_HUNG = "hung"
 VERDICT_RACE = "race"
 VERDICT_CHECK_FAILED = "check failed"
@@ -421,6 +422,8 @@ VERDICT_INTERRUPTED = "interrupted"
 
 def concurrent_verdict(entry: ConcurrentEntry) -> str:
     """One word for a concurrent test's JUnit ``verdict`` property."""
+    if entry.get("crashed"):
+        return VERDICT_CRASHED
     if entry.get("hung_workers"):
         return VERDICT_HUNG
     if entry.get("failures"):

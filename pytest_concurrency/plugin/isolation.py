@@ -38,6 +38,7 @@ from _pytest.runner import runtestprotocol
 
 from pytest_concurrency import messages
 from pytest_concurrency.engine.crashes import Crash, SeriesFacts, crash_text, crashed_entry
+from pytest_concurrency.engine.report import junit_properties
 from pytest_concurrency.engine.settings import Settings
 from pytest_concurrency.plugin.entries import REPORT_ATTRIBUTE
 from pytest_concurrency.plugin.items import SERIES_NOTE_KEY
@@ -264,10 +265,13 @@ def with_crash_report(
     interrupted = None if cut_short is None else describe(cut_short)
     entry = crashed_entry(item.nodeid, crash, facts, interrupted=interrupted)
     setattr(failed, REPORT_ATTRIBUTE, [entry])
+    failed.user_properties.extend(junit_properties(entry))  # --junitxml <property> elements
     expect_crash(item, failed)
     kept.append(failed)
-    if crash.phase != "teardown":
-        kept.append(phase_report(item, "teardown", "passed", None, time.time()))
+    if crash.phase != "teardown":  # junitxml takes a test's properties from its teardown
+        teardown = phase_report(item, "teardown", "passed", None, time.time())
+        teardown.user_properties = list(failed.user_properties)
+        kept.append(teardown)
     return kept
 
 
