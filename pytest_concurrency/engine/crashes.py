@@ -226,6 +226,7 @@ def crash_note(nodeid: str, series: SeriesFacts) -> str:
 def call_with_note(note: str, call: Callable[[], object]) -> None:
     """``call()`` from a frame whose file name is ``note`` (a ``<...>`` pseudo file, which
     linecache, coverage and the perturbation leave alone)."""
+    __tracebackhide__ = True
     code = _noted.__code__.replace(co_filename=note, co_name="concurrent_series")
     types.FunctionType(code, _noted.__globals__)(call)
 

@@ -122,6 +122,7 @@ def run_marked_series(
     note = crash_note(item, config)
 
     def series() -> None:
+        __tracebackhide__ = True
         run_series(
             runner,
             [call] * config.workers,
