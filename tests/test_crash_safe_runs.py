@@ -8,6 +8,7 @@ faulthandler dump names the test and the fix; under xdist the "worker crashed" r
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import xml.etree.ElementTree as ET
@@ -232,6 +233,44 @@ def test_the_child_is_reaped_also_when_pytest_timeout_stops_it(pytester, run_sub
     hung = by_test(out)["test_reaped.py::test_hangs_in_setup"]
     assert hung["crashed"] is False
     assert hung["interrupted"] == "Failed: Timeout (>3.0s) from pytest-timeout."
+
+
+INTERRUPTED = """
+import os
+import signal
+import time
+import pytest
+
+@pytest.mark.concurrent(workers=2, runs=1)
+def test_interrupts_the_session(tmp_path_factory):
+    (tmp_path_factory.getbasetemp() / "child.pid").write_text(str(os.getpid()))
+    os.kill(os.getppid(), signal.SIGINT)  # Ctrl-C reaches the session, not this child
+    time.sleep(600)
+
+def test_never_runs():
+    pass
+"""
+
+
+def test_ctrl_c_stops_and_reaps_the_child_and_keeps_the_report(pytester, run_subprocess) -> None:
+    pytester.makepyfile(test_interrupted=INTERRUPTED)
+    out = pytester.path / "out.json"
+    result = run_subprocess("--concurrency-isolate", f"--concurrency-json={out}")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(
+        [
+            messages.ISOLATED_CUT_SHORT.format(
+                pid="*", nodeid="test_interrupted.py::test_interrupts_the_session", error="*"
+            ),
+            "*KeyboardInterrupt*",
+        ]
+    )
+    assert "test_never_runs" not in result.stdout.str()
+    entry = by_test(out)["test_interrupted.py::test_interrupts_the_session"]
+    assert entry["crashed"] is False and entry["interrupted"] == "KeyboardInterrupt"
+    pid = int((pytester.path / "runpytest-0" / "child.pid").read_text())
+    with pytest.raises(ProcessLookupError):  # not left running
+        os.kill(pid, 0)
 
 
 @pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "not-isolated"])
