@@ -235,6 +235,31 @@ def test_the_child_is_reaped_also_when_pytest_timeout_stops_it(pytester, run_sub
     assert hung["interrupted"] == "Failed: Timeout (>3.0s) from pytest-timeout."
 
 
+WARNS = """
+import warnings
+import pytest
+
+class LibraryWarning(UserWarning):
+    pass
+
+@pytest.mark.concurrent(workers=2, runs=1)
+def test_warns():
+    warnings.warn("said inside the child", LibraryWarning)
+"""
+
+
+def test_an_isolated_tests_warnings_reach_the_summary(pytester, run_subprocess) -> None:
+    pytester.makepyfile(test_warns=WARNS)
+    result = run_subprocess("--concurrency-isolate", "-W", "always::UserWarning")
+    result.assert_outcomes(passed=1, warnings=2)
+    result.stdout.fnmatch_lines(
+        [
+            "test_warns.py::test_warns",
+            "*test_warns.py:*: LibraryWarning: said inside the child",
+        ]
+    )
+
+
 INTERRUPTED = """
 import os
 import signal

@@ -85,6 +85,8 @@ def run_isolated(
         if "state" in data:
             session.abandoned_threads.extend(data["state"]["abandoned_threads"])
             session.leaked.extend(data["state"]["leaked"])
+            for warning in data["state"]["warnings"]:
+                warn_again(warning)
     for report in reports:
         for entry in getattr(report, REPORT_ATTRIBUTE, None) or ():
             entry["isolated"] = True
@@ -336,6 +338,28 @@ def facts_from_settings(session: ConcurrencySession, item: pytest.Item) -> Serie
     return series_facts(harness_config(session, item, settings_of(session, item)))
 
 
+def warning_data(warning: warnings.WarningMessage) -> dict[str, Any]:
+    category = warning.category
+    return {
+        "message": str(warning.message),
+        "module": category.__module__,
+        "category": category.__qualname__,
+        "filename": warning.filename,
+        "lineno": warning.lineno,
+    }
+
+
+def warn_again(data: dict[str, Any]) -> None:
+    """A warning the child recorded, issued again here, inside pytest's record of this test's
+    warnings (the category found by name: the child is a fork, its classes are ours)."""
+    category: Any = sys.modules.get(data["module"])
+    for name in str(data["category"]).split("."):
+        category = getattr(category, name, None)
+    if not (isinstance(category, type) and issubclass(category, Warning)):
+        category = UserWarning
+    warnings.warn_explicit(data["message"], category, data["filename"], data["lineno"])
+
+
 def keep_setup_state(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """This process set up nothing for the test (its child did), but what it had set up for
     earlier tests and the next one does not need is torn down here, as pytest would; a failing
@@ -360,7 +384,7 @@ class ChildRecords:
         self.fd = fd
 
     def write(self, record: dict[str, Any]) -> None:
-        os.write(self.fd, (json.dumps(record) + "\n").encode())
+        os.write(self.fd, (json.dumps(record, default=repr) + "\n").encode())
 
     def series(self, facts: SeriesFacts) -> None:
         self.write({"series": facts.to_json()})
@@ -388,8 +412,13 @@ def run_child(
         writer = ChildRecords(item.config, records)
         item.config.pluginmanager.register(writer, WRITER_NAME)
         item.stash[SERIES_NOTE_KEY] = writer.series
-        runtestprotocol(item, nextitem=nextitem, log=False)
-        state = {"abandoned_threads": session.abandoned_threads, "leaked": session.leaked}
+        with warnings.catch_warnings(record=True) as caught:  # the session's filters stay
+            runtestprotocol(item, nextitem=nextitem, log=False)
+        state = {
+            "abandoned_threads": session.abandoned_threads,
+            "leaked": session.leaked,
+            "warnings": [warning_data(warning) for warning in caught],
+        }
         writer.write({"state": state})
         writer.write({"done": True})
     except BaseException:  # the parent reports it as the crash of a phase
