@@ -108,6 +108,10 @@ CRASH_EXIT = "exited with code {code} (os._exit() in the body or in code it call
 CRASH_NO_ANSWER = "stopped answering"
 
 # -- crash-safe runs: a concurrent test isolated in a supervised child (plugin/isolation.py) --
+HEADER_ISOLATED = (
+    "concurrency: each concurrent test runs isolated in a supervised child process "
+    "(--concurrency-isolate): a crash is that test's failure"
+)
 TEST_CRASHED = (
     "CRASHED: the interpreter running {nodeid} died during its {phase}: {how} (isolated in "
     "child process {pid}; {where}); the session goes on"

@@ -105,6 +105,7 @@ def test_each_crash_fails_its_test_and_the_session_goes_on(pytester, run_subproc
     result.assert_outcomes(passed=2, failed=4, errors=1, xfailed=1)
     result.stdout.fnmatch_lines(
         [
+            messages.HEADER_ISOLATED,
             crashed_line("test_crashes.py::test_segfault", "call", SEGV),
             messages.TEST_CRASH_STACKS,
             "    Fatal Python error: Segmentation fault",
