@@ -123,6 +123,10 @@ TEST_CRASH_EXIT = (
 )
 TEST_CRASH_WHERE = "{mode}, {workers} workers, seed {seed}"
 TEST_CRASH_STACKS = "The stack of every thread when it died (faulthandler):"
+TEST_CRASH_ONE_STACK = (
+    "The stack of the thread that crashed (faulthandler; with the GIL disabled it cannot walk "
+    "the other threads):"
+)
 TEST_CRASH_NO_STACKS = (
     "No stack was written: the process was killed from outside (the OOM killer, SIGKILL) or "
     "exited without a fatal error."

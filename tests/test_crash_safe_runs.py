@@ -7,6 +7,7 @@ faulthandler dump names the test and the fix; under xdist the "worker crashed" r
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shlex
@@ -16,12 +17,14 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from pytest_concurrency import messages
-from pytest_concurrency.engine import report
+from pytest_concurrency.engine import cores, report
 from pytest_concurrency.engine.crashes import (
+    ONE_THREAD_ONLY,
     Crash,
     SeriesFacts,
     crash_note,
     crash_summary_lines,
+    crash_text,
     crashed_entry,
     user_frames,
 )
@@ -107,7 +110,7 @@ def test_each_crash_fails_its_test_and_the_session_goes_on(pytester, run_subproc
         [
             messages.HEADER_ISOLATED,
             crashed_line("test_crashes.py::test_segfault", "call", SEGV),
-            messages.TEST_CRASH_STACKS,
+            messages.TEST_CRASH_STACKS if cores.gil_enabled() else messages.TEST_CRASH_ONE_STACK,
             "    Fatal Python error: Segmentation fault",
             '      File "*test_crashes.py", line * in test_segfault',
             "  reproduce: pytest test_crashes.py::test_segfault --concurrency-seed=* "
@@ -118,8 +121,11 @@ def test_each_crash_fails_its_test_and_the_session_goes_on(pytester, run_subproc
     )
     text = result.stdout.str()
     segfault = text.split("_ test_segfault _", 1)[1].split("_ test_abort _", 1)[0]
-    assert segfault.count("Current thread 0x") == 1
-    assert segfault.count("Thread 0x") >= 2  # the other worker and the main thread too
+    if cores.gil_enabled():
+        assert segfault.count("Current thread 0x") == 1
+        assert segfault.count("Thread 0x") >= 2  # the other worker and the main thread too
+    else:  # a free-threaded build: faulthandler cannot walk the other threads
+        assert ONE_THREAD_ONLY in segfault
     result.stdout.fnmatch_lines([crashed_line("test_crashes.py::test_abort", "call", ABRT)])
     exited = messages.TEST_CRASH_EXIT.format(code=3)
     result.stdout.fnmatch_lines([crashed_line("test_crashes.py::test_exits", "call", exited)])
@@ -226,7 +232,7 @@ def test_the_child_is_reaped_also_when_pytest_timeout_stops_it(pytester, run_sub
                 nodeid="test_reaped.py::test_hangs_in_setup",
                 error="Failed: Timeout (>3.0s) from pytest-timeout.",
             ),
-            messages.TEST_CRASH_STACKS,
+            messages.TEST_CRASH_STACKS if cores.gil_enabled() else messages.TEST_CRASH_ONE_STACK,
             "*Fatal Python error: Aborted*",
             '*File "*test_reaped.py", line 8 in hangs',
         ]
@@ -353,6 +359,25 @@ def test_without_isolation_the_crash_dump_names_the_test_and_the_fix(
     result.stderr.fnmatch_lines(["Fatal Python error: Segmentation fault", f'*File "{expected}"*'])
 
 
+def test_with_the_gil_disabled_each_worker_thread_carries_the_note(
+    pytester, run_subprocess
+) -> None:
+    """A free-threaded build's faulthandler shows only the thread that crashed, a worker: the
+    note is then on each worker's stack too (simulated here on a GIL build)."""
+    pytester.makeconftest(
+        "import pytest_concurrency.engine.cores as cores\ncores.gil_enabled = lambda: False\n"
+    )
+    pytester.makepyfile(test_it=SEGFAULT_THEN_PASS.format(marker=""))
+    result = run_subprocess("--concurrency-seed=4242")
+    assert result.ret == -signal.SIGSEGV
+    note = '*File "<pytest-concurrency was running test_it.py::test_segfault here (*'
+    notes = [line for line in result.stderr.lines if fnmatch.fnmatch(line, note)]
+    if cores.gil_enabled():  # every thread is shown: the main thread's, the crashed worker's
+        assert len(notes) >= 2  # (and the other worker's, unless it was between two calls)
+    else:
+        assert len(notes) == 1
+
+
 def test_a_platform_without_fork_refuses_isolation_with_the_reason(
     pytester, run_subprocess
 ) -> None:
@@ -431,3 +456,12 @@ def test_the_summary_names_each_crashed_test() -> None:
         ),
         "    reproduce: pytest t.py::test_x --concurrency-seed=99",
     ]
+
+
+def test_a_free_threaded_dump_says_it_shows_one_thread() -> None:
+    dump = f"Fatal Python error: Segmentation fault\n\n{ONE_THREAD_ONLY}\nStack (most recent call first):\n"
+    text = crash_text(
+        "t.py::test_x", Crash(pid=1, phase="call", returncode=-11, stacks=dump), FACTS
+    )
+    assert messages.TEST_CRASH_ONE_STACK in text.splitlines()
+    assert messages.TEST_CRASH_STACKS not in text.splitlines()

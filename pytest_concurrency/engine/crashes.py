@@ -22,6 +22,8 @@ from pytest_concurrency.engine.owncode import is_user_file
 REPRODUCE_LINE = "  reproduce: {command}"
 FRAME_LINE = re.compile(r'^\s+File "(?P<path>.*)", line \d+ in ')
 LEFT_OUT = "  ({count} frames of pytest, pluggy, the plugin and the standard library left out)"
+ONE_THREAD_ONLY = "<Cannot show all threads while the GIL is disabled>"
+"""What faulthandler writes instead of the other threads on a free-threaded build."""
 MAX_NOTE = 480
 """faulthandler writes at most 500 characters of a file name: a longer note loses its end."""
 
@@ -109,7 +111,8 @@ def crash_text(nodeid: str, crash: Crash, series: SeriesFacts) -> str:
         )
     ]
     if crash.stacks.strip():
-        lines.append(messages.TEST_CRASH_STACKS)
+        one = ONE_THREAD_ONLY in crash.stacks
+        lines.append(messages.TEST_CRASH_ONE_STACK if one else messages.TEST_CRASH_STACKS)
         lines.extend("    " + line for line in user_frames(crash.stacks.rstrip().splitlines()))
     else:
         lines.append(messages.TEST_CRASH_NO_STACKS)
@@ -223,14 +226,22 @@ def crash_note(nodeid: str, series: SeriesFacts) -> str:
     return note if len(note) <= MAX_NOTE else note[: MAX_NOTE - 4] + "...>"
 
 
-def call_with_note(note: str, call: Callable[[], object]) -> None:
+def call_with_note(note: str, call: Callable[[], object]) -> object:
     """``call()`` from a frame whose file name is ``note`` (a ``<...>`` pseudo file, which
     linecache, coverage and the perturbation leave alone)."""
     __tracebackhide__ = True
+    return noted(note)(call)
+
+
+def noted(note: str) -> Callable[[Callable[[], object]], object]:
+    """A function that calls its argument from a frame whose file name is ``note``."""
     code = _noted.__code__.replace(co_filename=note, co_name="concurrent_series")
-    types.FunctionType(code, _noted.__globals__)(call)
+    function: Callable[[Callable[[], object]], object] = types.FunctionType(
+        code, _noted.__globals__
+    )
+    return function
 
 
-def _noted(call: Callable[[], object]) -> None:
+def _noted(call: Callable[[], object]) -> object:
     __tracebackhide__ = True
-    call()
+    return call()

@@ -120,12 +120,13 @@ def run_marked_series(
     runner = make_runner(session, item, settings, config.workers, config.seed)
     progress = live_progress(session, item, outcome, plan)
     note = crash_note(item, config)
+    body = call if note is None else noted_body(note, call, config)
 
     def series() -> None:
         __tracebackhide__ = True
         run_series(
             runner,
-            [call] * config.workers,
+            [body] * config.workers,
             outcome=outcome,
             plan=plan,
             timeout=config.timeout,
@@ -184,6 +185,20 @@ def crash_note(item: pytest.Item, config: HarnessConfig) -> str | None:
 
         leave_note(item.config, item.nodeid, facts)
     return note(item.nodeid, facts)
+
+
+def noted_body(
+    note: str, call: Callable[[], object], config: HarnessConfig
+) -> Callable[[], object]:
+    """The body, called below the crash note in each worker thread where faulthandler shows
+    only the thread that crashed (the GIL disabled); elsewhere the main thread's note is seen."""
+    from pytest_concurrency.engine import cores
+
+    if not mode_of(config.mode).workers_are_threads or cores.gil_enabled():
+        return call
+    from pytest_concurrency.engine.crashes import noted
+
+    return functools.partial(noted(note), call)
 
 
 def remembered_config(

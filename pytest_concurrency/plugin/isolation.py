@@ -198,19 +198,36 @@ def supervise(pid: int) -> tuple[int, BaseException | None]:
 
 def stop_and_reap(pid: int) -> int:
     """Stop the child: SIGABRT first, so that its faulthandler writes where every thread is,
-    then SIGKILL if it is still there after a grace period; reap it. Its return code."""
+    then SIGKILL if it is still there after a grace period (or at a second interruption, a
+    second Ctrl-C); reap it. Its return code."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGABRT)
+    try:
+        stopped = wait_a_while(pid)
+    except BaseException:  # interrupted again: no more grace
+        stopped = None
+    if stopped is not None:
+        return stopped
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    while True:  # SIGKILL cannot be refused: this wait is short, and never given up
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return -signal.SIGKILL
+        except BaseException:  # a third Ctrl-C: the child still must be reaped
+            continue
+        return os.waitstatus_to_exitcode(status)
+
+
+def wait_a_while(pid: int) -> int | None:
     deadline = time.monotonic() + STOP_GRACE
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return os.waitstatus_to_exitcode(status)
         time.sleep(0.01)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return None
 
 
 def read_records(records: IO[bytes]) -> list[dict[str, Any]]:
