@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from typing import IO, TYPE_CHECKING, Any, NoReturn
@@ -192,8 +193,25 @@ def supervise(pid: int) -> tuple[int, BaseException | None]:
     try:
         _, status = os.waitpid(pid, 0)
     except BaseException as error:  # whatever it is, the child must not stay
-        return stop_and_reap(pid), error
+        previous = hold_interrupts()  # a second Ctrl-C must not cut the reaping short
+        try:
+            return stop_and_reap(pid), error
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
     return os.waitstatus_to_exitcode(status), None
+
+
+def hold_interrupts() -> Any:
+    """Ignore Ctrl-C (the first one is being handled) until the child is reaped: the previous
+    handler, to put back; None where this thread cannot change it."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, ignore_interrupt)
+
+
+def ignore_interrupt(signum: int, frame: object) -> None:
+    pass
 
 
 def stop_and_reap(pid: int) -> int:
