@@ -137,6 +137,10 @@ ISOLATED_CUT_SHORT = (
     "pytest-concurrency: the isolated child process {pid} running {nodeid} was stopped and "
     "reaped: {error}"
 )
+ISOLATE_FORK_FAILED = (
+    "pytest-concurrency: could not fork a child to isolate this test ({error}); it ran in the "
+    "session's own process, where a crash ends the session"
+)
 ISOLATE_UNAVAILABLE = (
     "pytest-concurrency: {nodeid} asks to run isolated (isolate=true), but this platform has "
     "no os.fork(); run it without isolate, or on Linux or macOS"

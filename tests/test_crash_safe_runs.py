@@ -396,6 +396,30 @@ def test_a_platform_without_fork_refuses_isolation_with_the_reason(
     )
 
 
+def test_when_no_fork_is_to_be_had_the_test_runs_in_the_session_with_a_warning(
+    pytester, run_subprocess
+) -> None:
+    pytester.makeconftest(
+        "import os\n"
+        "def refuse():\n"
+        "    raise BlockingIOError(11, 'Resource temporarily unavailable')\n"
+        "os.fork = refuse\n"
+    )
+    pytester.makepyfile(
+        test_it="""
+import pytest
+
+@pytest.mark.concurrent(workers=2, runs=2, isolate=True)
+def test_runs_anyway():
+    pass
+"""
+    )
+    result = run_subprocess()
+    result.assert_outcomes(passed=1, warnings=1)
+    error = "*Resource temporarily unavailable"  # after "[Errno 11]", a glob class to fnmatch
+    result.stdout.fnmatch_lines([f"*{messages.ISOLATE_FORK_FAILED.format(error=error)}"])
+
+
 # -- the pure pieces -----------------------------------------------------------------------
 
 FACTS = SeriesFacts(

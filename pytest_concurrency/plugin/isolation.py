@@ -68,7 +68,13 @@ def run_isolated(
     shared_basetemp(item.config)
     warm_up(session, item)
     with tempfile.TemporaryFile() as records, tempfile.TemporaryFile() as stacks:
-        pid = fork_child(session, item, nextitem, records.fileno(), stacks.fileno())
+        try:
+            pid = fork_child(session, item, nextitem, records.fileno(), stacks.fileno())
+        except OSError as error:  # no fork to be had (process limit, memory): run it here
+            item.warn(pytest.PytestWarning(messages.ISOLATE_FORK_FAILED.format(error=error)))
+            runtestprotocol(item, nextitem=nextitem)
+            ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+            return
         returncode, cut_short = supervise(pid)
         written = read_records(records)
         stacks.seek(0)
@@ -129,11 +135,14 @@ def warm_up(session: ConcurrencySession, item: pytest.Item) -> None:
     if settings.mode in warmed:
         return
     warmed.add(settings.mode)
-    for name in (*WARM_MODULES, RUNNERS[settings.mode]):
-        importlib.import_module(name)
-    harness_config(session, item, settings)
-    session.roots(item, settings)
-    warm_lock_watch(item, settings)
+    try:
+        for name in (*WARM_MODULES, RUNNERS[settings.mode]):
+            importlib.import_module(name)
+        harness_config(session, item, settings)
+        session.roots(item, settings)
+        warm_lock_watch(item, settings)
+    except Exception:  # only a head start: the child meets the same error and reports it
+        return
 
 
 def warm_lock_watch(item: pytest.Item, settings: Settings) -> None:
