@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import ISOLATION_ARGS
 
-from pytest_concurrency import messages
+from pytest_concurrency.scaling import messages as scaling_messages
 from pytest_concurrency.scaling import plot
 from pytest_concurrency.scaling.verdict import IO_BOUND, SCALES, VERDICTS
 
@@ -261,4 +261,4 @@ def test_skipped_under_xdist_with_the_reason(pytester: pytest.Pytester, run_subp
     )
     result = run_subprocess("-n", "1", "-rs")
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines([f"*{messages.SCALING_SKIP_XDIST[:60]}*"])
+    result.stdout.fnmatch_lines([f"*{scaling_messages.SCALING_SKIP_XDIST[:60]}*"])

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from pytest_concurrency import messages
 from pytest_concurrency.errors import PlotUnavailableError
+from pytest_concurrency.scaling import messages as scaling_messages
 from pytest_concurrency.scaling import plot
 from pytest_concurrency.scaling.records import WorkerSample
 from pytest_concurrency.scaling.report import analyze
@@ -79,4 +79,4 @@ def test_missing_matplotlib_names_the_extra(
         in str(caught.value)
     )
     assert "pytest-concurrency[" not in str(caught.value)
-    assert str(caught.value) == messages.SCALING_PLOT_EXTRA_MISSING
+    assert str(caught.value) == scaling_messages.SCALING_PLOT_EXTRA_MISSING

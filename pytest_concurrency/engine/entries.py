@@ -4,7 +4,9 @@ An entry is a plain dict (it travels on the test report from a pytest-xdist work
 controller, and is written to the JSON report as it is), typed here so that mypy checks every
 key that is written or read. Entries are built in :mod:`pytest_concurrency.engine.report`
 (concurrent and serial) and by the scaling hooks (scaling); the lock watch adds ``schedule``
-and ``lock_order`` to a concurrent entry; the session adds ``outcome`` when it collects one.
+and ``lock_order`` to a concurrent entry; the session adds ``outcome`` when it collects one;
+an isolated test's supervisor builds the entry of a test whose interpreter died
+(:func:`pytest_concurrency.engine.report.crashed_entry`).
 Pure module: no pytest import.
 """
 
@@ -67,6 +69,12 @@ class ConcurrentEntry(_ConcurrentFields, total=False):
     gil_enabled: bool  # the GIL state when the test's call ended (plugin/gilwatch.py)
     gil_reenabled: bool  # the GIL was off when the test began and on when its call ended
     gil_modules: list[str]  # then: the extension modules first imported meanwhile
+    isolated: bool  # ran setup to teardown in a supervised child process (plugin/isolation.py)
+    crashed: bool  # the interpreter running it died (a segfault, an abort, a fatal error)
+    signal: str | None  # what killed it ("SIGSEGV"); None when it exited with a code
+    exit_code: int | None  # the code it exited with, when no signal killed it
+    crash_phase: str  # "setup", "call" or "teardown": the phase it died in
+    crash_stacks: str  # faulthandler's dump of every thread; "" when none was written
 
 
 class _SerialFields(TypedDict):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine.crashes import crash_summary_lines
 from pytest_concurrency.engine.dataraces import ordered as ordered_races
 from pytest_concurrency.engine.entries import (
     KIND_CONCURRENT,
@@ -303,13 +304,17 @@ def summary_lines(entries: Sequence[Entry]) -> list[str]:
     lines: list[str] = []
     if concurrent:
         failed = [e for e in concurrent if e.get("failing_run") is not None]
+        crashed = [e for e in concurrent if e.get("crashed")]
         cut = [e for e in concurrent if e.get("interrupted") and e.get("failing_run") is None]
         runs = sum(int(e.get("runs_done") or 0) for e in concurrent)
         calls = sum(int(e.get("calls") or 0) for e in concurrent)
         lines.append(
             f"{len(concurrent)} concurrent tests, {runs} runs, {calls} calls; "
-            f"{len(failed)} with failures" + (f", {len(cut)} interrupted" if cut else "")
+            f"{len(failed) + len(crashed)} with failures"
+            + (f", {len(crashed)} crashed" if crashed else "")
+            + (f", {len(cut)} interrupted" if cut else "")
         )
+        lines.extend(crash_summary_lines(crashed))
         for entry in failed:
             lines.append(
                 f"  {entry['nodeid']}: failed in run {entry['failing_run']} "
@@ -440,6 +445,7 @@ def shard_lines(concurrent: Sequence[ConcurrentEntry]) -> list[str]:
 
 
 JUNIT_PREFIX = "concurrency_"
+VERDICT_CRASHED = "crashed"
 VERDICT_HUNG = "hung"
 VERDICT_RACE = "race"
 VERDICT_CHECK_FAILED = "check failed"
@@ -449,6 +455,8 @@ VERDICT_INTERRUPTED = "interrupted"
 
 def concurrent_verdict(entry: ConcurrentEntry) -> str:
     """One word for a concurrent test's JUnit ``verdict`` property."""
+    if entry.get("crashed"):
+        return VERDICT_CRASHED
     if entry.get("hung_workers"):
         return VERDICT_HUNG
     if entry.get("failures"):

@@ -258,6 +258,7 @@ class FieldSpec:
     parse: Callable[[object, Source], Any]
     in_marker: bool = True
     cli: bool = True
+    flag: bool = False  # a command-line option that may stand alone (``--concurrency-isolate``)
 
     @property
     def option(self) -> str:
@@ -289,6 +290,7 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("inject", parse_inject),
         FieldSpec("budget", parse_budget),
         FieldSpec("start_method", parse_start_method),
+        FieldSpec("isolate", parse_bool, flag=True),
         FieldSpec("leaks", parse_leaks, in_marker=False),
         FieldSpec("gil", parse_gil, in_marker=False),
         FieldSpec("shards", parse_shards, in_marker=False),
@@ -317,6 +319,7 @@ class Settings:
     inject: str = INJECTIONS[0]  # asyncio mode: "off" or "cancel" (runners/aio_inject.py)
     budget: float | None = None
     start_method: str | None = None  # process mode; None: the runner's default
+    isolate: bool = False  # the whole test in a supervised child process (plugin/isolation.py)
     leaks: str = "warn"
     gil: str = "warn"  # the GIL came back during a concurrent test: warn or fail
     shards: int = 1

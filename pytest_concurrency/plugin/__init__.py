@@ -57,6 +57,10 @@ OPTION_HELP = {
     "budget": "stress each concurrent test for this many seconds instead of a run count",
     "start_method": "how mode=processes starts workers: forkserver, spawn, fork or auto "
     "(default: auto, forkserver where available, else spawn)",
+    "isolate": "run each concurrent test, setup to teardown, in a supervised child process "
+    "(fork): a worker that crashes the interpreter (segfault, abort, fatal error) fails that "
+    "test with the signal, every thread's stack and the reproduction line, and the session goes "
+    "on; true or false, alone means true (default: false)",
     "leaks": "threads and processes a concurrent test leaves running: warn, fail or off "
     "(default: warn)",
     "gil": "a concurrent test during which the GIL came back (a free-threaded build that "
@@ -86,12 +90,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("concurrency", "run tests concurrently (pytest-concurrency)")
     for name, spec in FIELDS.items():
         if spec.cli:
+            flag: dict[str, Any] = {"nargs": "?", "const": "true"} if spec.flag else {}
             group.addoption(
                 spec.option,
                 dest=spec.dest,
                 default=None,
                 metavar=name.upper(),
                 help=OPTION_HELP.get(name, name),
+                **flag,
             )
         parser.addini(
             spec.ini, INI_HELP.format(name=name.replace("_", "-"), upper=name.upper()), default=None
@@ -250,6 +256,7 @@ def pytest_configure_node(node: object) -> None:
     if isinstance(session, ConcurrencySession):
         node.workerinput["concurrency_seed"] = session.session_seed  # type: ignore[attr-defined]
         session.activate()
+        session.give_crash_notes(node)
 
 
 @pytest.fixture

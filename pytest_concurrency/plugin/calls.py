@@ -23,6 +23,7 @@ from pytest_concurrency.plugin.entries import (
     record_entry,
 )
 from pytest_concurrency.plugin.items import (
+    SERIES_NOTE_KEY,
     SETTINGS_KEY,
     SHARED_LOOP_KEY,
     invocation_nodeid,
@@ -38,6 +39,7 @@ from pytest_concurrency.plugin.items import (
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from pytest_concurrency.driver.harness import Concurrency, HarnessConfig, HarnessLoop
     from pytest_concurrency.driver.progress import LiveProgress
+    from pytest_concurrency.engine.crashes import SeriesFacts
     from pytest_concurrency.engine.memory import Remembered
     from pytest_concurrency.engine.outcomes import CallKind, SeriesOutcome
     from pytest_concurrency.plugin.session import ConcurrencySession
@@ -117,15 +119,27 @@ def run_marked_series(
     )
     runner = make_runner(session, item, settings, config.workers, config.seed)
     progress = live_progress(session, item, outcome, plan)
-    try:
+    note = crash_note(item, config)
+    body = call if note is None else noted_body(note, call, config)
+
+    def series() -> None:
+        __tracebackhide__ = True
         run_series(
             runner,
-            [call] * config.workers,
+            [body] * config.workers,
             outcome=outcome,
             plan=plan,
             timeout=config.timeout,
             on_record=progress.update if progress is not None else None,
         )
+
+    try:
+        if note is None:
+            series()
+        else:  # a crash's faulthandler dump names the test, its seed and the fix
+            from pytest_concurrency.engine.crashes import call_with_note
+
+            call_with_note(note, series)
     except BaseException:
         if outcome.interrupt is not None:  # pytest-timeout, Ctrl-C: the runs so far count
             record_outcome(session, item, outcome, config)
@@ -135,6 +149,56 @@ def run_marked_series(
         if progress is not None:
             progress.finish()
     return outcome
+
+
+def series_facts(config: HarnessConfig) -> SeriesFacts:
+    from pytest_concurrency.engine.crashes import SeriesFacts
+
+    return SeriesFacts(
+        mode=config.mode,
+        workers=config.workers,
+        runs=config.runs,
+        budget=config.budget,
+        seed=config.seed,
+        reproduce_seed=config.reproduce_seed,
+        reproduce=config.reproduce,
+        shard=config.shard,
+    )
+
+
+def crash_note(item: pytest.Item, config: HarnessConfig) -> str | None:
+    """Before a series: an isolated test's child tells its supervisor what it runs (None is
+    returned: the supervisor reports a crash); in this process, with workers that share it,
+    the note that a crash's faulthandler dump is to carry; None where a crash cannot take the
+    session with it (process workers)."""
+    tell = item.stash.get(SERIES_NOTE_KEY, None)
+    if tell is not None:
+        tell(series_facts(config))
+        return None
+    if not mode_of(config.mode).shares_process:
+        return None
+    from pytest_concurrency.engine.crashes import crash_note as note
+
+    facts = series_facts(config)
+    if is_xdist_worker(item.config):  # the controller names the test if the worker dies
+        from pytest_concurrency.plugin.crash_notes import leave_note
+
+        leave_note(item.config, item.nodeid, facts)
+    return note(item.nodeid, facts)
+
+
+def noted_body(
+    note: str, call: Callable[[], object], config: HarnessConfig
+) -> Callable[[], object]:
+    """The body, called below the crash note in each worker thread where faulthandler shows
+    only the thread that crashed (the GIL disabled); elsewhere the main thread's note is seen."""
+    from pytest_concurrency.engine import cores
+
+    if not mode_of(config.mode).workers_are_threads or cores.gil_enabled():
+        return call
+    from pytest_concurrency.engine.crashes import noted
+
+    return functools.partial(noted(note), call)
 
 
 def remembered_config(
@@ -416,6 +480,10 @@ def concurrency_fixture(session: ConcurrencySession, request: pytest.FixtureRequ
         config = dataclasses.replace(
             remembered_config(item, config, remembered), runs=config.runs, budget=config.budget
         )
+
+    tell = item.stash.get(SERIES_NOTE_KEY, None)
+    if tell is not None:  # an isolated test's child: its supervisor reports a crash
+        tell(series_facts(config))
 
     def factory(mode: str, workers: int, schedule: str | None = None) -> Runner:
         chosen = dataclasses.replace(settings, mode=mode, schedule=schedule or settings.schedule)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
@@ -19,12 +20,15 @@ from pytest_concurrency.engine.settings import DEFAULT_TIMEOUT, Settings
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from _pytest.nodes import Node
 
+    from pytest_concurrency.engine.crashes import SeriesFacts
     from pytest_concurrency.engine.leaks import Snapshot
     from pytest_concurrency.plugin.asyncio_fixtures import SharedLoop
     from pytest_concurrency.runners.base import OuterDeadline
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
+SERIES_NOTE_KEY: pytest.StashKey[Callable[[SeriesFacts], None]] = pytest.StashKey()
+"""In an isolated test's child (plugin/isolation.py): told each series's facts before it runs."""
 
 
 SHARD_ARG = "concurrency_shard"

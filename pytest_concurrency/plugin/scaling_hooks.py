@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from pytest_concurrency import messages
 from pytest_concurrency.errors import ScalingMeasurementError, ScalingUsageError
 from pytest_concurrency.plugin.entries import record_entry
+from pytest_concurrency.scaling import messages as scaling_messages
 from pytest_concurrency.scaling.api import (
     check_expectation,
     measure_scaling,
@@ -72,13 +72,15 @@ def reliability_problems(config: pytest.Config) -> list[tuple[str, str]]:
     """(skip reason, forced warning) for each reason the timings cannot be trusted here."""
     problems = []
     if hasattr(config, "workerinput"):
-        problems.append((messages.SCALING_SKIP_XDIST, messages.SCALING_FORCED_XDIST))
+        problems.append(
+            (scaling_messages.SCALING_SKIP_XDIST, scaling_messages.SCALING_FORCED_XDIST)
+        )
     tracer = active_tracer()
     if tracer is not None:
         problems.append(
             (
-                messages.SCALING_SKIP_TRACER.format(tracer=tracer),
-                messages.SCALING_FORCED_TRACER.format(tracer=tracer),
+                scaling_messages.SCALING_SKIP_TRACER.format(tracer=tracer),
+                scaling_messages.SCALING_FORCED_TRACER.format(tracer=tracer),
             )
         )
     return problems
@@ -159,14 +161,17 @@ def _marker_kwargs(item: pytest.Function) -> dict[str, Any]:
         return marker_options(marker.args, marker.kwargs)
     except ScalingUsageError as error:
         pytest.fail(
-            messages.SCALING_MARKER_USAGE.format(nodeid=item.nodeid, error=error), pytrace=False
+            scaling_messages.SCALING_MARKER_USAGE.format(nodeid=item.nodeid, error=error),
+            pytrace=False,
         )
 
 
 def _test_body(item: pytest.Function) -> Callable[..., Any]:
     """The test function with its fixture values bound: the unit of work."""
     if inspect.iscoroutinefunction(item.obj):
-        pytest.fail(messages.SCALING_MARKER_COROUTINE.format(nodeid=item.nodeid), pytrace=False)
+        pytest.fail(
+            scaling_messages.SCALING_MARKER_COROUTINE.format(nodeid=item.nodeid), pytrace=False
+        )
     argnames = item._fixtureinfo.argnames
     return functools.partial(item.obj, **{name: item.funcargs[name] for name in argnames})
 
@@ -180,7 +185,9 @@ def run_scaling_marker(item: pytest.Function) -> None:
     """
     __tracebackhide__ = True
     if not isinstance(item, pytest.Function):
-        pytest.fail(messages.SCALING_MARKER_NOT_FUNCTION.format(nodeid=item.nodeid), pytrace=False)
+        pytest.fail(
+            scaling_messages.SCALING_MARKER_NOT_FUNCTION.format(nodeid=item.nodeid), pytrace=False
+        )
     options = _marker_kwargs(item)
     expect = options.pop("expect", None)
     min_efficiency = options.pop("min_efficiency", None)
@@ -190,7 +197,8 @@ def run_scaling_marker(item: pytest.Function) -> None:
         validate_expectation(expect, min_efficiency)
     except ScalingUsageError as error:
         pytest.fail(
-            messages.SCALING_MARKER_USAGE.format(nodeid=item.nodeid, error=error), pytrace=False
+            scaling_messages.SCALING_MARKER_USAGE.format(nodeid=item.nodeid, error=error),
+            pytrace=False,
         )
     warnings = _skip_or_warnings(item.config, force)
     body = _test_body(item)
@@ -200,10 +208,11 @@ def run_scaling_marker(item: pytest.Function) -> None:
         )
     except ScalingUsageError as error:
         text = str(error) + (
-            messages.SCALING_FIXTURE_ARGUMENTS_HINT if "pickled" in str(error) else ""
+            scaling_messages.SCALING_FIXTURE_ARGUMENTS_HINT if "pickled" in str(error) else ""
         )
         pytest.fail(
-            messages.SCALING_MARKER_USAGE.format(nodeid=item.nodeid, error=text), pytrace=False
+            scaling_messages.SCALING_MARKER_USAGE.format(nodeid=item.nodeid, error=text),
+            pytrace=False,
         )
     except ScalingMeasurementError as error:
         pytest.fail(str(error), pytrace=False)

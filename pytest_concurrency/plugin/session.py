@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 import time
 from collections.abc import Generator, Iterable, Mapping
@@ -59,9 +60,11 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from pytest_concurrency.engine.owncode import CodeFilter
     from pytest_concurrency.engine.undertest import Package
     from pytest_concurrency.plugin.asyncio_fixtures import AsyncioFixtureHooks
+    from pytest_concurrency.plugin.crash_notes import CrashNotes
 
 
 ITEM_HOOKS_NAME = "concurrency-item-hooks"
+CODE_UNDER_TEST_HOOKS_NAME = "concurrency-code-under-test"
 ASYNCIO_FIXTURE_HOOKS_NAME = "concurrency-asyncio-fixtures"
 FIXTURE_LOOKUP_NAMES = ("getfixturevalue",)
 
@@ -106,6 +109,7 @@ class ConcurrencySession:
         self.asyncio_fixtures: AsyncioFixtureHooks | None = None  # with pytest-asyncio only
         self.running: pytest.Item | None = None  # a test from its setup to its call's report
         self.gil = GilWatch(settings.gil)  # the GIL state: read now, after collection, per test
+        self.crash_notes: CrashNotes | None = None  # the xdist controller's, once workers start
 
     # -- what the session says: header, summary, files (see summary.py) ---------------------
 
@@ -121,6 +125,22 @@ class ConcurrencySession:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         summary.finish_session(self)
+        if self.crash_notes is not None:
+            self.crash_notes.remove()
+
+    # -- pytest-xdist: which concurrent test a worker that died was running ------------------
+
+    def give_crash_notes(self, node: object) -> None:
+        if self.crash_notes is None:
+            from pytest_concurrency.plugin.crash_notes import CrashNotes
+
+            self.crash_notes = CrashNotes()
+        self.crash_notes.give_to(node)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport) -> None:
+        if self.crash_notes is not None:
+            self.crash_notes.complete(crashitem, report)
 
     def pytest_unconfigure(self) -> None:
         owncode = sys.modules.get("pytest_concurrency.engine.owncode")
@@ -146,6 +166,7 @@ class ConcurrencySession:
         self.item_hooks = ItemHooks(self)
         manager = self.config.pluginmanager
         manager.register(self.item_hooks, ITEM_HOOKS_NAME)
+        manager.register(CodeUnderTestHooks(self), CODE_UNDER_TEST_HOOKS_NAME)
         manager.register(LockWatch(self), LOCKWATCH_NAME)
         if manager.hasplugin(ASYNCIO_PLUGIN):  # pytest-asyncio: its fixtures share their loop
             from pytest_concurrency.plugin.asyncio_fixtures import AsyncioFixtureHooks
@@ -232,6 +253,8 @@ class ConcurrencySession:
         settled = self.marked_settings(item)
         if isinstance(settled, str):
             pytest.fail(settled, pytrace=False)
+        if settled is not None and settled.isolate and not hasattr(os, "fork"):
+            pytest.fail(messages.ISOLATE_UNAVAILABLE.format(nodeid=item.nodeid), pytrace=False)
         if settled is not None:
             item.stash[SETTINGS_KEY] = settled
         elif item.get_closest_marker("concurrent") is not None:  # a closer not_concurrent won
@@ -242,6 +265,20 @@ class ConcurrencySession:
                 record_entry(item, serial_entry(item.nodeid, not_concurrent_reason(mark)))
         if self.asyncio_fixtures is not None:  # before any fixture runs
             self.asyncio_fixtures.before_fixtures(item)
+
+    def isolated(self, item: pytest.Item) -> bool:
+        """Does this test run in a supervised child (``--concurrency-isolate``, or
+        ``isolate=True`` on its marker)? A harness test follows the session's setting."""
+        settled = self.marked_settings(item)
+        if isinstance(settled, Settings):
+            wanted = settled.isolate
+        else:
+            wanted = self.settings.isolate and "concurrency" in getattr(item, "fixturenames", ())
+        if not wanted:
+            return False
+        from pytest_concurrency.plugin.isolation import available
+
+        return available()
 
     def packages_for(self, names: tuple[str, ...]) -> list[Package]:
         """The packages under test beside the rootdir for these names (found once); raises
@@ -364,9 +401,9 @@ class ConcurrencySession:
     # -- summary and files --------------------------------------------------------------------
 
 
-class ItemHooks:
-    """The per-test hooks, registered by :meth:`ConcurrencySession.activate` only once
-    collection found a test that needs them; the work is the session's."""
+class CodeUnderTestHooks:
+    """While a test runs, from setup to teardown (in an isolated child too), "is this the
+    user's code?" is answered by its code under test (:func:`.owncode.judged_by`)."""
 
     def __init__(self, session: ConcurrencySession) -> None:
         self.session = session
@@ -375,8 +412,27 @@ class ItemHooks:
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
         from pytest_concurrency.engine import owncode
 
-        with owncode.judged_by(self.session.code_filter(item)):  # from setup to teardown
+        with owncode.judged_by(self.session.code_filter(item)):
             return (yield)
+
+
+class ItemHooks:
+    """The per-test hooks, registered by :meth:`ConcurrencySession.activate` only once
+    collection found a test that needs them; the work is the session's."""
+
+    def __init__(self, session: ConcurrencySession) -> None:
+        self.session = session
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> bool | None:
+        if not self.session.isolated(item):
+            return None
+        from pytest_concurrency.plugin.isolation import run_isolated
+
+        run_isolated(self.session, item, nextitem)
+        return True
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:

@@ -40,6 +40,7 @@ def header_lines(session: ConcurrencySession, config: pytest.Config) -> list[str
         f"concurrency: {describe_start_method(s.start_method)}",
         *oversubscription_lines(session),
         *schedule_header_lines(s),
+        *([messages.HEADER_ISOLATED] if s.isolate else []),
         *memory_header_lines(session),
         *under_test_header_lines(session),
         *asyncio_fixture_lines(config),

@@ -76,9 +76,9 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
-from pytest_concurrency import messages
 from pytest_concurrency.engine.cores import core_budget, free_threaded_build, gil_enabled
 from pytest_concurrency.errors import ScalingUsageError
+from pytest_concurrency.scaling import messages as scaling_messages
 from pytest_concurrency.scaling.child import reference_work
 from pytest_concurrency.scaling.measure import (
     ProcessPool,
@@ -264,7 +264,7 @@ def measure_scaling(
     report.context = replace(context, elapsed=time.perf_counter() - started)
     if report.context.elapsed > OVER_BUDGET_WARNING * budget_s:
         report.add_warning(
-            messages.SCALING_OVER_BUDGET.format(
+            scaling_messages.SCALING_OVER_BUDGET.format(
                 elapsed=report.context.elapsed, budget=budget_s, call=seconds_per_call
             )
         )
@@ -276,11 +276,15 @@ def _expected_words(expect: str | Iterable[str]) -> tuple[str, ...]:
     for word in words:
         if word not in VERDICTS:
             raise ScalingUsageError(
-                messages.SCALING_UNKNOWN_EXPECT.format(value=word, choices=", ".join(VERDICTS))
+                scaling_messages.SCALING_UNKNOWN_EXPECT.format(
+                    value=word, choices=", ".join(VERDICTS)
+                )
             )
     if not words:
         raise ScalingUsageError(
-            messages.SCALING_UNKNOWN_EXPECT.format(value=expect, choices=", ".join(VERDICTS))
+            scaling_messages.SCALING_UNKNOWN_EXPECT.format(
+                value=expect, choices=", ".join(VERDICTS)
+            )
         )
     return words
 
@@ -294,7 +298,9 @@ def validate_expectation(expect: str | Iterable[str] | None, min_efficiency: flo
         or not isinstance(min_efficiency, (int, float))
         or not 0 < min_efficiency <= 1
     ):
-        raise ScalingUsageError(messages.SCALING_BAD_MIN_EFFICIENCY.format(value=min_efficiency))
+        raise ScalingUsageError(
+            scaling_messages.SCALING_BAD_MIN_EFFICIENCY.format(value=min_efficiency)
+        )
 
 
 def check_expectation(
@@ -314,18 +320,18 @@ def check_expectation(
         words = _expected_words(expect)
         if report.verdict not in words:
             failures.append(
-                messages.SCALING_EXPECT_FAILED.format(
+                scaling_messages.SCALING_EXPECT_FAILED.format(
                     expected=" or ".join(words), verdict=report.verdict
                 )
             )
     if min_efficiency is not None:
         if not report.judged_workers:
-            failures.append(messages.SCALING_NO_JUDGED_LEVEL)
+            failures.append(scaling_messages.SCALING_NO_JUDGED_LEVEL)
         for mode, workers in report.judged_workers.items():
             level = report.level(mode, workers)
             if level.efficiency < min_efficiency:
                 failures.append(
-                    messages.SCALING_EFFICIENCY_FAILED.format(
+                    scaling_messages.SCALING_EFFICIENCY_FAILED.format(
                         efficiency=level.efficiency,
                         workers=workers,
                         mode=mode,

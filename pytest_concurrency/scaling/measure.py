@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
 
-from pytest_concurrency import messages
 from pytest_concurrency.engine import owncode
 from pytest_concurrency.errors import ScalingMeasurementError, ScalingUsageError, ScalingWorkError
 from pytest_concurrency.scaling import child as scaling_child
+from pytest_concurrency.scaling import messages as scaling_messages
 from pytest_concurrency.scaling.records import WaitSite, WorkerSample
 
 DEFAULT_START_METHOD = "spawn"
@@ -190,16 +190,16 @@ def run_thread_round(
     alive = sum(thread.is_alive() for thread in threads)
     if alive:
         barrier.abort()
-        extra = messages.SCALING_ABANDONED_THREADS.format(count=alive)
+        extra = scaling_messages.SCALING_ABANDONED_THREADS.format(count=alive)
         raise ScalingMeasurementError(
-            messages.SCALING_ROUND_TIMEOUT.format(
+            scaling_messages.SCALING_ROUND_TIMEOUT.format(
                 workers=workers, mode="threads", deadline=deadline, extra=extra
             )
         )
     if errors:
         detail = f"{type(errors[0]).__name__}: {errors[0]}"
         raise ScalingWorkError(
-            messages.SCALING_WORKER_RAISED.format(mode="threads", detail=detail)
+            scaling_messages.SCALING_WORKER_RAISED.format(mode="threads", detail=detail)
         ) from errors[0]
     return [sample for sample in samples if sample is not None]
 
@@ -269,10 +269,12 @@ class ProcessPool:
         for index in range(self.size):
             reply = self._receive(index, ends_at, self.size, POOL_START_TIMEOUT)
             if reply[0] == "unloadable":
-                raise ScalingUsageError(messages.SCALING_CHILD_LOAD_FAILED.format(detail=reply[1]))
+                raise ScalingUsageError(
+                    scaling_messages.SCALING_CHILD_LOAD_FAILED.format(detail=reply[1])
+                )
             if reply[0] == "error":
                 raise ScalingWorkError(
-                    messages.SCALING_WORKER_RAISED.format(mode="processes", detail=reply[1])
+                    scaling_messages.SCALING_WORKER_RAISED.format(mode="processes", detail=reply[1])
                 )
 
     def run_round(self, workers: int, calls: int, deadline: float) -> list[WorkerSample]:
@@ -286,7 +288,7 @@ class ProcessPool:
             reply = self._receive(index, ends_at, workers, deadline)
             if reply[0] == "error":
                 raise ScalingWorkError(
-                    messages.SCALING_WORKER_RAISED.format(mode="processes", detail=reply[1])
+                    scaling_messages.SCALING_WORKER_RAISED.format(mode="processes", detail=reply[1])
                 )
             samples.append(WorkerSample(*reply[1]))
         return samples
@@ -298,7 +300,7 @@ class ProcessPool:
         conn = self._conns[index]
         if not conn.poll(max(0.0, ends_at - time.monotonic())):
             raise ScalingMeasurementError(
-                messages.SCALING_ROUND_TIMEOUT.format(
+                scaling_messages.SCALING_ROUND_TIMEOUT.format(
                     workers=workers, mode="processes", deadline=deadline, extra=""
                 )
             )
@@ -308,7 +310,7 @@ class ProcessPool:
             process = self._processes[index]
             process.join(REAP_TIMEOUT)
             raise ScalingMeasurementError(
-                messages.SCALING_WORKER_DIED.format(index=index, code=process.exitcode)
+                scaling_messages.SCALING_WORKER_DIED.format(index=index, code=process.exitcode)
             ) from None
         return reply
 

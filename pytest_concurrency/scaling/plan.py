@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pytest_concurrency import messages
 from pytest_concurrency.engine.outcomes import exception_text
 from pytest_concurrency.errors import ScalingUsageError
+from pytest_concurrency.scaling import messages as scaling_messages
 from pytest_concurrency.scaling.measure import Unit
 from pytest_concurrency.scaling.stats import DEFAULT_BUDGET_SECONDS
 from pytest_concurrency.scaling.verdict import MODES, PROCESSES, THREADS
@@ -51,11 +51,13 @@ def marker_options(args: Sequence[object], kwargs: Mapping[str, Any]) -> dict[st
     A positional argument or an unknown keyword is a :class:`ScalingUsageError`.
     """
     if args:
-        raise ScalingUsageError(messages.SCALING_MARKER_POSITIONAL.format(args=tuple(args)))
+        raise ScalingUsageError(scaling_messages.SCALING_MARKER_POSITIONAL.format(args=tuple(args)))
     for key in kwargs:
         if key not in MARKER_KEYS:
             raise ScalingUsageError(
-                messages.SCALING_MARKER_UNKNOWN_KEY.format(key=key, choices=", ".join(MARKER_KEYS))
+                scaling_messages.SCALING_MARKER_UNKNOWN_KEY.format(
+                    key=key, choices=", ".join(MARKER_KEYS)
+                )
             )
     return dict(kwargs)
 
@@ -96,12 +98,14 @@ def validate_modes(modes: str | Iterable[str]) -> tuple[str, ...]:
     chosen = (modes,) if isinstance(modes, str) else tuple(modes)
     choices = ", ".join(repr(m) for m in MODES)
     if not chosen:
-        raise ScalingUsageError(messages.SCALING_NO_MODES.format(choices=choices))
+        raise ScalingUsageError(scaling_messages.SCALING_NO_MODES.format(choices=choices))
     for mode in chosen:
         if mode == "asyncio":
-            raise ScalingUsageError(messages.SCALING_ASYNCIO_MODE)
+            raise ScalingUsageError(scaling_messages.SCALING_ASYNCIO_MODE)
         if mode not in MODES:
-            raise ScalingUsageError(messages.SCALING_BAD_MODE.format(mode=mode, choices=choices))
+            raise ScalingUsageError(
+                scaling_messages.SCALING_BAD_MODE.format(mode=mode, choices=choices)
+            )
     return tuple(dict.fromkeys(chosen))
 
 
@@ -113,7 +117,9 @@ def plan_levels(
     usable_cores: int, workers: int | Sequence[int] | None, modes: Sequence[str]
 ) -> dict[str, tuple[int, ...]]:
     """Worker counts per mode: by default threads to twice the cores, processes to the cores."""
-    error = ScalingUsageError(messages.SCALING_BAD_WORKERS.format(value=workers, limit=MAX_WORKERS))
+    error = ScalingUsageError(
+        scaling_messages.SCALING_BAD_WORKERS.format(value=workers, limit=MAX_WORKERS)
+    )
     if workers is None:
         limits = {THREADS: max(2, 2 * usable_cores), PROCESSES: max(2, usable_cores)}
         return {mode: default_levels(limits[mode]) for mode in modes}
@@ -139,7 +145,7 @@ def validate_rounds(rounds: int | None) -> int | None:
         return None
     if not _is_count(rounds) or not MIN_EXPLICIT_ROUNDS <= rounds <= MAX_EXPLICIT_ROUNDS:
         raise ScalingUsageError(
-            messages.SCALING_BAD_ROUNDS.format(
+            scaling_messages.SCALING_BAD_ROUNDS.format(
                 value=rounds, low=MIN_EXPLICIT_ROUNDS, high=MAX_EXPLICIT_ROUNDS
             )
         )
@@ -155,7 +161,7 @@ def validate_budget(budget: float | None) -> float:
         or not 0 < budget <= MAX_BUDGET_SECONDS
     ):
         raise ScalingUsageError(
-            messages.SCALING_BAD_BUDGET.format(value=budget, high=MAX_BUDGET_SECONDS)
+            scaling_messages.SCALING_BAD_BUDGET.format(value=budget, high=MAX_BUDGET_SECONDS)
         )
     return float(budget)
 
@@ -169,16 +175,16 @@ def unit_name(fn: Callable[..., Any]) -> str:
 
 def validate_unit(unit: Unit, modes: Sequence[str]) -> None:
     if not callable(unit.fn):
-        raise ScalingUsageError(messages.SCALING_NOT_CALLABLE.format(value=unit.fn))
+        raise ScalingUsageError(scaling_messages.SCALING_NOT_CALLABLE.format(value=unit.fn))
     name = unit_name(unit.fn)
     if inspect.iscoroutinefunction(unit.fn):
-        raise ScalingUsageError(messages.SCALING_COROUTINE_UNIT.format(name=name))
+        raise ScalingUsageError(scaling_messages.SCALING_COROUTINE_UNIT.format(name=name))
     if PROCESSES in modes:
         try:
             unit.payload()
         except Exception as exc:
             raise ScalingUsageError(
-                messages.SCALING_UNPICKLABLE_UNIT.format(
+                scaling_messages.SCALING_UNPICKLABLE_UNIT.format(
                     name=name, error=f"{type(exc).__name__}: {exception_text(exc)}"
                 )
             ) from exc
@@ -186,7 +192,7 @@ def validate_unit(unit: Unit, modes: Sequence[str]) -> None:
 
 def validate_seed(seed: int) -> None:
     if not _is_count(seed):
-        raise ScalingUsageError(messages.SCALING_BAD_SEED.format(value=seed))
+        raise ScalingUsageError(scaling_messages.SCALING_BAD_SEED.format(value=seed))
 
 
 # --------------------------------------------------------------------------- planning
@@ -226,7 +232,7 @@ def check_budget(plan: MeasurementPlan, seconds_per_call: float, budget: float, 
     if needed > MAX_OVERRUN * budget:
         levels = "; ".join(f"{mode} {list(counts)}" for mode, counts in plan.levels.items())
         raise ScalingUsageError(
-            messages.SCALING_BUDGET_TOO_SMALL.format(
+            scaling_messages.SCALING_BUDGET_TOO_SMALL.format(
                 name=name,
                 call=seconds_per_call,
                 rounds=plan.min_rounds,

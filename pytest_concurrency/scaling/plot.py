@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_concurrency import messages
 from pytest_concurrency.engine.outputs import write_atomically
 from pytest_concurrency.errors import PlotUnavailableError
+from pytest_concurrency.scaling import messages as scaling_messages
 
 INDEX_TITLE = "pytest-concurrency: scaling"
 INDEX_NAME = "index.html"
@@ -42,7 +42,7 @@ def _figure_class() -> tuple[Any, Any]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise PlotUnavailableError(messages.SCALING_PLOT_EXTRA_MISSING) from exc
+        raise PlotUnavailableError(scaling_messages.SCALING_PLOT_EXTRA_MISSING) from exc
     return Figure, FigureCanvasAgg
 
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_concurrency import messages
 from pytest_concurrency.errors import ScalingUsageError
+from pytest_concurrency.scaling import messages as scaling_messages
 from pytest_concurrency.scaling.records import WaitSite
 from pytest_concurrency.scaling.stats import (
     CI_COVERAGE,
@@ -67,7 +67,9 @@ class ScalingReport:
             f"{m} {[level.workers for level in levels]}" for m, levels in self.levels.items()
         )
         raise ScalingUsageError(
-            messages.SCALING_NOT_MEASURED.format(workers=workers, mode=mode, levels=measured)
+            scaling_messages.SCALING_NOT_MEASURED.format(
+                workers=workers, mode=mode, levels=measured
+            )
         )
 
     def speedup(self, mode: str, n: int) -> float:
