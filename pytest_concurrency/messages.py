@@ -73,6 +73,40 @@ SERIAL_NOT_CONCURRENT = "marked not_concurrent"
 SERIAL_UNSAFE_FIXTURE = "uses thread-unsafe fixture {names}"
 SERIAL_WARNINGS = "uses {name} (warning filters are process-global)"
 SERIAL_NOT_FUNCTION = "not a plain test function"
+SERIAL_FAILED_PLAIN = "failed in its plain single-worker run (the test's own failure, not a race)"
+SERIAL_SKIPPED_PLAIN = "skipped or xfailed in its plain run"
+OWN_FAILURE_NOTE = (
+    "pytest-concurrency: this test failed in its plain single-worker run, before any "
+    "concurrent run: the failure is the test's own (it fails without concurrency), not a race"
+)
+CONCURRENT_FAILURE_NOTE = (
+    "  only concurrently: the plain single-worker run of this test passed; the origins above "
+    "are where the concurrent runs failed"
+)
+INTERNAL_FAILURE_NOTE = (
+    "  pytest-concurrency: an internal error (raised inside the plugin at {origin}), not a race "
+    "in your code; please report it"
+)
+RUN_POSITION_AUDIT = "of its audit"
+HEADER_AUDIT_COST = (
+    "concurrency: audit: each test once plainly, then concurrently for up to {cost:g}x its plain "
+    "cost ({quiet:g}x if it meets no shared state); --concurrency-audit-cost=N, "
+    "--concurrency-budget=SECONDS for the session, or --concurrency-runs=N for a fixed count"
+)
+HEADER_AUDIT_BUDGET = (
+    "concurrency: audit: a session budget of {budget:g}s spread over the audited tests (one "
+    "that touches shared state gets 4x a quiet one's share); each test once plainly first"
+)
+SUMMARY_AUDIT_COST = (
+    "audit: {tests} tests audited ({shared} touched shared state), {runs} concurrent runs "
+    "(per test: min {low}, median {median:g}, max {high}); plain runs {plain:.2f}s, concurrent "
+    "runs {spent:.2f}s: about {multiple:.1f}x the plain cost"
+)
+AUDIT_COST_EXPECTED = "expected a multiple of the plain run, at least 1, e.g. 10"
+SUMMARY_MODULES_TITLE = "per module:"
+SUMMARY_MODULE_LINE = (
+    "  {module}: {concurrent} concurrently, {races} with races{internal}; {once} once{reasons}"
+)
 
 # -- process mode (runners/processes.py) ----------------------------------------------------
 START_METHOD_DEFAULT = (

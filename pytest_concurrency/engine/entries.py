@@ -51,6 +51,16 @@ class _ConcurrentFields(TypedDict):
     interrupted: str | None
 
 
+class AuditEntry(TypedDict):
+    """What ``--concurrency-all``'s audit spent on one test (engine/audit.py)."""
+
+    plain_seconds: float  # the plain run: fixtures' setup, one call, pytest's own share
+    concurrent_seconds: float
+    allowance_seconds: float | None  # None: a fixed run count
+    shared_state: bool  # its first concurrent run met shared state of the code under test
+    shared_points: int | None  # how many such points; None: not counted (no perturbation)
+
+
 class ConcurrentEntry(_ConcurrentFields, total=False):
     """A test run concurrently (marker, ``--concurrency-all`` or the harness): the JSON
     report's ``tests`` entries."""
@@ -61,6 +71,8 @@ class ConcurrentEntry(_ConcurrentFields, total=False):
     schedule: dict[str, Any]  # the controlled scheduler's summary (the lock watch adds it)
     lock_order: dict[str, Any]  # {"verdict": ..., "inversions": [...]} (the lock watch)
     outcome: str  # pytest's word for the test (the session adds it)
+    audit: AuditEntry  # an audited test (--concurrency-all): its cost
+    failure_class: str  # a failed test: "concurrent" (only so) or "internal" (the plugin's)
 
 
 class _SerialFields(TypedDict):
@@ -73,6 +85,7 @@ class SerialEntry(_SerialFields, total=False):
     """A test ``--concurrency-all`` ran once, normally, and why."""
 
     outcome: str
+    failure_class: str  # "own": it failed in its plain single-worker run
 
 
 ScalingEntry = dict[str, Any]

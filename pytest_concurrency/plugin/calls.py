@@ -23,6 +23,8 @@ from pytest_concurrency.plugin.entries import (
     record_entry,
 )
 from pytest_concurrency.plugin.items import (
+    AUDIT_ENTRY_KEY,
+    AUDITED_KEY,
     SETTINGS_KEY,
     SHARED_LOOP_KEY,
     invocation_nodeid,
@@ -40,6 +42,7 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from pytest_concurrency.driver.progress import LiveProgress
     from pytest_concurrency.engine.memory import Remembered
     from pytest_concurrency.engine.outcomes import CallKind, SeriesOutcome
+    from pytest_concurrency.plugin.audit import AllowanceClock
     from pytest_concurrency.plugin.session import ConcurrencySession
     from pytest_concurrency.runners.base import Runner, RunPlan
     from pytest_concurrency.runners.framework import FrameworkHooks
@@ -84,7 +87,18 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
                 )
             finish_outcome(session, pyfuncitem, outcome, first)
             return True
-    outcome = run_marked_series(session, pyfuncitem, settings, config, call)
+    ledger = session.audit
+    if ledger is not None and pyfuncitem.stash.get(AUDITED_KEY, False):
+        from pytest_concurrency.plugin.audit import start_audit
+
+        clock = start_audit(pyfuncitem, settings, config, call, ledger)
+        config = dataclasses.replace(config, budget=None)  # the session's, spread by the clock
+        try:
+            outcome = run_marked_series(session, pyfuncitem, settings, config, call, clock)
+        finally:
+            clock.close(pyfuncitem)
+    else:
+        outcome = run_marked_series(session, pyfuncitem, settings, config, call)
     finish_outcome(session, pyfuncitem, outcome, config)
     return True
 
@@ -95,9 +109,11 @@ def run_marked_series(
     settings: Settings,
     config: HarnessConfig,
     call: Callable[[], object],
+    clock: AllowanceClock | None = None,
 ) -> SeriesOutcome:
     """The series of a marked test (or one run by ``--concurrency-all``): its runs, its live
-    progress, and its outcome; an interrupt from outside is recorded, then raised."""
+    progress, and its outcome; an interrupt from outside is recorded, then raised. An
+    audited test's ``clock`` ends its series when its allowance is spent (no planned count)."""
     __tracebackhide__ = True
     from pytest_concurrency.driver.series import run_series
     from pytest_concurrency.engine.outcomes import SeriesOutcome
@@ -107,15 +123,18 @@ def run_marked_series(
         count=None if config.budget is not None else config.runs,
         deadline=None if config.budget is None else _deadline(config.budget),
         outer=config.outer,
+        more=clock.more if clock is not None else None,
     )
     outcome = SeriesOutcome(
         mode=settings.mode,
         workers=config.workers,
-        runs_planned=plan.count,
+        runs_planned=plan.count if clock is None else None,
         seed=config.seed,
         budget=config.budget,
     )
     runner = make_runner(session, item, settings, config.workers, config.seed)
+    if clock is not None:
+        clock.watch(getattr(runner, "perturbation", None), outcome)
     progress = live_progress(session, item, outcome, plan)
     try:
         run_series(
@@ -193,12 +212,17 @@ def record_outcome(
     from pytest_concurrency.engine import report
 
     reproduce = config.reproduce if outcome.failed else None
-    record_entry(
-        item,
-        report.concurrent_entry(
-            outcome, nodeid=item.nodeid, reproduce=reproduce, shard=config.shard
-        ),
+    entry = report.concurrent_entry(
+        outcome, nodeid=item.nodeid, reproduce=reproduce, shard=config.shard
     )
+    audit = item.stash.get(AUDIT_ENTRY_KEY, None)
+    if audit is not None:
+        entry["audit"] = audit
+    if outcome.failed:
+        from pytest_concurrency.engine.audit import failure_class
+
+        entry["failure_class"] = failure_class(f.exception for f in outcome.failures())
+    record_entry(item, entry)
 
 
 def finish_outcome(
@@ -217,6 +241,7 @@ def finish_outcome(
     if record is not None and record.failures:
         fail_fixture_lookup(item, outcome, config)
         record.notes.extend(warning_check_lines(item, config))
+        record.notes.extend(failure_class_lines(item, outcome))
     if record is not None and outcome.failed and SHARED_LOOP_KEY in item.stash:
         from pytest_concurrency.plugin.asyncio_fixtures import shared_loop_lines
 
@@ -233,6 +258,20 @@ def finish_outcome(
         signal = outcome_signal(outcome)
         if signal is not None:
             raise signal
+
+
+def failure_class_lines(item: pytest.Function, outcome: SeriesOutcome) -> list[str]:
+    """A failure report's line on whose failure it is: the plugin's (an internal error), or,
+    for an audited test whose plain run passed, one that shows only concurrently."""
+    from pytest_concurrency.engine.audit import raised_inside_plugin
+
+    for failure in outcome.failures():
+        inside = raised_inside_plugin(failure.exception)
+        if inside is not None:
+            return [messages.INTERNAL_FAILURE_NOTE.format(origin=inside)]
+    if AUDIT_ENTRY_KEY in item.stash and mode_of(outcome.mode).runs_coroutines is False:
+        return [messages.CONCURRENT_FAILURE_NOTE]
+    return []
 
 
 def warning_check_lines(item: pytest.Function, config: HarnessConfig) -> list[str]:

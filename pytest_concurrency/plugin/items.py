@@ -19,6 +19,7 @@ from pytest_concurrency.engine.settings import DEFAULT_TIMEOUT, Settings
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from _pytest.nodes import Node
 
+    from pytest_concurrency.engine.entries import AuditEntry
     from pytest_concurrency.engine.leaks import Snapshot
     from pytest_concurrency.plugin.asyncio_fixtures import SharedLoop
     from pytest_concurrency.runners.base import OuterDeadline
@@ -43,6 +44,10 @@ PYTEST_TIMEOUT_SHARE = 0.8
 
 
 SERIAL_KEY = pytest.StashKey[str]()
+AUDITED_KEY = pytest.StashKey[bool]()
+"""A test ``--concurrency-all`` audits: once plainly, then within its allowance."""
+AUDIT_ENTRY_KEY: pytest.StashKey[AuditEntry] = pytest.StashKey()
+"""What the audit spent on the test, for its entry."""
 STARTED_KEY = pytest.StashKey[float]()
 """When the test's setup began (monotonic): about when pytest-timeout's timer started."""
 SETTLED_KEY: pytest.StashKey[object] = pytest.StashKey()

@@ -32,6 +32,7 @@ from pytest_concurrency.plugin.entries import (
 )
 from pytest_concurrency.plugin.items import (
     ASYNCIO_PLUGIN,
+    AUDITED_KEY,
     LEAK_SNAPSHOT_KEY,
     SERIAL_KEY,
     SETTINGS_KEY,
@@ -47,11 +48,13 @@ from pytest_concurrency.plugin.items import (
     is_unittest_method,
     needs_item_hooks,
     not_concurrent_reason,
+    xdist_worker_count,
 )
 
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from _pytest.nodes import Node
 
+    from pytest_concurrency.engine.audit import AuditLedger
     from pytest_concurrency.engine.entries import Entry
     from pytest_concurrency.engine.memory import Memory, Remembered
     from pytest_concurrency.engine.undertest import Package
@@ -80,6 +83,7 @@ class ConcurrencySession:
         memory: Memory | None = None,
         memory_in_use: bool = False,
         given_settings: frozenset[str] = frozenset(),
+        audit_cost: float | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
@@ -102,6 +106,12 @@ class ConcurrencySession:
         self.item_hooks: ItemHooks | None = None
         self.asyncio_fixtures: AsyncioFixtureHooks | None = None  # with pytest-asyncio only
         self.running: pytest.Item | None = None  # a test from its setup to its call's report
+        self.audit: AuditLedger | None = None  # run-all's audit (engine/audit.py), or None
+        if run_all and "runs" not in given_settings and replay_runs is None:
+            from pytest_concurrency.engine.audit import AuditLedger
+
+            cost = audit_cost if audit_cost is not None else AuditLedger().cost
+            self.audit = AuditLedger(cost=cost, budget=settings.budget)
 
     # -- what the session says: header, summary, files (see summary.py) ---------------------
 
@@ -169,12 +179,20 @@ class ConcurrencySession:
                 self.activate()
             return
         self.activate()
+        audited = 0
         for item in items:
             reason = self.serial_reason(item)
             if reason is not None:
                 item.stash[SERIAL_KEY] = reason
             elif concurrent_marker(item) is None:
                 item.add_marker(pytest.mark.concurrent())
+                if self.audit is not None and "concurrency" not in getattr(
+                    item, "fixturenames", ()
+                ):
+                    item.stash[AUDITED_KEY] = True
+                    audited += 1
+        if self.audit is not None:  # under pytest-xdist, each worker runs its share
+            self.audit.tests_left = -(-audited // max(1, xdist_worker_count(self.config)))
 
     def serial_reason(self, item: pytest.Item) -> str | None:
         """Why ``--concurrency-all`` runs this test once, normally; None to run it concurrently."""

@@ -1,0 +1,232 @@
+"""--concurrency-all's affordable default (issue 17): each test once plainly, then concurrent
+runs within its share of the audit's cost; every failure classified; a per-module report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_concurrency import messages
+from pytest_concurrency.engine.audit import (
+    FAILURE_CONCURRENT,
+    FAILURE_INTERNAL,
+    FAILURE_OWN,
+    QUIET_SHARE,
+    AuditLedger,
+    module_tallies,
+    touches_shared_state,
+)
+from pytest_concurrency.engine.settings import SessionOptions, resolve_session_options
+from pytest_concurrency.errors import SettingsError
+
+SUITE = """
+import threading
+import pytest
+
+STORE = {}
+
+def put(key, value):
+    STORE[key] = value
+    return STORE.get(key)
+
+def test_calls_into_shared_state():
+    for index in range(20):
+        put(index, index)
+
+def test_quiet():
+    assert 1 + 1 == 2
+
+@pytest.mark.concurrent(runs=7, workers=2)
+def test_marked_keeps_its_runs():
+    put("marked", 1)
+"""
+
+
+def load(pytester: pytest.Pytester, name: str = "report.json") -> dict:
+    return json.loads((pytester.path / name).read_text())
+
+
+def by_nodeid(document: dict) -> dict[str, dict]:
+    return {entry["nodeid"].split("::")[-1]: entry for entry in document["tests"]}
+
+
+def test_the_audit_runs_each_test_within_its_allowance(pytester, run) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = run("--concurrency-all", "--concurrency-seed=3", "--concurrency-json=report.json")
+    result.assert_outcomes(passed=3)
+    header = messages.HEADER_AUDIT_COST.format(cost=10, quiet=1 + 9 * QUIET_SHARE)
+    result.stdout.fnmatch_lines([header, "audit: 2 tests audited (* touched shared state)*"])
+    tests = by_nodeid(load(pytester))
+    for name in ("test_calls_into_shared_state", "test_quiet"):
+        entry = tests[name]
+        assert entry["runs_done"] >= 1  # never zero
+        assert entry["runs_planned"] is None  # an allowance of seconds, not a count
+        assert entry["audit"]["plain_seconds"] > 0
+        assert entry["audit"]["allowance_seconds"] is not None or entry["runs_done"] == 1
+    assert tests["test_calls_into_shared_state"]["audit"]["shared_state"] is True
+    assert tests["test_quiet"]["audit"]["shared_state"] is False
+    marked = tests["test_marked_keeps_its_runs"]
+    assert (marked["runs_done"], marked["workers"]) == (7, 2)  # its marker's semantics
+    assert "audit" not in marked
+
+
+def test_a_session_budget_is_spread_and_never_leaves_a_test_without_a_run(pytester, run) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = run(
+        "--concurrency-all", "--concurrency-budget=0.000001", "--concurrency-json=report.json"
+    )
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines([messages.HEADER_AUDIT_BUDGET.format(budget=0.000001)])
+    tests = by_nodeid(load(pytester))
+    for name in ("test_calls_into_shared_state", "test_quiet"):
+        assert tests[name]["runs_done"] == 1  # the first concurrent run always
+    assert load(pytester)["audit"]["budget"] == 0.000001
+
+
+def test_a_given_run_count_keeps_the_long_hunt(pytester, run) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = run("--concurrency-all", "--concurrency-runs=5", "--concurrency-json=report.json")
+    result.assert_outcomes(passed=3)
+    result.stdout.no_fnmatch_line("*audit: each test once plainly*")
+    tests = by_nodeid(load(pytester))
+    assert tests["test_quiet"]["runs_done"] == 5
+    assert "audit" not in tests["test_quiet"]
+
+
+CLASSES = """
+import threading
+from pytest_concurrency.engine.owncode import is_below
+
+def test_fails_on_its_own():
+    assert 1 == 2
+
+def test_fails_only_in_workers():
+    assert threading.current_thread() is threading.main_thread()
+
+def test_plugin_raises_in_workers():
+    if threading.current_thread() is not threading.main_thread():
+        is_below(None, "a bug inside the plugin, simulated")
+
+def test_passes():
+    pass
+"""
+
+
+def test_every_failure_is_classified(pytester, run) -> None:
+    pytester.makepyfile(test_classes=CLASSES)
+    result = run("--concurrency-all", "--concurrency-seed=1", "--concurrency-json=report.json")
+    result.assert_outcomes(passed=1, failed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*" + messages.OWN_FAILURE_NOTE,
+            "*" + messages.CONCURRENT_FAILURE_NOTE.strip(),
+            "*" + messages.INTERNAL_FAILURE_NOTE.strip().split("{")[0] + "*",
+        ],
+        consecutive=False,
+    )
+    document = load(pytester)
+    tests = by_nodeid(document)
+    assert tests["test_fails_only_in_workers"]["failure_class"] == FAILURE_CONCURRENT
+    assert tests["test_plugin_raises_in_workers"]["failure_class"] == FAILURE_INTERNAL
+    assert "failure_class" not in tests["test_passes"]
+    (own,) = document["serial"]
+    assert own["reason"] == messages.SERIAL_FAILED_PLAIN
+    assert own["failure_class"] == FAILURE_OWN
+    module = document["audit"]["modules"]["test_classes.py"]
+    assert module["concurrent"] == 3
+    assert module["races"] == 1
+    assert module["internal_errors"] == 1
+    assert module["own_failures"] == 1
+    assert module["once_reasons"] == {messages.SERIAL_FAILED_PLAIN: 1}
+
+
+def test_the_summary_reports_per_module(pytester, run) -> None:
+    pytester.makepyfile(
+        test_one=SUITE,
+        test_two="""
+import pytest
+
+def test_uses_monkeypatch(monkeypatch):
+    pass
+
+@pytest.mark.not_concurrent(reason="global registry")
+def test_marked_once():
+    pass
+""",
+    )
+    result = run("--concurrency-all")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(
+        [
+            messages.SUMMARY_MODULES_TITLE,
+            "  test_one.py: 3 concurrently, 0 with races; 0 once",
+            "  test_two.py: 0 concurrently, 0 with races; 2 once (1 *; 1 *)",
+        ]
+    )
+
+
+# -- the pure policy -----------------------------------------------------------------------
+
+
+def test_by_default_a_test_touching_shared_state_gets_the_cost_less_its_plain_run() -> None:
+    ledger = AuditLedger(cost=10)
+    assert ledger.allowance(0.5, shared=True) == pytest.approx(4.5)
+    assert ledger.allowance(0.5, shared=False) == pytest.approx(4.5 * QUIET_SHARE)
+    assert AuditLedger(cost=1).allowance(0.5, shared=True) == 0  # still its first run
+
+
+def test_a_session_budget_is_split_over_the_tests_left_shared_ones_getting_more() -> None:
+    ledger = AuditLedger(budget=10.0, tests_left=4)
+    first = ledger.allowance(1.0, shared=True)
+    assert first == pytest.approx(2.5)
+    ledger.charge(first, shared=True)
+    quiet = ledger.allowance(1.0, shared=False)
+    shared = AuditLedger(budget=10.0, tests_left=3, spent=2.5, weights=[1.0]).allowance(
+        1.0, shared=True
+    )
+    assert quiet < shared
+    ledger.charge(9.0, shared=True)  # overspent: what is left is nothing, never negative
+    assert ledger.allowance(1.0, shared=True) == 0
+
+
+def test_shared_state_is_judged_per_call_and_unknown_counts_as_touched() -> None:
+    assert touches_shared_state(None, 0)
+    assert touches_shared_state(400, 8)
+    assert not touches_shared_state(16, 8)
+
+
+def test_module_tallies_count_races_internal_errors_and_runs_once() -> None:
+    entries = [
+        {"kind": "concurrent", "nodeid": "a.py::t1", "failing_run": 3},
+        {"kind": "concurrent", "nodeid": "a.py::t2", "failing_run": 0, "failure_class": "internal"},
+        {"kind": "concurrent", "nodeid": "a.py::t3", "failing_run": None},
+        {"kind": "serial", "nodeid": "b.py::t4", "reason": "uses capsys"},
+    ]
+    tallies = module_tallies(entries)  # type: ignore[arg-type]
+    assert tallies["a.py"].as_json()["races"] == 1
+    assert tallies["a.py"].as_json()["internal_errors"] == 1
+    assert tallies["b.py"].as_json()["once_reasons"] == {"uses capsys": 1}
+
+
+def test_the_audit_cost_is_a_session_setting() -> None:
+    assert SessionOptions().audit_cost == 10
+    options = resolve_session_options(
+        cli={"concurrency_audit_cost": "4"},
+        env={"PYTEST_CONCURRENCY_AUDIT_COST": "6"},
+        ini={"concurrency_audit_cost": "8"},
+    )
+    assert options.audit_cost == 4
+    env_wins = resolve_session_options(
+        cli={}, env={"PYTEST_CONCURRENCY_AUDIT_COST": "6"}, ini={"concurrency_audit_cost": "8"}
+    )
+    assert env_wins.audit_cost == 6
+    with pytest.raises(SettingsError, match="at least 1"):
+        resolve_session_options(cli={"concurrency_audit_cost": "0.5"}, env={}, ini={})
+
+
+def test_a_bad_audit_cost_is_a_usage_error(pytester, run) -> None:
+    pytester.makepyfile(test_a="def test_a(): pass")
+    result = run("--concurrency-all", "--concurrency-audit-cost=zero")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--concurrency-audit-cost=zero*" + "at least 1*"])
