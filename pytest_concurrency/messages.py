@@ -423,7 +423,9 @@ UNITTEST_METHOD = (
     "every worker would share. Fix: move the body to a plain pytest function (fixtures in "
     "place of setUp and tearDown) and mark that, or mark the method or its class not_concurrent"
 )
-SERIAL_UNITTEST = "a unittest.TestCase method (unittest runs it, once, with setUp and tearDown)"
+SERIAL_UNITTEST_SKIPPED = "a unittest.TestCase method that unittest skips"
+SERIAL_UNITTEST_EXPECTED_FAILURE = "a unittest.TestCase method marked expectedFailure"
+SERIAL_UNITTEST_ASYNC = "a coroutine unittest.TestCase method (its loop is unittest's)"
 SERIAL_GETFIXTUREVALUE = (
     "calls request.getfixturevalue (fixtures must be resolved before the workers start)"
 )

@@ -66,13 +66,42 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
         if isinstance(fixture, Concurrency)
         else harness_config(session, pyfuncitem, settings)
     )
-    if config.outer is None:  # pytest-timeout with func_only: its timer starts now
-        outer = outer_deadline(pyfuncitem, settings.mode, call_started=time.monotonic())
-        config = config if outer is None else dataclasses.replace(config, outer=outer)
     argnames = pyfuncitem._fixtureinfo.argnames
     call = functools.partial(
         test_function(pyfuncitem), **{n: pyfuncitem.funcargs[n] for n in argnames}
     )
+    run_call(session, pyfuncitem, settings, config, call, fixture)
+    return True
+
+
+def call_unittest(session: ConcurrencySession, item: pytest.Function) -> None:
+    """A ``unittest.TestCase`` method ``--concurrency-all`` runs concurrently: pytest calls
+    this in place of the item's ``runtest``; each worker call makes its own instance and runs
+    setUp, the method, tearDown and the cleanups (:mod:`~pytest_concurrency.plugin.cases`)."""
+    __tracebackhide__ = True
+    from pytest_concurrency.plugin.cases import case_call
+
+    settings = item.stash[SETTINGS_KEY]
+    config = harness_config(session, item, settings)
+    run_call(session, item, settings, config, case_call(item), None)
+
+
+def run_call(
+    session: ConcurrencySession,
+    pyfuncitem: pytest.Function,
+    settings: Settings,
+    config: HarnessConfig,
+    call: Callable[[], object],
+    fixture: object,
+) -> None:
+    """The concurrent call of a test: its remembered failing seed first, then its series (an
+    audited test's plain run first), and its outcome raised as pytest shows it."""
+    __tracebackhide__ = True
+    from pytest_concurrency.driver.harness import Concurrency
+
+    if config.outer is None:  # pytest-timeout with func_only: its timer starts now
+        outer = outer_deadline(pyfuncitem, settings.mode, call_started=time.monotonic())
+        config = config if outer is None else dataclasses.replace(config, outer=outer)
     remembered = session.remembered(pyfuncitem, settings)
     if remembered is not None:  # the failing-seed memory: an earlier failure's seed first
         first = remembered_config(pyfuncitem, config, remembered)
@@ -86,7 +115,7 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
                     )
                 )
             finish_outcome(session, pyfuncitem, outcome, first)
-            return True
+            return
     ledger = session.audit
     if ledger is not None and pyfuncitem.stash.get(AUDITED_KEY, False):
         from pytest_concurrency.plugin.audit import start_audit
@@ -100,7 +129,6 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
     else:
         outcome = run_marked_series(session, pyfuncitem, settings, config, call)
     finish_outcome(session, pyfuncitem, outcome, config)
-    return True
 
 
 def run_marked_series(

@@ -44,6 +44,8 @@ PYTEST_TIMEOUT_SHARE = 0.8
 
 
 SERIAL_KEY = pytest.StashKey[str]()
+RUN_ALL_MARKED_KEY = pytest.StashKey[bool]()
+"""A test ``--concurrency-all`` marked concurrent (not the user): unittest methods too."""
 AUDITED_KEY = pytest.StashKey[bool]()
 """A test ``--concurrency-all`` audits: once plainly, then within its allowance."""
 AUDIT_ENTRY_KEY: pytest.StashKey[AuditEntry] = pytest.StashKey()

@@ -34,6 +34,7 @@ from pytest_concurrency.plugin.items import (
     ASYNCIO_PLUGIN,
     AUDITED_KEY,
     LEAK_SNAPSHOT_KEY,
+    RUN_ALL_MARKED_KEY,
     SERIAL_KEY,
     SETTINGS_KEY,
     SETTLED_KEY,
@@ -186,6 +187,7 @@ class ConcurrencySession:
                 item.stash[SERIAL_KEY] = reason
             elif concurrent_marker(item) is None:
                 item.add_marker(pytest.mark.concurrent())
+                item.stash[RUN_ALL_MARKED_KEY] = True
                 if self.audit is not None and "concurrency" not in getattr(
                     item, "fixturenames", ()
                 ):
@@ -203,8 +205,10 @@ class ConcurrencySession:
             return messages.SERIAL_NOT_FUNCTION
         if mark is not None:  # marked concurrent: its setup says what is wrong, if anything
             return None
-        if is_unittest_method(item):
-            return messages.SERIAL_UNITTEST
+        if is_unittest_method(item):  # run concurrently, one instance per worker call
+            from pytest_concurrency.plugin.cases import serial_reason
+
+            return serial_reason(item)
         unsafe = sorted(self.unsafe_fixtures.intersection(item.fixturenames))
         if unsafe:
             return messages.SERIAL_UNSAFE_FIXTURE.format(names=", ".join(unsafe))
@@ -236,6 +240,9 @@ class ConcurrencySession:
             pytest.fail(settled, pytrace=False)
         if settled is not None:
             item.stash[SETTINGS_KEY] = settled
+            if is_unittest_method(item) and isinstance(item, pytest.Function):
+                # pytest calls a TestCase method's runtest(), not pytest_pyfunc_call
+                item.runtest = functools.partial(calls.call_unittest, self, item)  # type: ignore[method-assign]
         elif item.get_closest_marker("concurrent") is not None:  # a closer not_concurrent won
             from pytest_concurrency.engine.report import serial_entry
 
@@ -295,7 +302,7 @@ class ConcurrencySession:
             return None
         if not isinstance(item, pytest.Function):
             return messages.NOT_A_FUNCTION.format(nodeid=item.nodeid)
-        if is_unittest_method(item):
+        if is_unittest_method(item) and not item.stash.get(RUN_ALL_MARKED_KEY, False):
             return messages.UNITTEST_METHOD.format(nodeid=item.nodeid)
         if marker.args:
             return messages.POSITIONAL_MARKER_ARGS.format(args=marker.args, nodeid=item.nodeid)
@@ -381,7 +388,7 @@ class ItemHooks:
             harness_entries.before_call_report(self.session, item, call)
             self.session.running = None  # its entries go with this report
         rep = yield
-        if call.when == "call" or rep.failed:
+        if call.when == "call" or rep.failed or (call.when == "setup" and rep.skipped):
             entries = take_entries(item)
             if entries:
                 setattr(rep, REPORT_ATTRIBUTE, entries)
