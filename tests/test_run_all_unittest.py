@@ -69,51 +69,43 @@ def test_a_testcase_method_runs_concurrently_with_an_instance_per_worker_call(
     assert "audit" in entry
 
 
-RACE = """
+ONLY_IN_WORKERS = """
+import threading
 import unittest
 
-class Counter:
-    def __init__(self):
-        self.value = 0
-
-    def add(self):
-        value = self.value
-        self.check()
-        self.value = value + 1
-
-    def check(self):
-        return self.value
-
-SHARED = Counter()
-
-class TestCounter(unittest.TestCase):
+class TestOnlyInWorkers(unittest.TestCase):
     def setUp(self):
-        self.before = SHARED.value
+        self.thread = threading.current_thread()
 
-    def test_lost_update(self):
-        for _ in range(50):
-            SHARED.add()
-        self.assertGreaterEqual(SHARED.value - self.before, 50)
+    def test_passes_plainly_fails_in_workers(self):
+        self.assertIs(self.thread, threading.main_thread())
 """
 
 
-def test_a_race_in_a_testcase_method_is_found_and_replayed(
+def test_a_failure_only_in_workers_is_reported_classified_and_replayable(
     pytester: pytest.Pytester, run_subprocess
 ) -> None:
-    pytester.makepyfile(test_counter=RACE)
-    result = run_all(run_subprocess, pytester, "--concurrency-seed=5", "--concurrency-runs=50")
+    pytester.makepyfile(test_workers=ONLY_IN_WORKERS)
+    result = run_all(run_subprocess, pytester, "--concurrency-seed=5")
     result.assert_outcomes(failed=1)
+    nodeid = "test_workers.py::TestOnlyInWorkers::test_passes_plainly_fails_in_workers"
+    reproduce = (
+        f"pytest {nodeid} --concurrency-seed=5 --concurrency-workers=3 --concurrency-all"
+        " --concurrency-replay-runs=100"
+    )
     result.stdout.fnmatch_lines(
         [
-            "*RACE DETECTED in run *",
-            "*AssertionError at test_counter.py:* (*",
-            "*reproduce: pytest test_counter.py::TestCounter::test_lost_update"
-            " --concurrency-seed=5 --concurrency-workers=3 --concurrency-runs=50"
-            " --concurrency-all",
+            "*FAILED in run 0 of its audit (3 threads, seed *): 3 of 3 calls failed",
+            "*AssertionError at test_workers.py:9 (3 calls: workers 0, 1, 2)",
+            "*" + messages.CONCURRENT_FAILURE_NOTE.strip(),
+            f"*reproduce: {reproduce}",
         ]
     )
     (entry,) = report(pytester)["tests"]
     assert entry["failure_class"] == "concurrent"
+    replay = run_subprocess("-p", "no:randomly", *reproduce.split()[1:])
+    replay.assert_outcomes(failed=1)
+    replay.stdout.fnmatch_lines(["*FAILED in run 0 of 100 (3 threads, seed *)*"])
 
 
 EDGES = """

@@ -142,6 +142,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="linelist",
         default=list(DEFAULT_UNSAFE_FIXTURES),
     )
+    parser.addini(
+        "concurrency_unsafe_names",
+        "more names (calls or decorators, dotted: mylib.reset_registry) whose use in a test "
+        "makes --concurrency-all run it once, normally",
+        type="linelist",
+        default=[],
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -175,6 +182,7 @@ def build_session(config: pytest.Config) -> ConcurrencySession:
         session_seed=session_seed,
         run_all=options.run_all,
         unsafe_fixtures=config.getini("concurrency_unsafe_fixtures"),
+        unsafe_names=config.getini("concurrency_unsafe_names"),
         json_path=Path(options.json_path).resolve() if options.json_path else None,
         plot_dir=Path(options.plot_dir).resolve() if options.plot_dir else None,
         replay_runs=options.replay_runs,

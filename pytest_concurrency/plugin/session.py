@@ -85,12 +85,14 @@ class ConcurrencySession:
         memory_in_use: bool = False,
         given_settings: frozenset[str] = frozenset(),
         audit_cost: float | None = None,
+        unsafe_names: Iterable[str] = (),
     ) -> None:
         self.config = config
         self.settings = settings
         self.session_seed = session_seed
         self.run_all = run_all
         self.unsafe_fixtures = frozenset(unsafe_fixtures)
+        self.unsafe_names = tuple(unsafe_names)  # more thread-unsafe calls (the ini list)
         self.json_path = json_path
         self.plot_dir = plot_dir
         self.replay_runs = replay_runs
@@ -208,7 +210,9 @@ class ConcurrencySession:
         if is_unittest_method(item):  # run concurrently, one instance per worker call
             from pytest_concurrency.plugin.cases import serial_reason
 
-            return serial_reason(item)
+            reason = serial_reason(item)
+            if reason is not None:
+                return reason
         unsafe = sorted(self.unsafe_fixtures.intersection(item.fixturenames))
         if unsafe:
             return messages.SERIAL_UNSAFE_FIXTURE.format(names=", ".join(unsafe))
@@ -218,7 +222,10 @@ class ConcurrencySession:
         for name in WARNING_NAMES:
             if name in names:
                 return messages.SERIAL_WARNINGS.format(name=name)
-        return None
+        from pytest_concurrency.plugin.unsafe import unsafe_reasons
+
+        reasons = unsafe_reasons(item, self.unsafe_names)
+        return reasons[0] if reasons else None
 
     # -- setup: settle the test's settings, or fail it with a clear word ------------------
 
