@@ -156,3 +156,41 @@ def test_what_a_testcase_cannot_run_concurrently_is_named_with_its_reason(
         "TestAsync::test_coroutine": messages.SERIAL_UNITTEST_ASYNC,
     }
     result.stdout.fnmatch_lines(["*" + messages.OWN_FAILURE_NOTE])
+
+
+STYLES = '''
+import pytest
+
+def double(x):
+    """
+    >>> double(2)
+    4
+    """
+    return 2 * x
+
+@pytest.mark.parametrize("value", [1, 2, 3])
+def test_parametrized(value):
+    assert double(value) == value + value
+
+class TestPlainClass:
+    def test_method(self):
+        assert double(0) == 0
+'''
+
+
+def test_parametrized_tests_and_classes_are_audited_and_a_doctest_is_named(
+    pytester: pytest.Pytester, run_subprocess
+) -> None:
+    pytester.makepyfile(test_styles=STYLES)
+    result = run_all(run_subprocess, pytester, "--doctest-modules")
+    result.assert_outcomes(passed=5)
+    document = report(pytester)
+    audited = {entry["nodeid"].split("::", 1)[1] for entry in document["tests"]}
+    assert audited == {
+        "test_parametrized[1]",
+        "test_parametrized[2]",
+        "test_parametrized[3]",
+        "TestPlainClass::test_method",
+    }
+    assert all("audit" in entry for entry in document["tests"])
+    assert [entry["reason"] for entry in document["serial"]] == [messages.SERIAL_DOCTEST]

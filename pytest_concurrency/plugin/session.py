@@ -65,6 +65,8 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
 ITEM_HOOKS_NAME = "concurrency-item-hooks"
 ASYNCIO_FIXTURE_HOOKS_NAME = "concurrency-asyncio-fixtures"
 FIXTURE_LOOKUP_NAMES = ("getfixturevalue",)
+DOCTEST_MODULE = "_pytest.doctest"
+"""Where pytest's doctest items come from (``--doctest-modules``, ``--doctest-glob``)."""
 
 
 class ConcurrencySession:
@@ -204,7 +206,8 @@ class ConcurrencySession:
         if mark is not None and mark.name == "not_concurrent":
             return not_concurrent_reason(mark)
         if not isinstance(item, pytest.Function):
-            return messages.SERIAL_NOT_FUNCTION
+            doctest = type(item).__module__ == DOCTEST_MODULE
+            return messages.SERIAL_DOCTEST if doctest else messages.SERIAL_NOT_FUNCTION
         if mark is not None:  # marked concurrent: its setup says what is wrong, if anything
             return None
         if is_unittest_method(item):  # run concurrently, one instance per worker call
