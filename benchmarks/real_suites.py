@@ -106,6 +106,8 @@ def make_venv(suite: Suite, folder: Path, work: Path) -> Path:
 
 
 COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected)")
+SUMMARY_LINE = re.compile(r"^=*\s*\d+ \w+.* in [\d.]+s( \([\d:]+\))?\s*=*$")
+"""pytest's last line: "187 passed, 1 skipped in 1.79s"; missing when the session crashed."""
 
 
 def run_session(arm: str, venv: Path, folder: Path, suite: Suite, extra: list[str]) -> Session:
@@ -123,7 +125,7 @@ def run_session(arm: str, venv: Path, folder: Path, suite: Suite, extra: list[st
     counts: dict[str, int] = {}
     for line in reversed(lines):
         found = COUNT.findall(line)
-        if found and (" in " in line):
+        if found and SUMMARY_LINE.match(line.strip()):
             counts = {word.rstrip("s") if word.startswith("error") else word: int(n)
                       for n, word in found}  # fmt: skip
             break
@@ -200,7 +202,7 @@ def audit_suite(suite: Suite, keep: Path | None) -> dict[str, Any]:
 
 
 def describe(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {word}" for word, n in counts.items()) or "no summary line"
+    return ", ".join(f"{n} {word}" for word, n in counts.items()) or "crashed (no summary line)"
 
 
 def table(results: list[dict[str, Any]]) -> list[str]:

@@ -98,6 +98,11 @@ CONCURRENT_FAILURE_NOTE = (
     "  only concurrently: the plain single-worker run of this test passed; the origins above "
     "are where the concurrent runs failed"
 )
+UNDER_TEST_NOTE = "  it failed inside the code under test at {where}"
+OUTSIDE_UNDER_TEST_NOTE = (
+    "  it never entered the packages under test: state the test itself shares between its "
+    "workers (a module global, a fixture value, a file) is the likelier cause"
+)
 INTERNAL_FAILURE_NOTE = (
     "  pytest-concurrency: an internal error (raised inside the plugin at {origin}), not a race "
     "in your code; please report it"

@@ -108,15 +108,25 @@ def test_plugin_raises_in_workers():
     if threading.current_thread() is not threading.main_thread():
         is_below(None, "a bug inside the plugin, simulated")
 
+def test_fails_inside_the_code_under_test():
+    import lib
+    lib.main_thread_only()
+
 def test_passes():
     pass
+"""
+LIB = """
+import threading
+
+def main_thread_only():
+    assert threading.current_thread() is threading.main_thread(), "not thread-safe"
 """
 
 
 def test_every_failure_is_classified(pytester, run) -> None:
-    pytester.makepyfile(test_classes=CLASSES)
+    pytester.makepyfile(test_classes=CLASSES, lib=LIB)
     result = run("--concurrency-all", "--concurrency-seed=1", "--concurrency-json=report.json")
-    result.assert_outcomes(passed=1, failed=3)
+    result.assert_outcomes(passed=1, failed=4)
     result.stdout.fnmatch_lines(
         [
             "*" + messages.OWN_FAILURE_NOTE,
@@ -128,14 +138,22 @@ def test_every_failure_is_classified(pytester, run) -> None:
     document = load(pytester)
     tests = by_nodeid(document)
     assert tests["test_fails_only_in_workers"]["failure_class"] == FAILURE_CONCURRENT
+    assert tests["test_fails_only_in_workers"]["under_test"] == []
+    inside = tests["test_fails_inside_the_code_under_test"]
+    assert inside["failure_class"] == FAILURE_CONCURRENT
+    assert inside["under_test"] == ["lib.py:4 in main_thread_only"]
+    result.stdout.fnmatch_lines(
+        ["*" + messages.UNDER_TEST_NOTE.format(where="lib.py:4 in main_thread_only").strip()]
+    )
+    result.stdout.fnmatch_lines(["*" + messages.OUTSIDE_UNDER_TEST_NOTE.strip()])
     assert tests["test_plugin_raises_in_workers"]["failure_class"] == FAILURE_INTERNAL
     assert "failure_class" not in tests["test_passes"]
     (own,) = document["serial"]
     assert own["reason"] == messages.SERIAL_FAILED_PLAIN
     assert own["failure_class"] == FAILURE_OWN
     module = document["audit"]["modules"]["test_classes.py"]
-    assert module["concurrent"] == 3
-    assert module["races"] == 1
+    assert module["concurrent"] == 4
+    assert module["races"] == 2
     assert module["internal_errors"] == 1
     assert module["own_failures"] == 1
     assert module["once_reasons"] == {messages.SERIAL_FAILED_PLAIN: 1}

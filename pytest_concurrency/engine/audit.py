@@ -22,6 +22,7 @@ Pure module: no pytest import.
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from pytest_concurrency.engine.entries import (
     concurrent_entries,
     serial_entries,
 )
-from pytest_concurrency.engine.owncode import is_plugin_file
+from pytest_concurrency.engine.owncode import is_below, is_plugin_file
 from pytest_concurrency.engine.settings import DEFAULT_AUDIT_COST
 
 QUIET_SHARE = 0.25
@@ -126,6 +127,25 @@ def raised_inside_plugin(exc: BaseException | None) -> str | None:
     if innermost is None or not is_plugin_file(innermost.tb_frame.f_code.co_filename):
         return None
     return f"{innermost.tb_frame.f_code.co_filename}:{innermost.tb_lineno}"
+
+
+def origin_under_test(
+    exc: BaseException | None, package_dirs: Sequence[str], test_file: str
+) -> str | None:
+    """Where a concurrent failure happened inside the packages under test: the innermost
+    frame of ``exc``'s traceback that lies in one of ``package_dirs`` (and is not the test
+    file), as ``file.py:LINE in function``; None when the failure never entered them."""
+    tb = exc.__traceback__ if exc is not None else None
+    found = None
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename != test_file and any(is_below(filename, d) for d in package_dirs):
+            found = tb
+        tb = tb.tb_next
+    if found is None:
+        return None
+    code = found.tb_frame.f_code
+    return f"{os.path.basename(code.co_filename)}:{found.tb_lineno} in {code.co_name}"
 
 
 def failure_class(exceptions: Iterable[BaseException | None]) -> str:

@@ -73,6 +73,7 @@ class ConcurrentEntry(_ConcurrentFields, total=False):
     outcome: str  # pytest's word for the test (the session adds it)
     audit: AuditEntry  # an audited test (--concurrency-all): its cost
     failure_class: str  # a failed test: "concurrent" (only so) or "internal" (the plugin's)
+    under_test: list[str]  # a failed test: where it failed inside the packages under test
 
 
 class _SerialFields(TypedDict):

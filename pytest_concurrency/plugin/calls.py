@@ -250,7 +250,25 @@ def record_outcome(
         from pytest_concurrency.engine.audit import failure_class
 
         entry["failure_class"] = failure_class(f.exception for f in outcome.failures())
+        entry["under_test"] = places_under_test(session, item, outcome)
     record_entry(item, entry)
+
+
+def places_under_test(
+    session: ConcurrencySession, item: pytest.Function, outcome: SeriesOutcome
+) -> list[str]:
+    """Where the failing run's failures happened inside the packages under test, each once."""
+    from pytest_concurrency.engine.audit import origin_under_test
+
+    settings = item.stash.get(SETTINGS_KEY, None) or session.settings
+    dirs = [package.location for package in session.packages_for(settings.packages)]
+    dirs.append(str(session.config.rootpath))
+    places: dict[str, None] = {}
+    for failure in outcome.failures():
+        place = origin_under_test(failure.exception, dirs, str(item.path))
+        if place is not None:
+            places.setdefault(place, None)
+    return list(places)
 
 
 def finish_outcome(
@@ -269,7 +287,7 @@ def finish_outcome(
     if record is not None and record.failures:
         fail_fixture_lookup(item, outcome, config)
         record.notes.extend(warning_check_lines(item, config))
-        record.notes.extend(failure_class_lines(item, outcome))
+        record.notes.extend(failure_class_lines(session, item, outcome))
     if record is not None and outcome.failed and SHARED_LOOP_KEY in item.stash:
         from pytest_concurrency.plugin.asyncio_fixtures import shared_loop_lines
 
@@ -288,7 +306,9 @@ def finish_outcome(
             raise signal
 
 
-def failure_class_lines(item: pytest.Function, outcome: SeriesOutcome) -> list[str]:
+def failure_class_lines(
+    session: ConcurrencySession, item: pytest.Function, outcome: SeriesOutcome
+) -> list[str]:
     """A failure report's line on whose failure it is: the plugin's (an internal error), or,
     for an audited test whose plain run passed, one that shows only concurrently."""
     from pytest_concurrency.engine.audit import raised_inside_plugin
@@ -297,9 +317,15 @@ def failure_class_lines(item: pytest.Function, outcome: SeriesOutcome) -> list[s
         inside = raised_inside_plugin(failure.exception)
         if inside is not None:
             return [messages.INTERNAL_FAILURE_NOTE.format(origin=inside)]
-    if AUDIT_ENTRY_KEY in item.stash and mode_of(outcome.mode).runs_coroutines is False:
-        return [messages.CONCURRENT_FAILURE_NOTE]
-    return []
+    if AUDIT_ENTRY_KEY not in item.stash:
+        return []
+    lines = [messages.CONCURRENT_FAILURE_NOTE]
+    places = places_under_test(session, item, outcome)
+    if places:
+        lines.append(messages.UNDER_TEST_NOTE.format(where=", ".join(places)))
+    else:
+        lines.append(messages.OUTSIDE_UNDER_TEST_NOTE)
+    return lines
 
 
 def warning_check_lines(item: pytest.Function, config: HarnessConfig) -> list[str]:
