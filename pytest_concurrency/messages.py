@@ -109,13 +109,15 @@ INTERNAL_FAILURE_NOTE = (
 )
 RUN_POSITION_AUDIT = "of its audit"
 HEADER_AUDIT_COST = (
-    "concurrency: audit: each test once plainly, then concurrently for up to {cost:g}x its plain "
-    "cost ({quiet:g}x if it meets no shared state); --concurrency-audit-cost=N, "
-    "--concurrency-budget=SECONDS for the session, or --concurrency-runs=N for a fixed count"
+    "concurrency: audit: each test once plainly, then concurrently ({workers} workers) for up to "
+    "{cost:g}x its plain cost ({quiet:g}x if it meets no shared state); "
+    "--concurrency-audit-cost=N, --concurrency-budget=SECONDS for the session, or "
+    "--concurrency-runs=N for a fixed count"
 )
 HEADER_AUDIT_BUDGET = (
     "concurrency: audit: a session budget of {budget:g}s spread over the audited tests (one "
-    "that touches shared state gets 4x a quiet one's share); each test once plainly first"
+    "that touches shared state gets 4x a quiet one's share); each test once plainly first, then "
+    "concurrently ({workers} workers)"
 )
 SUMMARY_AUDIT_COST = (
     "audit: {tests} tests audited ({shared} touched shared state), {runs} concurrent runs "

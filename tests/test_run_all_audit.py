@@ -55,7 +55,7 @@ def test_the_audit_runs_each_test_within_its_allowance(pytester, run) -> None:
     pytester.makepyfile(test_suite=SUITE)
     result = run("--concurrency-all", "--concurrency-seed=3", "--concurrency-json=report.json")
     result.assert_outcomes(passed=3)
-    header = messages.HEADER_AUDIT_COST.format(cost=10, quiet=1 + 9 * QUIET_SHARE)
+    header = messages.HEADER_AUDIT_COST.format(cost=10, quiet=1 + 9 * QUIET_SHARE, workers=2)
     result.stdout.fnmatch_lines([header, "audit: 2 tests audited (* touched shared state)*"])
     tests = by_nodeid(load(pytester))
     for name in ("test_calls_into_shared_state", "test_quiet"):
@@ -63,6 +63,8 @@ def test_the_audit_runs_each_test_within_its_allowance(pytester, run) -> None:
         assert entry["runs_done"] >= 1  # never zero
         assert entry["runs_planned"] is None  # an allowance of seconds, not a count
         assert entry["audit"]["plain_seconds"] > 0
+        assert entry["workers"] == 2  # the audit's count, unless --concurrency-workers is given
+        assert "--concurrency-workers=2" in (entry["reproduce"] or "--concurrency-workers=2")
         assert entry["audit"]["allowance_seconds"] is not None or entry["runs_done"] == 1
     assert tests["test_calls_into_shared_state"]["audit"]["shared_state"] is True
     assert tests["test_quiet"]["audit"]["shared_state"] is False
@@ -77,7 +79,7 @@ def test_a_session_budget_is_spread_and_never_leaves_a_test_without_a_run(pytest
         "--concurrency-all", "--concurrency-budget=0.000001", "--concurrency-json=report.json"
     )
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines([messages.HEADER_AUDIT_BUDGET.format(budget=0.000001)])
+    result.stdout.fnmatch_lines([messages.HEADER_AUDIT_BUDGET.format(budget=0.000001, workers=2)])
     tests = by_nodeid(load(pytester))
     for name in ("test_calls_into_shared_state", "test_quiet"):
         assert tests[name]["runs_done"] == 1  # the first concurrent run always
@@ -187,25 +189,29 @@ def test_marked_once():
 # -- the pure policy -----------------------------------------------------------------------
 
 
-def test_by_default_a_test_touching_shared_state_gets_the_cost_less_its_plain_run() -> None:
+def test_by_default_a_test_earns_the_cost_times_its_plain_run_less_what_was_spent() -> None:
     ledger = AuditLedger(cost=10)
-    assert ledger.allowance(0.5, shared=True) == pytest.approx(4.5)
-    assert ledger.allowance(0.5, shared=False) == pytest.approx(4.5 * QUIET_SHARE)
-    assert AuditLedger(cost=1).allowance(0.5, shared=True) == 0  # still its first run
+    ledger.start(100.0)
+    # the first test: plain cost 0.5 s, 0.5 s gone by: 10 x 0.5 s earned, 0.5 s spent
+    assert ledger.allowance(100.5, 0.5, shared=True) == pytest.approx(4.5)
+    quiet = ledger.allowance(100.5, 0.5, shared=False)
+    assert quiet == pytest.approx(0.5 * (1 + 9 * QUIET_SHARE) - 0.5)
+    ledger.charge(0.5, shared=True)  # it earned 5 s
+    # the second test starts at 108 s: 8 s spent, 5 s earned; its own share first pays that
+    assert ledger.allowance(108.0, 0.5, shared=True) == pytest.approx(2.0)
+    assert ledger.allowance(111.0, 0.5, shared=True) == 0  # overspent: only its first run
+    assert AuditLedger(cost=1).allowance(0.0, 0.5, shared=True) == pytest.approx(0.5)
 
 
 def test_a_session_budget_is_split_over_the_tests_left_shared_ones_getting_more() -> None:
     ledger = AuditLedger(budget=10.0, tests_left=4)
-    first = ledger.allowance(1.0, shared=True)
-    assert first == pytest.approx(2.5)
-    ledger.charge(first, shared=True)
-    quiet = ledger.allowance(1.0, shared=False)
-    shared = AuditLedger(budget=10.0, tests_left=3, spent=2.5, weights=[1.0]).allowance(
-        1.0, shared=True
-    )
+    ledger.start(0.0)
+    assert ledger.allowance(0.0, 1.0, shared=True) == pytest.approx(2.5)
+    ledger.charge(1.0, shared=True)
+    quiet = ledger.allowance(2.5, 1.0, shared=False)
+    shared = ledger.allowance(2.5, 1.0, shared=True)
     assert quiet < shared
-    ledger.charge(9.0, shared=True)  # overspent: what is left is nothing, never negative
-    assert ledger.allowance(1.0, shared=True) == 0
+    assert ledger.allowance(11.0, 1.0, shared=True) == 0  # the budget is spent: never negative
 
 
 def test_shared_state_is_judged_per_call_and_unknown_counts_as_touched() -> None:

@@ -8,14 +8,17 @@ zero), more while its allowance lasts, at most its run count.
 
 The allowance (:meth:`AuditLedger.allowance`):
 
-- by default, ``(cost - 1)`` times the test's plain cost, where ``cost`` is
-  ``--concurrency-audit-cost`` (default 10): the whole audit costs about ``cost`` times the
-  plain run. A test whose first concurrent run met no shared-state point of the code under
-  test gets :data:`QUIET_SHARE` of that.
-- with ``--concurrency-budget=SECONDS`` under run-all, the seconds are the session's, split
-  over the audited tests still to run (under pytest-xdist, over this worker's share of them):
-  each gets the budget left over the tests left, four times as much for a test that touches
-  shared state as for a quiet one. A slow test gets the same seconds, so fewer runs.
+- by default, each test earns ``cost`` times its plain cost (``cost`` is
+  ``--concurrency-audit-cost``, default 10), and the audit may spend, in wall time from the
+  first audited test on, what the tests so far have earned: the whole audit costs about
+  ``cost`` times the plain run. A test whose first concurrent run met no shared state of the
+  code under test (:func:`touches_shared_state`) earns 1 + :data:`QUIET_SHARE` of ``cost - 1``
+  times its plain cost. A test's allowance is what is earned and not yet spent.
+- with ``--concurrency-budget=SECONDS`` under run-all, the seconds are the session's, from
+  the first audited test on, split over the audited tests still to run (under pytest-xdist,
+  over this worker's share of them): each gets what is left over the tests left, four times
+  as much for a test that touches shared state as for a quiet one. A slow test gets the same
+  seconds, so fewer runs.
 
 Pure module: no pytest import.
 """
@@ -38,6 +41,10 @@ from pytest_concurrency.engine.entries import (
 from pytest_concurrency.engine.owncode import is_below, is_plugin_file
 from pytest_concurrency.engine.settings import DEFAULT_AUDIT_COST
 
+AUDIT_WORKERS = 2
+"""Workers per run of an audited test when ``--concurrency-workers`` is not given: two are
+what most races need, and a run of four costs twice as much (the GIL serialises them);
+the long hunt (``--concurrency-runs``) keeps the default of four."""
 QUIET_SHARE = 0.25
 """The share of the allowance of a test whose first concurrent run met no shared state."""
 SHARED_POINTS_PER_CALL = 10
@@ -61,35 +68,53 @@ FAILURE_INTERNAL = "internal"
 
 @dataclass
 class AuditLedger:
-    """The session's audit: its policy and what it has spent so far (this process)."""
+    """The session's audit: its policy and what it has spent so far (this process).
+
+    The ledger keeps wall time, from the first audited test's setup (``started``): whatever
+    the plugin spends on a test (its runs, its runner, its reports) counts against what the
+    tests so far have earned, so that a test whose first concurrent run cost more than its
+    share (a tiny test: a run's fixed cost is over its plain cost) is paid for by the next
+    ones, which then get only their first run, and a test that ended early (its run count
+    reached) leaves its share to the next."""
 
     cost: float = DEFAULT_AUDIT_COST
     budget: float | None = None  # the session's seconds (--concurrency-budget under run-all)
     tests_left: int = 0
-    spent: float = 0.0  # concurrent seconds, all audited tests
+    started: float | None = None  # monotonic seconds: the first audited test's setup
+    earned: float = 0.0  # what the tests charged so far may cost, plain runs included
     weights: list[float] = field(default_factory=list)
 
-    def allowance(self, plain_cost: float, shared: bool) -> float:
-        """Seconds of concurrent runs for the next test, given its plain cost and whether
-        its first concurrent run met shared state."""
+    def start(self, at: float) -> None:
+        if self.started is None:
+            self.started = at
+
+    def share(self, plain_cost: float, shared: bool) -> float:
+        """What one test may cost, its plain run included."""
+        weight = 1.0 if shared else QUIET_SHARE
+        return plain_cost * (1.0 + max(0.0, self.cost - 1.0) * weight)
+
+    def allowance(self, now: float, plain_cost: float, shared: bool) -> float:
+        """Seconds from ``now`` of concurrent runs for the current test, given its plain cost
+        and whether its first concurrent run met shared state; 0: no run after the first."""
+        started = now if self.started is None else self.started
         weight = 1.0 if shared else QUIET_SHARE
         if self.budget is None:
-            return max(0.0, self.cost - 1.0) * weight * plain_cost
-        left = max(0.0, self.budget - self.spent)
+            return max(0.0, started + self.earned + self.share(plain_cost, shared) - now)
+        left = max(0.0, started + self.budget - now)
         mean = statistics.fmean([*self.weights, weight])
         return left / max(1, self.tests_left) * weight / mean
 
-    def charge(self, concurrent: float, shared: bool) -> None:
-        """Count one audited test's concurrent seconds."""
-        self.spent += concurrent
+    def charge(self, plain_cost: float, shared: bool) -> None:
+        """Count one audited test in: what it earned, one test fewer to come."""
+        self.earned += self.share(plain_cost, shared)
         self.weights.append(1.0 if shared else QUIET_SHARE)
         self.tests_left = max(0, self.tests_left - 1)
 
-    def header(self) -> str:
+    def header(self, workers: int) -> str:
         if self.budget is not None:
-            return messages.HEADER_AUDIT_BUDGET.format(budget=self.budget)
+            return messages.HEADER_AUDIT_BUDGET.format(budget=self.budget, workers=workers)
         return messages.HEADER_AUDIT_COST.format(
-            cost=self.cost, quiet=max(1.0, 1 + (self.cost - 1) * QUIET_SHARE)
+            cost=self.cost, quiet=max(1.0, 1 + (self.cost - 1) * QUIET_SHARE), workers=workers
         )
 
 

@@ -40,6 +40,7 @@ def start_audit(
     __tracebackhide__ = True
     started = time.monotonic()
     setup_started = item.stash.get(STARTED_KEY, started)
+    ledger.start(setup_started)
     plain_call: float | None = None
     if not mode_of(settings.mode).runs_coroutines:
         run_plainly(item, call)
@@ -87,6 +88,7 @@ class AllowanceClock:
         self.allowance: float | None = None
         self.points: int | None = None
         self.shared = True
+        self.estimated: float | None = None  # a coroutine body's plain cost, once estimated
         self.perturbation: Any = None
         self.outcome: SeriesOutcome | None = None
 
@@ -98,6 +100,8 @@ class AllowanceClock:
     def plain_cost(self) -> float:
         from pytest_concurrency.engine.audit import PLAIN_OVERHEAD
 
+        if self.plain_call is None and self.estimated is not None:
+            return self.estimated
         call = self.plain_call
         if call is None:  # a coroutine body: a worker's share of the first run
             call = (time.monotonic() - self.started) / max(1, self.workers)
@@ -112,8 +116,10 @@ class AllowanceClock:
     def more(self) -> bool:
         if self.deadline is None:
             self.first_run_seen()
-            self.allowance = self.ledger.allowance(self.plain_cost(), self.shared)
-            self.deadline = self.started + self.allowance
+            now = time.monotonic()
+            self.estimated = self.plain_cost()
+            self.allowance = self.ledger.allowance(now, self.estimated, self.shared)
+            self.deadline = now + self.allowance
             if self.outcome is not None:
                 self.outcome.budget = round(self.allowance, 4)
         return time.monotonic() < self.deadline
@@ -124,8 +130,8 @@ class AllowanceClock:
         spent = time.monotonic() - self.started
         if self.deadline is None:  # one run only: it failed, or its count was one
             self.first_run_seen()
-        self.ledger.charge(spent, self.shared)
-        plain = self.plain_cost() if self.plain_call is not None else self.setup
+        plain = self.plain_cost()
+        self.ledger.charge(plain, self.shared)
         item.stash[AUDIT_ENTRY_KEY] = audit_entry(
             plain=plain,
             concurrent=spent,

@@ -397,8 +397,11 @@ def harness_config(
         runs = max(1, math.ceil(settings.runs / count))
     workers = settings.worker_count(session.budget.usable)
     replay_runs = session.replay_runs
+    replayed = session.settings
+    if item.stash.get(AUDITED_KEY, False) and workers != replayed.workers:
+        replayed = dataclasses.replace(replayed, workers=workers)  # the audit's own count
     extra = report.replay_options(
-        session.settings,
+        replayed,
         workers=workers,
         run_all=session.run_all,
         replay_runs=replay_runs,

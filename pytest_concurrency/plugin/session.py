@@ -335,6 +335,10 @@ class ConcurrencySession:
                 else messages.ASYNC_BODY_IN_OTHER_MODE
             )
             return template.format(nodeid=item.nodeid, mode=settings.mode)
+        if item.stash.get(AUDITED_KEY, False) and "workers" not in self.given_settings:
+            from pytest_concurrency.engine.audit import AUDIT_WORKERS
+
+            settings = dataclasses.replace(settings, workers=AUDIT_WORKERS)
         return settings
 
     def marker_settings(

@@ -40,11 +40,21 @@ def header_lines(session: ConcurrencySession, config: pytest.Config) -> list[str
         f"concurrency: {describe_start_method(s.start_method)}",
         *oversubscription_lines(session),
         *schedule_header_lines(s),
-        *([session.audit.header()] if session.audit is not None else []),
+        *audit_header_lines(session),
         *memory_header_lines(session),
         *under_test_header_lines(session),
         *asyncio_fixture_lines(config),
     ]
+
+
+def audit_header_lines(session: ConcurrencySession) -> list[str]:
+    if session.audit is None:
+        return []
+    from pytest_concurrency.engine.audit import AUDIT_WORKERS
+
+    given = "workers" in session.given_settings
+    workers = session.settings.worker_count(session.budget.usable) if given else AUDIT_WORKERS
+    return [session.audit.header(workers)]
 
 
 def under_test_header_lines(session: ConcurrencySession) -> list[str]:
