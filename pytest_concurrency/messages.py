@@ -98,6 +98,11 @@ CONCURRENT_FAILURE_NOTE = (
     "  only concurrently: the plain single-worker run of this test passed; the origins above "
     "are where the concurrent runs failed"
 )
+NOT_REPEATABLE_NOTE = (
+    "  not repeatable: the plain run before the concurrent runs passed, and a plain run after "
+    "them failed too: the test depends on state its first run changes (an import, a registry, "
+    "a file), the test's own failure rather than a race"
+)
 UNDER_TEST_NOTE = "  it failed inside the code under test at {where}"
 OUTSIDE_UNDER_TEST_NOTE = (
     "  it never entered the packages under test: state the test itself shares between its "

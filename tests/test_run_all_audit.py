@@ -254,3 +254,25 @@ def test_a_bad_audit_cost_is_a_usage_error(pytester, run) -> None:
     result = run("--concurrency-all", "--concurrency-audit-cost=zero")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--concurrency-audit-cost=zero*" + "at least 1*"])
+
+
+NOT_REPEATABLE = """
+DONE = []
+
+def test_only_once():
+    assert not DONE, "ran before"
+    DONE.append(1)
+"""
+
+
+def test_a_test_that_fails_when_run_again_plainly_is_its_own_failure(pytester, run) -> None:
+    pytester.makepyfile(test_once=NOT_REPEATABLE)
+    result = run("--concurrency-all", "--concurrency-json=report.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*" + messages.NOT_REPEATABLE_NOTE.strip().split(":")[0] + "*"])
+    result.stdout.no_fnmatch_line("*RACE DETECTED*")
+    (entry,) = load(pytester)["tests"]
+    assert entry["failure_class"] == FAILURE_OWN
+    assert entry["audit"]["plain_rerun"] == "failed"
+    module = load(pytester)["audit"]["modules"]["test_once.py"]
+    assert (module["races"], module["own_failures"]) == (0, 1)

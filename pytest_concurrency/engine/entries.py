@@ -54,11 +54,12 @@ class _ConcurrentFields(TypedDict):
 class AuditEntry(TypedDict):
     """What ``--concurrency-all``'s audit spent on one test (engine/audit.py)."""
 
-    plain_seconds: float  # the plain run: fixtures' setup, one call, pytest's own share
+    plain_seconds: float  # the plain run: its call and pytest's own share (engine/audit.py)
     concurrent_seconds: float
     allowance_seconds: float | None  # None: a fixed run count
     shared_state: bool  # its first concurrent run met shared state of the code under test
     shared_points: int | None  # how many such points; None: not counted (no perturbation)
+    plain_rerun: str | None  # after a concurrent failure, a plain run again: passed or failed
 
 
 class ConcurrentEntry(_ConcurrentFields, total=False):
@@ -72,7 +73,8 @@ class ConcurrentEntry(_ConcurrentFields, total=False):
     lock_order: dict[str, Any]  # {"verdict": ..., "inversions": [...]} (the lock watch)
     outcome: str  # pytest's word for the test (the session adds it)
     audit: AuditEntry  # an audited test (--concurrency-all): its cost
-    failure_class: str  # a failed test: "concurrent" (only so) or "internal" (the plugin's)
+    failure_class: str  # a failed test: "concurrent" (only so), "internal" (the plugin's), or
+    # "own" (an audited test that fails again when rerun plainly: not repeatable)
     under_test: list[str]  # a failed test: where it failed inside the packages under test
 
 

@@ -71,6 +71,25 @@ def run_plainly(item: pytest.Function, call: Callable[[], object]) -> None:
         raise
 
 
+def rerun_plainly(item: pytest.Function, call: Callable[[], object]) -> None:
+    """After a concurrent failure, the test once more, plainly: failing again, it is not
+    repeatable (it depends on what a first run changed), the test's own failure."""
+    from pytest_concurrency.engine.outcomes import CallKind, classify
+
+    entry = item.stash.get(AUDIT_ENTRY_KEY, None)
+    if entry is None:
+        return
+    try:
+        call()
+    except BaseException as exc:
+        kind = classify(exc)
+        if kind is CallKind.INTERRUPTED:
+            raise
+        entry["plain_rerun"] = "failed" if kind is CallKind.FAILED else "passed"
+        return
+    entry["plain_rerun"] = "passed"
+
+
 class AllowanceClock:
     """Decides, before each concurrent run after the first, whether the test's allowance
     lasts; settles the allowance after the first run (when the shared-state points it met
@@ -105,7 +124,7 @@ class AllowanceClock:
         call = self.plain_call
         if call is None:  # a coroutine body: a worker's share of the first run
             call = (time.monotonic() - self.started) / max(1, self.workers)
-        return self.setup + call + PLAIN_OVERHEAD
+        return call + PLAIN_OVERHEAD  # not the setup: it holds the plugin's own hooks
 
     def first_run_seen(self) -> None:
         from pytest_concurrency.engine.audit import touches_shared_state

@@ -126,6 +126,10 @@ def run_call(
             outcome = run_marked_series(session, pyfuncitem, settings, config, call, clock)
         finally:
             clock.close(pyfuncitem)
+        if outcome.failed and outcome.interrupt is None:
+            from pytest_concurrency.plugin.audit import rerun_plainly
+
+            rerun_plainly(pyfuncitem, call)
     else:
         outcome = run_marked_series(session, pyfuncitem, settings, config, call)
     finish_outcome(session, pyfuncitem, outcome, config)
@@ -250,6 +254,10 @@ def record_outcome(
         from pytest_concurrency.engine.audit import failure_class
 
         entry["failure_class"] = failure_class(f.exception for f in outcome.failures())
+        if audit is not None and audit["plain_rerun"] == "failed":
+            from pytest_concurrency.engine.audit import FAILURE_OWN
+
+            entry["failure_class"] = FAILURE_OWN
         entry["under_test"] = places_under_test(session, item, outcome)
     record_entry(item, entry)
 
@@ -317,8 +325,11 @@ def failure_class_lines(
         inside = raised_inside_plugin(failure.exception)
         if inside is not None:
             return [messages.INTERNAL_FAILURE_NOTE.format(origin=inside)]
-    if AUDIT_ENTRY_KEY not in item.stash:
+    audit = item.stash.get(AUDIT_ENTRY_KEY, None)
+    if audit is None:
         return []
+    if audit["plain_rerun"] == "failed":
+        return [messages.NOT_REPEATABLE_NOTE]
     lines = [messages.CONCURRENT_FAILURE_NOTE]
     places = places_under_test(session, item, outcome)
     if places:
