@@ -194,3 +194,26 @@ def test_parametrized_tests_and_classes_are_audited_and_a_doctest_is_named(
     }
     assert all("audit" in entry for entry in document["tests"])
     assert [entry["reason"] for entry in document["serial"]] == [messages.SERIAL_DOCTEST]
+
+
+PROCESSES = """
+import os
+import unittest
+
+class TestInWorkerProcesses(unittest.TestCase):
+    def setUp(self):
+        self.pid = os.getpid()
+
+    def test_runs_in_its_own_process(self):
+        self.assertEqual(self.pid, os.getpid())
+"""
+
+
+def test_a_testcase_method_runs_in_process_mode_too(
+    pytester: pytest.Pytester, run_subprocess
+) -> None:
+    pytester.makepyfile(test_processes=PROCESSES)
+    result = run_all(run_subprocess, pytester, "--concurrency-mode=processes")
+    result.assert_outcomes(passed=1)
+    (entry,) = report(pytester)["tests"]
+    assert entry["mode"] == "processes" and entry["runs_done"] >= 1

@@ -16,6 +16,7 @@ coroutine method (``IsolatedAsyncioTestCase``) run once, by unittest, with their
 
 from __future__ import annotations
 
+import functools
 import inspect
 import unittest
 from collections.abc import Callable
@@ -26,16 +27,15 @@ from pytest_concurrency import messages
 
 
 def case_call(item: pytest.Function) -> Callable[[], None]:
-    """One worker call of the method: a fresh instance, setUp, the method, tearDown."""
-    cls = item.cls
-    name = item.name
-    assert cls is not None
+    """One worker call of the method: a fresh instance, setUp, the method, tearDown (a
+    partial of module-level names, so that process mode can pickle it)."""
+    assert item.cls is not None
+    return functools.partial(run_fresh_case, item.cls, item.name)
 
-    def call() -> None:
-        __tracebackhide__ = True
-        run_case(cls(name), name)
 
-    return call
+def run_fresh_case(cls: type[unittest.TestCase], name: str) -> None:
+    __tracebackhide__ = True
+    run_case(cls(name), name)
 
 
 def run_case(case: unittest.TestCase, name: str) -> None:
