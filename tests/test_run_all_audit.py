@@ -55,7 +55,7 @@ def test_the_audit_runs_each_test_within_its_allowance(pytester, run) -> None:
     pytester.makepyfile(test_suite=SUITE)
     result = run("--concurrency-all", "--concurrency-seed=3", "--concurrency-json=report.json")
     result.assert_outcomes(passed=3)
-    header = messages.HEADER_AUDIT_COST.format(cost=10, quiet=1 + 9 * QUIET_SHARE, workers=2)
+    header = messages.HEADER_AUDIT_COST.format(cost=8, quiet=1 + 7 * QUIET_SHARE, workers=2)
     result.stdout.fnmatch_lines([header, "audit: 2 tests audited (* touched shared state)*"])
     tests = by_nodeid(load(pytester))
     for name in ("test_calls_into_shared_state", "test_quiet"):
@@ -234,7 +234,7 @@ def test_module_tallies_count_races_internal_errors_and_runs_once() -> None:
 
 
 def test_the_audit_cost_is_a_session_setting() -> None:
-    assert SessionOptions().audit_cost == 10
+    assert SessionOptions().audit_cost == 8
     options = resolve_session_options(
         cli={"concurrency_audit_cost": "4"},
         env={"PYTEST_CONCURRENCY_AUDIT_COST": "6"},

@@ -13,7 +13,7 @@ from pytest_concurrency import messages
 from pytest_concurrency.engine.unsafe_code import unsafe_reasons
 
 PATTERNS = """
-import contextlib, ctypes, doctest, io, os, sys, warnings
+import contextlib, ctypes, doctest, io, logging, os, random, sys, unittest, warnings
 from unittest import mock
 import pytest
 
@@ -73,6 +73,18 @@ def test_redirect():
 def test_settrace():
     sys.settrace(sys.gettrace())
 
+def test_random_seed():
+    random.seed(0)
+    assert random.random() < 1
+
+def test_logging():
+    with unittest.TestCase().assertLogs(level="WARNING"):
+        logging.warning("x")
+
+def test_assert_warns():
+    with unittest.TestCase().assertWarns(UserWarning):
+        warnings.warn("x", UserWarning)
+
 def test_ctypes():
     assert ctypes.c_int(1).value == 1
 
@@ -115,6 +127,9 @@ EXPECTED = {
     "test_stdout": messages.UNSAFE_REDIRECT,
     "test_redirect": messages.UNSAFE_REDIRECT,
     "test_settrace": messages.UNSAFE_TRACE,
+    "test_random_seed": messages.UNSAFE_RANDOM_SEED,
+    "test_logging": messages.UNSAFE_LOGGING,
+    "test_assert_warns": messages.UNSAFE_WARNING_FILTERS,
     "test_ctypes": messages.UNSAFE_CTYPES,
     "test_doctest": messages.UNSAFE_DOCTEST,
     "test_given": messages.UNSAFE_HYPOTHESIS,

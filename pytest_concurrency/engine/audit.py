@@ -9,7 +9,7 @@ zero), more while its allowance lasts, at most its run count.
 The allowance (:meth:`AuditLedger.allowance`):
 
 - by default, each test earns ``cost`` times its plain cost (``cost`` is
-  ``--concurrency-audit-cost``, default 10), and the audit may spend, in wall time from the
+  ``--concurrency-audit-cost``, default 8), and the audit may spend, in wall time from the
   first audited test on, what the tests so far have earned: the whole audit costs about
   ``cost`` times the plain run. A test whose first concurrent run met no shared state of the
   code under test (:func:`touches_shared_state`) earns 1 + :data:`QUIET_SHARE` of ``cost - 1``

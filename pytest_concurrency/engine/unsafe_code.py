@@ -45,8 +45,22 @@ CALLS: dict[str, str] = {
     ),
     **dict.fromkeys(("importlib.reload", "reload"), messages.UNSAFE_SYS_MODULES),
     **dict.fromkeys(
-        ("warnings.simplefilter", "warnings.filterwarnings", "warnings.resetwarnings"),
+        (
+            "warnings.simplefilter",
+            "warnings.filterwarnings",
+            "warnings.resetwarnings",
+            "assertWarns",
+            "assertWarnsRegex",
+        ),
         messages.UNSAFE_WARNING_FILTERS,
+    ),
+    **dict.fromkeys(
+        ("seed", "random.seed", "random.setstate", "np.random.seed", "numpy.random.seed"),
+        messages.UNSAFE_RANDOM_SEED,
+    ),
+    **dict.fromkeys(
+        ("assertLogs", "assertNoLogs", "logging.basicConfig", "logging.disable"),
+        messages.UNSAFE_LOGGING,
     ),
     **dict.fromkeys(
         (
@@ -93,17 +107,38 @@ worker) they collide."""
 
 
 def dotted(node: ast.AST) -> str | None:
-    """``os.environ`` for ``os.environ``; None for anything but names and attributes."""
+    """``os.environ`` for ``os.environ``; None for anything but names and attributes. A call
+    inside the chain counts as its callee: ``mock.patch(...).start`` is ``mock.patch.start``
+    (see :func:`callee_names` for the callee alone)."""
     parts: list[str] = []
     while isinstance(node, ast.Attribute):
         parts.append(node.attr)
         node = node.value
-    if isinstance(node, ast.Call):  # mock.patch(...).start(): the callee's name
-        return dotted(node.func)
-    if not isinstance(node, ast.Name):
-        return None
-    parts.append(node.id)
+    if isinstance(node, ast.Call):
+        inner = dotted(node.func)
+        if inner is None:
+            return ".".join(reversed(parts)) or None
+        parts.append(inner)
+    elif isinstance(node, ast.Name):
+        parts.append(node.id)
+    else:
+        return ".".join(reversed(parts)) or None
     return ".".join(reversed(parts))
+
+
+def callee_names(func: ast.AST) -> list[str]:
+    """The names a call is matched by: its whole chain, and the callee of a call inside it
+    (``mock.patch(...).start()`` is a use of ``mock.patch``)."""
+    names = []
+    name = dotted(func)
+    if name is not None:
+        names.append(name)
+    node = func
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    if isinstance(node, ast.Call):
+        names.extend(callee_names(node.func))
+    return names
 
 
 def matches(name: str, table: Iterable[str]) -> str | None:
@@ -162,12 +197,10 @@ def call_reasons(node: ast.Call, extra: dict[str, str], writes_tmp_path: bool) -
     last = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
     if writes_tmp_path and last in WRITES:
         yield messages.UNSAFE_TMP_PATH
-    name = dotted(func)
-    if name is None:
-        return
-    entry = matches(name, [*CALLS, *extra])
-    if entry is not None:
-        yield CALLS.get(entry) or extra[entry]
+    for name in callee_names(func):
+        entry = matches(name, [*CALLS, *extra])
+        if entry is not None:
+            yield CALLS.get(entry) or extra[entry]
     if isinstance(node.func, ast.Attribute) and node.func.attr in MUTATORS:
         owner = dotted(node.func.value)
         if owner is not None and owner in MUTATED_GLOBALS:

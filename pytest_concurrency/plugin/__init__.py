@@ -99,7 +99,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="--concurrency-all audits each test for about N times its plain cost: once "
         "plainly, then concurrent runs while its share lasts, more for a test that touches "
-        "shared state (default: 10; --concurrency-budget=SECONDS makes it a session budget, "
+        "shared state (default: 8; --concurrency-budget=SECONDS makes it a session budget, "
         "--concurrency-runs=N a fixed count)",
     )
     parser.addini("concurrency_audit_cost", "default for --concurrency-audit-cost", default=None)
