@@ -13,6 +13,7 @@ from pytest_concurrency.engine.audit import (
     FAILURE_INTERNAL,
     FAILURE_OWN,
     QUIET_SHARE,
+    SLOW_TEST_SECONDS,
     AuditLedger,
     module_tallies,
     touches_shared_state,
@@ -201,6 +202,14 @@ def test_by_default_a_test_earns_the_cost_times_its_plain_run_less_what_was_spen
     assert ledger.allowance(108.0, 0.5, shared=True) == pytest.approx(2.0)
     assert ledger.allowance(111.0, 0.5, shared=True) == 0  # overspent: only its first run
     assert AuditLedger(cost=1).allowance(0.0, 0.5, shared=True) == pytest.approx(0.5)
+
+
+def test_a_slow_test_earns_on_its_first_second_only() -> None:
+    ledger = AuditLedger(cost=8)
+    assert ledger.share(0.5, shared=True) == pytest.approx(0.5 * 8)
+    assert ledger.share(SLOW_TEST_SECONDS * 10, shared=True) == pytest.approx(
+        SLOW_TEST_SECONDS * 10 + 7 * SLOW_TEST_SECONDS
+    )
 
 
 def test_a_session_budget_is_split_over_the_tests_left_shared_ones_getting_more() -> None:

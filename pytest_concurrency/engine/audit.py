@@ -51,6 +51,10 @@ SHARED_POINTS_PER_CALL = 10
 """A test *touches shared state* when its first concurrent run met at least this many
 shared-state points of the code under test per call (a body that calls into the package under
 test does; a body of a few plain statements does not)."""
+SLOW_TEST_SECONDS = 1.0
+"""A test whose plain cost is over this earns its plain cost plus ``cost - 1`` times this
+much: one slow test must not take the audit of a whole suite (issue 17: "a slow test gets
+fewer runs, never zero")."""
 PLAIN_OVERHEAD = 0.002
 """Seconds pytest itself spends on each test of a plain run (its setup and teardown, hooks,
 reports), beside the test's call: the plain cost is the plain call's duration plus this (a
@@ -91,9 +95,11 @@ class AuditLedger:
             self.started = at
 
     def share(self, plain_cost: float, shared: bool) -> float:
-        """What one test may cost, its plain run included."""
+        """What one test may cost, its plain run included: a slow test (over
+        :data:`SLOW_TEST_SECONDS`) earns on that much only, so it gets fewer runs."""
         weight = 1.0 if shared else QUIET_SHARE
-        return plain_cost * (1.0 + max(0.0, self.cost - 1.0) * weight)
+        extra = max(0.0, self.cost - 1.0) * weight * min(plain_cost, SLOW_TEST_SECONDS)
+        return plain_cost + extra
 
     def allowance(self, now: float, plain_cost: float, shared: bool) -> float:
         """Seconds from ``now`` of concurrent runs for the current test, given its plain cost
