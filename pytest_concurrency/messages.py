@@ -73,6 +73,69 @@ SERIAL_NOT_CONCURRENT = "marked not_concurrent"
 SERIAL_UNSAFE_FIXTURE = "uses thread-unsafe fixture {names}"
 SERIAL_WARNINGS = "uses {name} (warning filters are process-global)"
 SERIAL_NOT_FUNCTION = "not a plain test function"
+SERIAL_DOCTEST = "a doctest (doctest's runner swaps sys.stdout and the debugger for its run)"
+UNSAFE_MOCK_PATCH = "uses unittest.mock.patch (it swaps a name every worker sees)"
+UNSAFE_TRACE = "sets a tracer or profiler (sys.settrace: the perturbation's own)"
+UNSAFE_CHDIR = "changes the working directory (process-wide)"
+UNSAFE_ENVIRON = "changes os.environ (process-wide)"
+UNSAFE_DOCTEST = "runs doctests (doctest swaps sys.stdout and the debugger)"
+UNSAFE_REDIRECT = "redirects sys.stdout or sys.stderr (process-wide)"
+UNSAFE_SYS_MODULES = "changes sys.modules or reloads a module (process-wide)"
+UNSAFE_SYS_PATH = "changes sys.path (process-wide)"
+UNSAFE_WARNING_FILTERS = "changes the warning filters (process-wide)"
+UNSAFE_RANDOM_SEED = "seeds the process-wide random generator (random.seed)"
+UNSAFE_LOGGING = "captures or configures logging (a handler on a process-wide logger)"
+UNSAFE_PROCESS_SETTING = "changes a process-wide setting (locale, signal, recursion limit...)"
+UNSAFE_CTYPES = "uses ctypes (native code, out of the perturbation's sight)"
+UNSAFE_HYPOTHESIS = "uses hypothesis @given (its engine is not thread-safe)"
+UNSAFE_TMP_PATH = "writes into tmp_path (one folder, shared by every worker)"
+UNSAFE_CONFIGURED = "uses {name} (listed in concurrency_unsafe_names)"
+SERIAL_FAILED_PLAIN = "failed in its plain single-worker run (the test's own failure, not a race)"
+SERIAL_SKIPPED_PLAIN = "skipped or xfailed in its plain run"
+OWN_FAILURE_NOTE = (
+    "pytest-concurrency: this test failed in its plain single-worker run, before any "
+    "concurrent run: the failure is the test's own (it fails without concurrency), not a race"
+)
+CONCURRENT_FAILURE_NOTE = (
+    "  only concurrently: the plain single-worker run of this test passed; the origins above "
+    "are where the concurrent runs failed"
+)
+NOT_REPEATABLE_NOTE = (
+    "  not repeatable: the plain run before the concurrent runs passed, and a plain run after "
+    "them failed too: the test depends on state its first run changes (an import, a registry, "
+    "a file), the test's own failure rather than a race"
+)
+UNDER_TEST_NOTE = "  it failed inside the code under test at {where}"
+OUTSIDE_UNDER_TEST_NOTE = (
+    "  it never entered the packages under test: state the test itself shares between its "
+    "workers (a module global, a fixture value, a file) is the likelier cause"
+)
+INTERNAL_FAILURE_NOTE = (
+    "  pytest-concurrency: an internal error (raised inside the plugin at {origin}), not a race "
+    "in your code; please report it"
+)
+RUN_POSITION_AUDIT = "of its audit"
+HEADER_AUDIT_COST = (
+    "concurrency: audit: each test once plainly, then concurrently ({workers} workers) for up to "
+    "{cost:g}x its plain cost ({quiet:g}x if it meets no shared state); "
+    "--concurrency-audit-cost=N, --concurrency-budget=SECONDS for the session, or "
+    "--concurrency-runs=N for a fixed count"
+)
+HEADER_AUDIT_BUDGET = (
+    "concurrency: audit: a session budget of {budget:g}s spread over the audited tests (one "
+    "that touches shared state gets 4x a quiet one's share); each test once plainly first, then "
+    "concurrently ({workers} workers)"
+)
+SUMMARY_AUDIT_COST = (
+    "audit: {tests} tests audited ({shared} touched shared state), {runs} concurrent runs "
+    "(per test: min {low}, median {median:g}, max {high}); plain runs {plain:.2f}s, concurrent "
+    "runs {spent:.2f}s: about {multiple:.1f}x the plain cost"
+)
+AUDIT_COST_EXPECTED = "expected a multiple of the plain run, at least 1, e.g. 10"
+SUMMARY_MODULES_TITLE = "per module:"
+SUMMARY_MODULE_LINE = (
+    "  {module}: {concurrent} concurrently, {races} with races{internal}; {once} once{reasons}"
+)
 
 # -- process mode (runners/processes.py) ----------------------------------------------------
 START_METHOD_DEFAULT = (
@@ -388,7 +451,9 @@ UNITTEST_METHOD = (
     "every worker would share. Fix: move the body to a plain pytest function (fixtures in "
     "place of setUp and tearDown) and mark that, or mark the method or its class not_concurrent"
 )
-SERIAL_UNITTEST = "a unittest.TestCase method (unittest runs it, once, with setUp and tearDown)"
+SERIAL_UNITTEST_SKIPPED = "a unittest.TestCase method that unittest skips"
+SERIAL_UNITTEST_EXPECTED_FAILURE = "a unittest.TestCase method marked expectedFailure"
+SERIAL_UNITTEST_ASYNC = "a coroutine unittest.TestCase method (its loop is unittest's)"
 SERIAL_GETFIXTUREVALUE = (
     "calls request.getfixturevalue (fixtures must be resolved before the workers start)"
 )

@@ -3,13 +3,11 @@ fetched inside the body, warning checks in a concurrent body."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from pytest_concurrency import messages
 
-# -- unittest.TestCase methods: refused when marked, run once with a reason under run-all -----
+# -- unittest.TestCase methods: refused when the user marks them ------------------------------
 
 UNITTEST = """
 import threading
@@ -60,40 +58,7 @@ def test_a_marked_unittest_method_is_refused_at_setup_with_the_fix(
     result.stdout.no_fnmatch_line("*must not run*")
 
 
-UNITTEST_RUN_ALL = """
-import threading
-import unittest
-
-class TestPlain(unittest.TestCase):
-    def test_method(self):
-        assert threading.current_thread() is threading.main_thread()
-
-def test_function():
-    assert threading.current_thread() is not threading.main_thread()
-"""
-
-
-def test_run_all_runs_a_unittest_method_once_and_says_why(
-    pytester: pytest.Pytester, run_subprocess
-) -> None:
-    pytester.makepyfile(test_unittest_all=UNITTEST_RUN_ALL)
-    out = pytester.path / "report.json"
-    result = run_subprocess(
-        "-p",
-        "no:randomly",
-        "--concurrency-all",
-        "--concurrency-runs=3",
-        f"--concurrency-json={out}",
-    )
-    result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(
-        [
-            "*1 tests ran once, not concurrently:*",
-            f"*1 {messages.SERIAL_UNITTEST}: test_unittest_all.py::TestPlain::test_method*",
-        ]
-    )
-    document = json.loads(out.read_text())
-    assert [entry["reason"] for entry in document["serial"]] == [messages.SERIAL_UNITTEST]
+# --concurrency-all runs TestCase methods concurrently (issue 17): tests/test_run_all_unittest.py
 
 
 # -- the closest of concurrent and not_concurrent decides: function > class > module ----------

@@ -40,14 +40,21 @@ def test_run_all_finds_iterate_while_mutating_in_a_plain_suite(pytester, run) ->
         test_fixed=PLAIN_TEST.format(publish="publish_safely"),
     )
     assert run().ret == 0  # the plain suite passes on its own
-    # the interleaving itself; the data-race watch reports it earlier (tests/test_data_races.py)
-    result = run("--concurrency-all", "--concurrency-seed=1", "--concurrency-data-races=off")
+    # the interleaving itself (the data-race watch reports it earlier, tests/test_data_races.py),
+    # over a fixed count (the long hunt), not the audit's allowance of seconds: a loaded
+    # machine must not make the race slip through
+    result = run(
+        "--concurrency-all",
+        "--concurrency-seed=1",
+        "--concurrency-runs=100",
+        "--concurrency-data-races=off",
+    )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
             "*RuntimeError: dictionary * during iteration*",  # size or keys changed: timing
             "*RuntimeError at bus.py:* (* call*",
             "*reproduce: pytest test_racy.py::test_publish_reaches_subscriber --concurrency-seed=1"
-            " --concurrency-data-races=off --concurrency-all",
+            " --concurrency-runs=100 --concurrency-data-races=off --concurrency-all",
         ]
     )

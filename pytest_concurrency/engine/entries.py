@@ -55,6 +55,17 @@ class _ConcurrentFields(TypedDict):
     interrupted: str | None
 
 
+class AuditEntry(TypedDict):
+    """What ``--concurrency-all``'s audit spent on one test (engine/audit.py)."""
+
+    plain_seconds: float  # the plain run: its call and pytest's own share (engine/audit.py)
+    concurrent_seconds: float
+    allowance_seconds: float | None  # None: a fixed run count
+    shared_state: bool  # its first concurrent run met shared state of the code under test
+    shared_points: int | None  # how many such points; None: not counted (no perturbation)
+    plain_rerun: str | None  # after a concurrent failure, a plain run again: passed or failed
+
+
 class ConcurrentEntry(_ConcurrentFields, total=False):
     """A test run concurrently (marker, ``--concurrency-all`` or the harness): the JSON
     report's ``tests`` entries."""
@@ -75,6 +86,10 @@ class ConcurrentEntry(_ConcurrentFields, total=False):
     exit_code: int | None  # the code it exited with, when no signal killed it
     crash_phase: str  # "setup", "call" or "teardown": the phase it died in
     crash_stacks: str  # faulthandler's dump of every thread; "" when none was written
+    audit: AuditEntry  # an audited test (--concurrency-all): its cost
+    failure_class: str  # a failed test: "concurrent" (only so), "internal" (the plugin's), or
+    # "own" (an audited test that fails again when rerun plainly: not repeatable)
+    under_test: list[str]  # a failed test: where it failed inside the packages under test
 
 
 class _SerialFields(TypedDict):
@@ -87,6 +102,7 @@ class SerialEntry(_SerialFields, total=False):
     """A test ``--concurrency-all`` ran once, normally, and why."""
 
     outcome: str
+    failure_class: str  # "own": it failed in its plain single-worker run
 
 
 ScalingEntry = dict[str, Any]

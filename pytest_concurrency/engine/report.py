@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine.audit import raised_inside_plugin
 from pytest_concurrency.engine.crashes import crash_summary_lines
 from pytest_concurrency.engine.dataraces import ordered as ordered_races
 from pytest_concurrency.engine.entries import (
@@ -122,6 +123,8 @@ def reproduce_for(outcome: SeriesOutcome, command: str, run: int | None = None) 
 def run_position(outcome: SeriesOutcome, run: int) -> str:
     if outcome.budget is not None and outcome.runs_planned is None:
         return f"of a {outcome.budget:g}s budget"
+    if outcome.runs_planned is None:  # an audit's first run: its allowance not settled yet
+        return messages.RUN_POSITION_AUDIT
     return f"of {outcome.runs_planned}"
 
 
@@ -145,9 +148,9 @@ def headline(outcome: SeriesOutcome, record: RunRecord, timeout: float, seed: in
         return messages.HEADLINE_DATA_RACE.format(
             run=record.index, of=of, where=place, count=len(record.data_races)
         )
-    template = (
-        HEADLINE_EVERY_CALL if (record.index == 0 and failed == record.workers) else HEADLINE_RACE
-    )
+    every_call = record.index == 0 and failed == record.workers
+    internal = any(raised_inside_plugin(failure.exception) for failure in record.failures)
+    template = HEADLINE_EVERY_CALL if every_call or internal else HEADLINE_RACE
     return template.format(run=record.index, of=of, where=place, failed=failed, calls=outcome.calls)
 
 

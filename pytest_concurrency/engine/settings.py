@@ -24,6 +24,11 @@ MAX_RUNS = 10_000_000
 DEFAULT_WORKERS = 4
 DEFAULT_RUNS = 100
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_AUDIT_COST = 8.0
+"""``--concurrency-all``'s audit costs about this multiple of the plain run (engine/audit.py):
+8, not 10, leaves room for what the plain cost as measured misses (a plain session's start-up,
+the plugin's own setup per test, plain calls slowed by its lock tracking), so that the whole
+audited session stays within 10x of the plain session (benchmarks/README.md, issue 17)."""
 ENV_PREFIX = "PYTEST_CONCURRENCY_"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -416,6 +421,21 @@ def first_given(
 # -- the session's own options: the same precedence, no marker ---------------------------
 
 
+def parse_audit_cost(raw: object, source: Source) -> float:
+    """The multiple of the plain run that ``--concurrency-all``'s audit may cost (>= 1)."""
+    value: float | None = None
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            value = None
+    if value is None or not 1 <= value < float("inf"):
+        raise _fail(source, raw, messages.AUDIT_COST_EXPECTED)
+    return value
+
+
 def parse_path(raw: object, source: Source) -> str:
     if isinstance(raw, str) and raw.strip():
         return raw.strip()
@@ -427,6 +447,7 @@ class SessionOptions:
     """What the whole session does beside running tests: run-all, the JSON report, charts."""
 
     run_all: bool = False
+    audit_cost: float = DEFAULT_AUDIT_COST  # run-all: a multiple of the plain run
     json_path: str | None = None
     plot_dir: str | None = None
     replay_runs: int | None = None  # make exactly this many runs, whatever marker or budget say
@@ -435,6 +456,7 @@ class SessionOptions:
 
 SESSION_FIELDS: dict[str, FieldSpec] = {
     "run_all": FieldSpec("all", parse_bool, in_marker=False),
+    "audit_cost": FieldSpec("audit_cost", parse_audit_cost, in_marker=False),
     "json_path": FieldSpec("json", parse_path, in_marker=False),
     "plot_dir": FieldSpec("plot", parse_path, in_marker=False),
     "replay_runs": FieldSpec("replay_runs", parse_runs, in_marker=False),

@@ -112,6 +112,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("concurrency_all", "default for --concurrency-all", type="bool", default=False)
     group.addoption(
+        "--concurrency-audit-cost",
+        dest="concurrency_audit_cost",
+        default=None,
+        metavar="N",
+        help="--concurrency-all audits each test for about N times its plain cost: once "
+        "plainly, then concurrent runs while its share lasts, more for a test that touches "
+        "shared state (default: 8; --concurrency-budget=SECONDS makes it a session budget, "
+        "--concurrency-runs=N a fixed count)",
+    )
+    parser.addini("concurrency_audit_cost", "default for --concurrency-audit-cost", default=None)
+    group.addoption(
         "--concurrency-json",
         dest="concurrency_json",
         default=None,
@@ -150,6 +161,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="linelist",
         default=list(DEFAULT_UNSAFE_FIXTURES),
     )
+    parser.addini(
+        "concurrency_unsafe_names",
+        "more names (calls or decorators, dotted: mylib.reset_registry) whose use in a test "
+        "makes --concurrency-all run it once, normally",
+        type="linelist",
+        default=[],
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -171,6 +189,7 @@ def build_session(config: pytest.Config) -> ConcurrencySession:
     env = {spec.env: os.environ.get(spec.env, "") for spec in specs}
     ini = {spec.ini: config.getini(spec.ini) for spec in FIELDS.values()}
     ini["concurrency_all"] = config.getini("concurrency_all")
+    ini["concurrency_audit_cost"] = config.getini("concurrency_audit_cost")
     settings = resolve(cli=cli, env=env, ini=ini, last_seed=lambda: last_seed(config))
     options = resolve_session_options(cli=cli, env=env, ini=ini)
     if not is_xdist_worker(config):  # the controller checked them; workers write no file
@@ -182,11 +201,13 @@ def build_session(config: pytest.Config) -> ConcurrencySession:
         session_seed=session_seed,
         run_all=options.run_all,
         unsafe_fixtures=config.getini("concurrency_unsafe_fixtures"),
+        unsafe_names=config.getini("concurrency_unsafe_names"),
         json_path=Path(options.json_path).resolve() if options.json_path else None,
         plot_dir=Path(options.plot_dir).resolve() if options.plot_dir else None,
         replay_runs=options.replay_runs,
         memory=load_memory(config) if options.remember else None,
         memory_in_use=options.remember and settings.seed is None,
+        audit_cost=options.audit_cost,
         given_settings=frozenset(
             name
             for name, spec in FIELDS.items()

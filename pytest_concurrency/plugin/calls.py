@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,10 +18,8 @@ from pytest_concurrency import messages
 from pytest_concurrency.engine.modes import COROUTINE_MODE, mode_of
 from pytest_concurrency.engine.settings import Settings
 from pytest_concurrency.errors import LoopBlocked
-from pytest_concurrency.plugin.entries import (
-    record_entry,
-)
 from pytest_concurrency.plugin.items import (
+    AUDITED_KEY,
     SERIES_NOTE_KEY,
     SETTINGS_KEY,
     SHARED_LOOP_KEY,
@@ -33,8 +30,8 @@ from pytest_concurrency.plugin.items import (
     run_timeout,
     shard_of,
     test_function,
-    warning_checks,
 )
+from pytest_concurrency.plugin.verdicts import finish_outcome, record_outcome
 
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from pytest_concurrency.driver.harness import Concurrency, HarnessConfig, HarnessLoop
@@ -42,6 +39,7 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from pytest_concurrency.engine.crashes import SeriesFacts
     from pytest_concurrency.engine.memory import Remembered
     from pytest_concurrency.engine.outcomes import CallKind, SeriesOutcome
+    from pytest_concurrency.plugin.audit import AllowanceClock
     from pytest_concurrency.plugin.session import ConcurrencySession
     from pytest_concurrency.runners.base import Runner, RunPlan
     from pytest_concurrency.runners.framework import FrameworkHooks
@@ -65,13 +63,42 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
         if isinstance(fixture, Concurrency)
         else harness_config(session, pyfuncitem, settings)
     )
-    if config.outer is None:  # pytest-timeout with func_only: its timer starts now
-        outer = outer_deadline(pyfuncitem, settings.mode, call_started=time.monotonic())
-        config = config if outer is None else dataclasses.replace(config, outer=outer)
     argnames = pyfuncitem._fixtureinfo.argnames
     call = functools.partial(
         test_function(pyfuncitem), **{n: pyfuncitem.funcargs[n] for n in argnames}
     )
+    run_call(session, pyfuncitem, settings, config, call, fixture)
+    return True
+
+
+def call_unittest(session: ConcurrencySession, item: pytest.Function) -> None:
+    """A ``unittest.TestCase`` method ``--concurrency-all`` runs concurrently: pytest calls
+    this in place of the item's ``runtest``; each worker call makes its own instance and runs
+    setUp, the method, tearDown and the cleanups (:mod:`~pytest_concurrency.plugin.cases`)."""
+    __tracebackhide__ = True
+    from pytest_concurrency.plugin.cases import case_call
+
+    settings = item.stash[SETTINGS_KEY]
+    config = harness_config(session, item, settings)
+    run_call(session, item, settings, config, case_call(item), None)
+
+
+def run_call(
+    session: ConcurrencySession,
+    pyfuncitem: pytest.Function,
+    settings: Settings,
+    config: HarnessConfig,
+    call: Callable[[], object],
+    fixture: object,
+) -> None:
+    """The concurrent call of a test: its remembered failing seed first, then its series (an
+    audited test's plain run first), and its outcome raised as pytest shows it."""
+    __tracebackhide__ = True
+    from pytest_concurrency.driver.harness import Concurrency
+
+    if config.outer is None:  # pytest-timeout with func_only: its timer starts now
+        outer = outer_deadline(pyfuncitem, settings.mode, call_started=time.monotonic())
+        config = config if outer is None else dataclasses.replace(config, outer=outer)
     remembered = session.remembered(pyfuncitem, settings)
     if remembered is not None:  # the failing-seed memory: an earlier failure's seed first
         first = remembered_config(pyfuncitem, config, remembered)
@@ -85,10 +112,24 @@ def call_item(session: ConcurrencySession, pyfuncitem: pytest.Function) -> bool 
                     )
                 )
             finish_outcome(session, pyfuncitem, outcome, first)
-            return True
-    outcome = run_marked_series(session, pyfuncitem, settings, config, call)
+            return
+    ledger = session.audit
+    if ledger is not None and pyfuncitem.stash.get(AUDITED_KEY, False):
+        from pytest_concurrency.plugin.audit import start_audit
+
+        clock = start_audit(pyfuncitem, settings, config, call, ledger)
+        config = dataclasses.replace(config, budget=None)  # the session's, spread by the clock
+        try:
+            outcome = run_marked_series(session, pyfuncitem, settings, config, call, clock)
+        finally:
+            clock.close(pyfuncitem)
+        if outcome.failed and outcome.interrupt is None:
+            from pytest_concurrency.plugin.audit import rerun_plainly
+
+            rerun_plainly(pyfuncitem, call)
+    else:
+        outcome = run_marked_series(session, pyfuncitem, settings, config, call)
     finish_outcome(session, pyfuncitem, outcome, config)
-    return True
 
 
 def run_marked_series(
@@ -97,9 +138,11 @@ def run_marked_series(
     settings: Settings,
     config: HarnessConfig,
     call: Callable[[], object],
+    clock: AllowanceClock | None = None,
 ) -> SeriesOutcome:
     """The series of a marked test (or one run by ``--concurrency-all``): its runs, its live
-    progress, and its outcome; an interrupt from outside is recorded, then raised."""
+    progress, and its outcome; an interrupt from outside is recorded, then raised. An
+    audited test's ``clock`` ends its series when its allowance is spent (no planned count)."""
     __tracebackhide__ = True
     from pytest_concurrency.driver.series import run_series
     from pytest_concurrency.engine.outcomes import SeriesOutcome
@@ -109,15 +152,18 @@ def run_marked_series(
         count=None if config.budget is not None else config.runs,
         deadline=None if config.budget is None else _deadline(config.budget),
         outer=config.outer,
+        more=clock.more if clock is not None else None,
     )
     outcome = SeriesOutcome(
         mode=settings.mode,
         workers=config.workers,
-        runs_planned=plan.count,
+        runs_planned=plan.count if clock is None else None,
         seed=config.seed,
         budget=config.budget,
     )
     runner = make_runner(session, item, settings, config.workers, config.seed)
+    if clock is not None:
+        clock.watch(getattr(runner, "perturbation", None), outcome)
     progress = live_progress(session, item, outcome, plan)
     note = crash_note(item, config)
     body = call if note is None else noted_body(note, call, config)
@@ -247,108 +293,6 @@ def live_progress(
     return LiveProgress(write, label=item.name, outcome=outcome, deadline=plan.deadline)
 
 
-def record_outcome(
-    session: ConcurrencySession,
-    item: pytest.Function,
-    outcome: SeriesOutcome,
-    config: HarnessConfig,
-) -> None:
-    """The test's entry for the summary and the JSON report."""
-    from pytest_concurrency.engine import report
-
-    reproduce = config.reproduce if outcome.failed else None
-    record_entry(
-        item,
-        report.concurrent_entry(
-            outcome, nodeid=item.nodeid, reproduce=reproduce, shard=config.shard
-        ),
-    )
-
-
-def finish_outcome(
-    session: ConcurrencySession,
-    item: pytest.Function,
-    outcome: SeriesOutcome,
-    config: HarnessConfig,
-) -> None:
-    __tracebackhide__ = True
-    from pytest_concurrency.driver.series import failure_exception, outcome_signal
-
-    record_outcome(session, item, outcome, config)
-    record = outcome.failing_run
-    if outcome.interrupt is not None and not outcome.failed:
-        raise outcome.interrupt
-    if record is not None and record.failures:
-        fail_fixture_lookup(item, outcome, config)
-        record.notes.extend(warning_check_lines(item, config))
-    if record is not None and outcome.failed and SHARED_LOOP_KEY in item.stash:
-        from pytest_concurrency.plugin.asyncio_fixtures import shared_loop_lines
-
-        settings = item.stash.get(SETTINGS_KEY, None) or session.settings
-        record.notes.extend(shared_loop_lines(item, perturb=settings.perturb))
-    if outcome.failed:
-        raise failure_exception(
-            outcome,
-            timeout=config.timeout,
-            reproduce=config.reproduce,
-            seed=config.reproduce_seed,
-        )
-    if record is None and outcome.runs_done and outcome.signals:
-        signal = outcome_signal(outcome)
-        if signal is not None:
-            raise signal
-
-
-def warning_check_lines(item: pytest.Function, config: HarnessConfig) -> list[str]:
-    """A failure report's line on the warning checks in the body (``pytest.warns``...): with
-    workers in one process, they undo each other's warning filters."""
-    if not mode_of(config.mode).shares_process:
-        return []
-    checks = warning_checks(item)
-    if not checks:
-        return []
-    return [messages.WARNING_CHECKS_NOT_THREAD_SAFE.format(names=" / ".join(checks))]
-
-
-def fail_fixture_lookup(
-    item: pytest.Function, outcome: SeriesOutcome, config: HarnessConfig
-) -> None:
-    """Fail with the fix when a worker's ``request.getfixturevalue()`` broke inside pytest's
-    fixture machinery (its own ``AssertionError``, not the user's race); every origin of the
-    run is still listed below the message. (This frame stays visible: see run_scaling.)"""
-    broken = fixture_lookup_failure(outcome)
-    if broken is None:
-        return
-    from pytest_concurrency.engine.report import failure_report
-
-    lines = failure_report(
-        outcome, timeout=config.timeout, reproduce=config.reproduce, seed=config.reproduce_seed
-    )
-    text = messages.GETFIXTUREVALUE_IN_BODY.format(nodeid=item.nodeid, error=broken)
-    pytest.fail("\n".join([text, *lines[1:]]), pytrace=False)  # not its headline: no race
-
-
-def fixture_lookup_failure(outcome: SeriesOutcome) -> str | None:
-    """The origin of the first failure raised by pytest's own code inside a worker's
-    ``request.getfixturevalue()`` (a failure of the fixture's own code is the user's)."""
-    lookup = pytest.FixtureRequest.getfixturevalue.__code__
-    pytest_dir = os.path.dirname(lookup.co_filename)
-    for failure in outcome.failures():
-        tb = failure.exception.__traceback__ if failure.exception is not None else None
-        through_lookup = False
-        innermost = None
-        while tb is not None:
-            through_lookup = through_lookup or tb.tb_frame.f_code is lookup
-            innermost, tb = tb, tb.tb_next
-        if (
-            through_lookup
-            and innermost is not None
-            and os.path.dirname(innermost.tb_frame.f_code.co_filename) == pytest_dir
-        ):
-            return failure.origin.describe()
-    return None
-
-
 def harness_config(
     session: ConcurrencySession, item: pytest.Item, settings: Settings
 ) -> HarnessConfig:
@@ -368,8 +312,11 @@ def harness_config(
         runs = max(1, math.ceil(settings.runs / count))
     workers = settings.worker_count(session.budget.usable)
     replay_runs = session.replay_runs
+    replayed = session.settings
+    if item.stash.get(AUDITED_KEY, False) and workers != replayed.workers:
+        replayed = dataclasses.replace(replayed, workers=workers)  # the audit's own count
     extra = report.replay_options(
-        session.settings,
+        replayed,
         workers=workers,
         run_all=session.run_all,
         replay_runs=replay_runs,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from _pytest.nodes import Node
 
     from pytest_concurrency.engine.crashes import SeriesFacts
+    from pytest_concurrency.engine.entries import AuditEntry
     from pytest_concurrency.engine.leaks import Snapshot
     from pytest_concurrency.plugin.asyncio_fixtures import SharedLoop
     from pytest_concurrency.runners.base import OuterDeadline
@@ -47,6 +48,12 @@ PYTEST_TIMEOUT_SHARE = 0.8
 
 
 SERIAL_KEY = pytest.StashKey[str]()
+RUN_ALL_MARKED_KEY = pytest.StashKey[bool]()
+"""A test ``--concurrency-all`` marked concurrent (not the user): unittest methods too."""
+AUDITED_KEY = pytest.StashKey[bool]()
+"""A test ``--concurrency-all`` audits: once plainly, then within its allowance."""
+AUDIT_ENTRY_KEY: pytest.StashKey[AuditEntry] = pytest.StashKey()
+"""What the audit spent on the test, for its entry."""
 STARTED_KEY = pytest.StashKey[float]()
 """When the test's setup began (monotonic): about when pytest-timeout's timer started."""
 SETTLED_KEY: pytest.StashKey[object] = pytest.StashKey()

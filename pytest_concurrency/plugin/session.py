@@ -35,7 +35,9 @@ from pytest_concurrency.plugin.entries import (
 from pytest_concurrency.plugin.gilwatch import GilWatch
 from pytest_concurrency.plugin.items import (
     ASYNCIO_PLUGIN,
+    AUDITED_KEY,
     LEAK_SNAPSHOT_KEY,
+    RUN_ALL_MARKED_KEY,
     SERIAL_KEY,
     SETTINGS_KEY,
     SETTLED_KEY,
@@ -50,11 +52,13 @@ from pytest_concurrency.plugin.items import (
     is_unittest_method,
     needs_item_hooks,
     not_concurrent_reason,
+    xdist_worker_count,
 )
 
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from _pytest.nodes import Node
 
+    from pytest_concurrency.engine.audit import AuditLedger
     from pytest_concurrency.engine.entries import Entry
     from pytest_concurrency.engine.memory import Memory, Remembered
     from pytest_concurrency.engine.owncode import CodeFilter
@@ -67,6 +71,8 @@ ITEM_HOOKS_NAME = "concurrency-item-hooks"
 CODE_UNDER_TEST_HOOKS_NAME = "concurrency-code-under-test"
 ASYNCIO_FIXTURE_HOOKS_NAME = "concurrency-asyncio-fixtures"
 FIXTURE_LOOKUP_NAMES = ("getfixturevalue",)
+DOCTEST_MODULE = "_pytest.doctest"
+"""Where pytest's doctest items come from (``--doctest-modules``, ``--doctest-glob``)."""
 
 
 class ConcurrencySession:
@@ -86,12 +92,15 @@ class ConcurrencySession:
         memory: Memory | None = None,
         memory_in_use: bool = False,
         given_settings: frozenset[str] = frozenset(),
+        audit_cost: float | None = None,
+        unsafe_names: Iterable[str] = (),
     ) -> None:
         self.config = config
         self.settings = settings
         self.session_seed = session_seed
         self.run_all = run_all
         self.unsafe_fixtures = frozenset(unsafe_fixtures)
+        self.unsafe_names = tuple(unsafe_names)  # more thread-unsafe calls (the ini list)
         self.json_path = json_path
         self.plot_dir = plot_dir
         self.replay_runs = replay_runs
@@ -110,6 +119,12 @@ class ConcurrencySession:
         self.running: pytest.Item | None = None  # a test from its setup to its call's report
         self.gil = GilWatch(settings.gil)  # the GIL state: read now, after collection, per test
         self.crash_notes: CrashNotes | None = None  # the xdist controller's, once workers start
+        self.audit: AuditLedger | None = None  # run-all's audit (engine/audit.py), or None
+        if run_all and "runs" not in given_settings and replay_runs is None:
+            from pytest_concurrency.engine.audit import AuditLedger
+
+            cost = audit_cost if audit_cost is not None else AuditLedger().cost
+            self.audit = AuditLedger(cost=cost, budget=settings.budget)
 
     # -- what the session says: header, summary, files (see summary.py) ---------------------
 
@@ -204,12 +219,21 @@ class ConcurrencySession:
                 self.activate()
             return
         self.activate()
+        audited = 0
         for item in items:
             reason = self.serial_reason(item)
             if reason is not None:
                 item.stash[SERIAL_KEY] = reason
             elif concurrent_marker(item) is None:
                 item.add_marker(pytest.mark.concurrent())
+                item.stash[RUN_ALL_MARKED_KEY] = True
+                if self.audit is not None and "concurrency" not in getattr(
+                    item, "fixturenames", ()
+                ):
+                    item.stash[AUDITED_KEY] = True
+                    audited += 1
+        if self.audit is not None:  # under pytest-xdist, each worker runs its share
+            self.audit.tests_left = -(-audited // max(1, xdist_worker_count(self.config)))
 
     def serial_reason(self, item: pytest.Item) -> str | None:
         """Why ``--concurrency-all`` runs this test once, normally; None to run it concurrently."""
@@ -217,11 +241,16 @@ class ConcurrencySession:
         if mark is not None and mark.name == "not_concurrent":
             return not_concurrent_reason(mark)
         if not isinstance(item, pytest.Function):
-            return messages.SERIAL_NOT_FUNCTION
+            doctest = type(item).__module__ == DOCTEST_MODULE
+            return messages.SERIAL_DOCTEST if doctest else messages.SERIAL_NOT_FUNCTION
         if mark is not None:  # marked concurrent: its setup says what is wrong, if anything
             return None
-        if is_unittest_method(item):
-            return messages.SERIAL_UNITTEST
+        if is_unittest_method(item):  # run concurrently, one instance per worker call
+            from pytest_concurrency.plugin.cases import serial_reason
+
+            reason = serial_reason(item)
+            if reason is not None:
+                return reason
         unsafe = sorted(self.unsafe_fixtures.intersection(item.fixturenames))
         if unsafe:
             return messages.SERIAL_UNSAFE_FIXTURE.format(names=", ".join(unsafe))
@@ -231,7 +260,10 @@ class ConcurrencySession:
         for name in WARNING_NAMES:
             if name in names:
                 return messages.SERIAL_WARNINGS.format(name=name)
-        return None
+        from pytest_concurrency.plugin.unsafe import unsafe_reasons
+
+        reasons = unsafe_reasons(item, self.unsafe_names)
+        return reasons[0] if reasons else None
 
     # -- setup: settle the test's settings, or fail it with a clear word ------------------
 
@@ -257,6 +289,9 @@ class ConcurrencySession:
             pytest.fail(messages.ISOLATE_UNAVAILABLE.format(nodeid=item.nodeid), pytrace=False)
         if settled is not None:
             item.stash[SETTINGS_KEY] = settled
+            if is_unittest_method(item) and isinstance(item, pytest.Function):
+                # pytest calls a TestCase method's runtest(), not pytest_pyfunc_call
+                item.runtest = functools.partial(calls.call_unittest, self, item)  # type: ignore[method-assign]
         elif item.get_closest_marker("concurrent") is not None:  # a closer not_concurrent won
             from pytest_concurrency.engine.report import serial_entry
 
@@ -344,7 +379,7 @@ class ConcurrencySession:
             return None
         if not isinstance(item, pytest.Function):
             return messages.NOT_A_FUNCTION.format(nodeid=item.nodeid)
-        if is_unittest_method(item):
+        if is_unittest_method(item) and not item.stash.get(RUN_ALL_MARKED_KEY, False):
             return messages.UNITTEST_METHOD.format(nodeid=item.nodeid)
         if marker.args:
             return messages.POSITIONAL_MARKER_ARGS.format(args=marker.args, nodeid=item.nodeid)
@@ -367,6 +402,10 @@ class ConcurrencySession:
                 else messages.ASYNC_BODY_IN_OTHER_MODE
             )
             return template.format(nodeid=item.nodeid, mode=settings.mode)
+        if item.stash.get(AUDITED_KEY, False) and "workers" not in self.given_settings:
+            from pytest_concurrency.engine.audit import AUDIT_WORKERS
+
+            settings = dataclasses.replace(settings, workers=AUDIT_WORKERS)
         return settings
 
     def marker_settings(
@@ -456,7 +495,7 @@ class ItemHooks:
             harness_entries.before_call_report(self.session, item, call)
             self.session.running = None  # its entries go with this report
         rep = yield
-        if call.when == "call" or rep.failed:
+        if call.when == "call" or rep.failed or (call.when == "setup" and rep.skipped):
             entries = take_entries(item)
             if entries:
                 setattr(rep, REPORT_ATTRIBUTE, entries)

@@ -41,10 +41,21 @@ def header_lines(session: ConcurrencySession, config: pytest.Config) -> list[str
         *oversubscription_lines(session),
         *schedule_header_lines(s),
         *([messages.HEADER_ISOLATED] if s.isolate else []),
+        *audit_header_lines(session),
         *memory_header_lines(session),
         *under_test_header_lines(session),
         *asyncio_fixture_lines(config),
     ]
+
+
+def audit_header_lines(session: ConcurrencySession) -> list[str]:
+    if session.audit is None:
+        return []
+    from pytest_concurrency.engine.audit import AUDIT_WORKERS
+
+    given = "workers" in session.given_settings
+    workers = session.settings.worker_count(session.budget.usable) if given else AUDIT_WORKERS
+    return [session.audit.header(workers)]
 
 
 def under_test_header_lines(session: ConcurrencySession) -> list[str]:
@@ -104,6 +115,8 @@ def write_summary(session: ConcurrencySession, terminalreporter: Any) -> None:
         from pytest_concurrency.engine.report import summary_lines
 
         lines = summary_lines(session.entries)
+        if session.run_all:
+            lines.extend(audit_lines(session))
     scaling = scaling_entries(session)
     if scaling:
         from pytest_concurrency.scaling.report import format_scaling_table
@@ -123,6 +136,30 @@ def write_summary(session: ConcurrencySession, terminalreporter: Any) -> None:
     terminalreporter.write_sep("=", SECTION_TITLE)
     for line in lines:
         terminalreporter.write_line(line)
+
+
+def audit_lines(session: ConcurrencySession) -> list[str]:
+    """Run-all's report: what the audit cost and how it was spread, and per module."""
+    from pytest_concurrency.engine.audit import cost_lines, module_lines
+    from pytest_concurrency.engine.entries import concurrent_entries
+
+    return [*cost_lines(concurrent_entries(session.entries)), *module_lines(session.entries)]
+
+
+def audit_json(session: ConcurrencySession) -> dict[str, Any] | None:
+    """The JSON report's ``audit``: the policy and the per-module tallies (run-all only)."""
+    if not session.run_all:
+        return None
+    from pytest_concurrency.engine.audit import module_tallies
+
+    ledger = session.audit
+    return {
+        "cost": ledger.cost if ledger is not None else None,
+        "budget": ledger.budget if ledger is not None else None,
+        "modules": {
+            module: tally.as_json() for module, tally in module_tallies(session.entries).items()
+        },
+    }
 
 
 def finish_session(session: ConcurrencySession) -> None:
@@ -208,6 +245,7 @@ def json_header(session: ConcurrencySession) -> dict[str, Any]:
         "cpu_count": session.budget.cpu_count,
         "pid": os.getpid(),
         "oversubscription": oversubscription(session),
+        "audit": audit_json(session),
     }
 
 

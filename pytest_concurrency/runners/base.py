@@ -81,6 +81,9 @@ class RunPlan:
     deadline: float | None = None
     first_index: int = 0
     outer: OuterDeadline | None = None
+    more: Callable[[], bool] | None = None
+    """Asked before each run after the first: False ends the series (an audit's allowance
+    is spent, see engine/audit.py)."""
 
     def __post_init__(self) -> None:
         if self.count is None and self.deadline is None:
@@ -88,6 +91,8 @@ class RunPlan:
 
     def has_run(self, index: int) -> bool:
         if self.count is not None and index >= self.first_index + self.count:
+            return False
+        if index > self.first_index and self.more is not None and not self.more():
             return False
         return not (
             self.deadline is not None
