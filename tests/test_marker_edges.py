@@ -3,6 +3,8 @@ fetched inside the body, warning checks in a concurrent body."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from pytest_concurrency import messages
@@ -262,9 +264,13 @@ def test_warning_checks_in_a_marked_body_are_named_in_the_report_with_the_fix(
     pytester.makepyfile(test_warning_checks=WARNING_CHECKS)
     pytester.makeini("[pytest]\nfilterwarnings =\n    ignore::UserWarning\n")
     result = run_subprocess("-p", "no:randomly")
+    note = messages.WARNING_CHECKS_NOT_THREAD_SAFE
+    if getattr(sys.flags, "context_aware_warnings", False):  # 3.14t: filters per context
+        result.assert_outcomes(failed=2, passed=4)  # the checks pass; no note blames them
+        assert note.split("{names}")[1].strip() not in result.stdout.str()
+        return
     result.assert_outcomes(failed=5, passed=1)
     result.stdout.fnmatch_lines(["*a failure of its own*"])
-    note = messages.WARNING_CHECKS_NOT_THREAD_SAFE
     result.stdout.fnmatch_lines(
         [
             "*" + note.format(names="pytest.warns").strip() + "*",
@@ -275,3 +281,31 @@ def test_warning_checks_in_a_marked_body_are_named_in_the_report_with_the_fix(
     output = result.stdout.str()
     # not for warnings.warn alone, nor in process mode
     assert output.count(note.split("{names}")[1].strip()) == 3
+
+
+def test_no_warning_check_note_where_the_filters_are_per_context(
+    pytester: pytest.Pytester, run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``sys.flags.context_aware_warnings`` (3.14's free-threaded build) a worker's
+    ``pytest.warns`` leaves the others' filters alone: a failure is never blamed on it."""
+    from pytest_concurrency.plugin import verdicts
+
+    pytester.makepyfile(
+        """
+        import warnings
+        import pytest
+
+        @pytest.mark.concurrent(workers=2, runs=1)
+        def test_fails_with_a_check():
+            with pytest.warns(UserWarning):
+                warnings.warn("careful", UserWarning)
+            assert False, "a failure of its own"
+        """
+    )
+    note = messages.WARNING_CHECKS_NOT_THREAD_SAFE.split("{names}")[1].strip()
+    monkeypatch.setattr(verdicts, "warning_filters_are_per_context", lambda: False)
+    assert note in run("-p", "no:randomly").stdout.str()
+    monkeypatch.setattr(verdicts, "warning_filters_are_per_context", lambda: True)
+    result = run("-p", "no:randomly")
+    result.assert_outcomes(failed=1)
+    assert note not in result.stdout.str()

@@ -6,6 +6,7 @@ carries, and the failure pytest shows (or the fix, when pytest's own fixture loo
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -134,12 +135,19 @@ def failure_class_lines(
 def warning_check_lines(item: pytest.Function, config: HarnessConfig) -> list[str]:
     """A failure report's line on the warning checks in the body (``pytest.warns``...): with
     workers in one process, they undo each other's warning filters."""
-    if not mode_of(config.mode).shares_process:
+    if not mode_of(config.mode).shares_process or warning_filters_are_per_context():
         return []
     checks = warning_checks(item)
     if not checks:
         return []
     return [messages.WARNING_CHECKS_NOT_THREAD_SAFE.format(names=" / ".join(checks))]
+
+
+def warning_filters_are_per_context() -> bool:
+    """Are the warning filters kept per thread and context (``sys.flags.context_aware_warnings``:
+    on by default on 3.14's free-threaded build)? Then ``catch_warnings`` and ``pytest.warns``
+    in one worker leave the others' filters alone, and the note above would be wrong."""
+    return bool(getattr(sys.flags, "context_aware_warnings", False))
 
 
 def fail_fixture_lookup(
