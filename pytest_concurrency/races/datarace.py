@@ -279,6 +279,11 @@ class _WatchedPoint:
         return self.inner.at_point()
 
 
+_DECODED: dict[CodeType, dict[int, Operation]] = {}
+"""Each code object's shared-state operations by offset, decoded once per session (a
+library's code is met by test after test)."""
+
+
 class DataRaceWatch:
     """A :class:`~pytest_concurrency.races.perturb.Perturbation` that watches the accesses of
     the one it wraps, and tells a run's data races when the run ends (``describe_run``)."""
@@ -290,7 +295,7 @@ class DataRaceWatch:
         self.policy = policy
         self.allow = tuple(allow)
         self._state = _WorkerState()
-        self._decoded: dict[CodeType, dict[int, Operation]] = {}
+        self._decoded = _DECODED  # shared by every watch: a code object decodes the same
         self._run: RunAccesses | None = None
         self._mutex: Any = _thread.allocate_lock()
 
