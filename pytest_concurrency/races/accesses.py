@@ -126,7 +126,9 @@ _POP_PUSH: dict[str, tuple[int, int]] = {
     "FOR_ITER": (0, 1),
     "PUSH_NULL": (0, 1),
 }
-_LOAD_LOCAL = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_DEREF", "LOAD_CLASSDEREF"})
+_LOAD_LOCAL = frozenset(
+    {"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_BORROW", "LOAD_DEREF", "LOAD_CLASSDEREF"}
+)  # LOAD_FAST_BORROW: 3.14's LOAD_FAST without a new reference
 
 
 class _Stack:
@@ -241,10 +243,10 @@ def _apply_load(instruction: dis.Instruction, stack: _Stack) -> bool:
     arg = instruction.arg or 0
     if name in _LOAD_LOCAL:
         stack.push(("local", instruction.argval))
-    elif name == "LOAD_FAST_LOAD_FAST":
+    elif name in ("LOAD_FAST_LOAD_FAST", "LOAD_FAST_BORROW_LOAD_FAST_BORROW"):
         first, second = instruction.argval
         stack.push(("local", first), ("local", second))
-    elif name == "LOAD_CONST":
+    elif name in ("LOAD_CONST", "LOAD_SMALL_INT"):  # LOAD_SMALL_INT: 3.14's small ints
         stack.push(("const", instruction.argval))
     elif name in ("LOAD_GLOBAL", "LOAD_NAME"):
         if _PY311 and name == "LOAD_GLOBAL" and arg & 1:
