@@ -87,15 +87,20 @@ def parse_int(raw: object, source: Source, *, low: int, high: int, example: str)
     return value
 
 
-def parse_seconds(raw: object, source: Source, *, example: str) -> float:
-    value: float | None = None
+def as_number(raw: object) -> float | None:
+    """A number given as a number or a string; None for anything else (a bool included)."""
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        value = float(raw)
-    elif isinstance(raw, str):
+        return float(raw)
+    if isinstance(raw, str):
         try:
-            value = float(raw.strip())
+            return float(raw.strip())
         except ValueError:
-            value = None
+            return None
+    return None
+
+
+def parse_seconds(raw: object, source: Source, *, example: str) -> float:
+    value = as_number(raw)
     if value is None or not value > 0 or value != value or value == float("inf"):
         raise _fail(source, raw, f"expected a number of seconds greater than 0, e.g. {example}")
     return value
@@ -423,14 +428,7 @@ def first_given(
 
 def parse_audit_cost(raw: object, source: Source) -> float:
     """The multiple of the plain run that ``--concurrency-all``'s audit may cost (>= 1)."""
-    value: float | None = None
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        value = float(raw)
-    elif isinstance(raw, str):
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            value = None
+    value = as_number(raw)
     if value is None or not 1 <= value < float("inf"):
         raise _fail(source, raw, messages.AUDIT_COST_EXPECTED)
     return value
