@@ -212,6 +212,36 @@ def test_real_io_and_executor_jobs_are_waited_for_in_real_time(pytester, run_sub
     run_subprocess().assert_outcomes(passed=2)
 
 
+CALLED_BACK_BY_A_THREAD = """
+import asyncio
+import threading
+import time
+import pytest
+
+
+@pytest.mark.concurrent(workers=2, runs=3)
+async def test_a_thread_of_its_own_calls_back():
+    # as anyio's worker threads do: the answer comes through call_soon_threadsafe, and no
+    # timer nor executor job tells the loop that something is on its way
+    loop = asyncio.get_running_loop()
+    answer = loop.create_future()
+
+    def work():
+        time.sleep(0.2)
+        loop.call_soon_threadsafe(answer.set_result, 42)
+
+    threading.Thread(target=work, daemon=True).start()
+    assert await asyncio.wait_for(answer, timeout=30) == 42
+"""
+
+
+def test_a_thread_the_test_started_is_waited_for_in_real_time(pytester, run_subprocess) -> None:
+    """A thread started during the run may call back at any moment: while it lives the clock
+    waits in real time instead of jumping to the next timer (the run's deadline here)."""
+    pytester.makepyfile(test_called_back=CALLED_BACK_BY_A_THREAD)
+    run_subprocess().assert_outcomes(passed=1)
+
+
 BUSY = """
 import asyncio
 import pytest

@@ -198,6 +198,7 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         self.clock = VirtualClock() if virtual else None
         inside = cast(Any, self)  # asyncio's own attributes, not in its stubs
         self._own_fds = len(inside._selector.get_map())
+        self._threads_before = {thread.ident for thread in threading.enumerate()}
         if self.clock is not None:
             inside._selector = ClockedSelector(inside._selector, self.clock, self.real_waits)
 
@@ -267,8 +268,20 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
     def real_waits(self) -> bool:
         """Whether something real is awaited: a descriptor beside the wake-up pipe, a job."""
         registered = len(cast(Any, self)._selector.get_map())
-        return registered > self._own_fds or (
-            self.clock is not None and self.clock.executor_jobs > 0
+        return (
+            registered > self._own_fds
+            or (self.clock is not None and self.clock.executor_jobs > 0)
+            or self._threads_started_since()
+        )
+
+    def _threads_started_since(self) -> bool:
+        """A thread started since this loop was made, other than the one running it (anyio's
+        worker threads, a thread of the test's): it may call back through
+        ``call_soon_threadsafe``, so the clock waits for it in real time rather than jump."""
+        running = threading.get_ident()
+        return any(
+            thread.ident not in self._threads_before and thread.ident != running
+            for thread in threading.enumerate()
         )
 
     def _run_once(self) -> None:
