@@ -198,29 +198,37 @@ def fork_child(
 def supervise(pid: int) -> tuple[int, BaseException | None]:
     """Wait for the child and reap it; if this process is interrupted while waiting
     (pytest-timeout, Ctrl-C), kill the child first. Its return code (as subprocess gives it:
-    -N for signal N) and what interrupted the wait, if anything."""
+    -N for signal N) and what interrupted the wait, if anything.
+
+    Ctrl-C is this function's own from the start: the first one ends the wait, the next ones
+    (two workers of the test may send one each) are held until the child is reaped. Installed
+    only once the first had arrived, the holding left a moment in which a second one cut the
+    reaping short."""
+    interrupts = [0]
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        interrupts[0] += 1
+        if interrupts[0] == 1:
+            raise KeyboardInterrupt
+
+    previous = hold_interrupts(on_interrupt)
     try:
-        _, status = os.waitpid(pid, 0)
-    except BaseException as error:  # whatever it is, the child must not stay
-        previous = hold_interrupts()  # a second Ctrl-C must not cut the reaping short
         try:
+            _, status = os.waitpid(pid, 0)
+        except BaseException as error:  # whatever it is, the child must not stay
             return stop_and_reap(pid), error
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-    return os.waitstatus_to_exitcode(status), None
+        return os.waitstatus_to_exitcode(status), None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
-def hold_interrupts() -> Any:
-    """Ignore Ctrl-C (the first one is being handled) until the child is reaped: the previous
-    handler, to put back; None where this thread cannot change it."""
+def hold_interrupts(handler: Any) -> Any:
+    """Ctrl-C goes to ``handler`` until the child is reaped: the previous handler, to put
+    back; None where this thread cannot change it."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.signal(signal.SIGINT, ignore_interrupt)
-
-
-def ignore_interrupt(signum: int, frame: object) -> None:
-    pass
+    return signal.signal(signal.SIGINT, handler)
 
 
 def stop_and_reap(pid: int) -> int:
