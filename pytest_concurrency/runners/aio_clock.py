@@ -33,8 +33,9 @@ import asyncio
 import contextvars
 import random
 import selectors
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from pytest_concurrency.engine.seeds import derive_seed
@@ -103,6 +104,16 @@ def next_deadline(timers: list[asyncio.TimerHandle]) -> float | None:
         return timers[0].when()
     live = [timer.when() for timer in timers if not timer.cancelled()]
     return min(live) if live else None
+
+
+def threads_started_since(before: Collection[int | None]) -> bool:
+    """A thread started since ``before`` was taken, other than the one asking (anyio's worker
+    threads, a thread of the test's): it may call back through ``call_soon_threadsafe``, so
+    the clock waits for it in real time rather than jump."""
+    asking = threading.get_ident()
+    return any(
+        thread.ident not in before and thread.ident != asking for thread in threading.enumerate()
+    )
 
 
 class VirtualClock:

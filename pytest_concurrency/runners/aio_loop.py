@@ -55,6 +55,7 @@ from pytest_concurrency.runners.aio_clock import (
     ClockedSelector,
     TimerMove,
     VirtualClock,
+    threads_started_since,
 )
 from pytest_concurrency.runners.aio_inject import CancelPlan
 from pytest_concurrency.runners.aio_stacks import is_own_frame as is_own_frame
@@ -271,17 +272,7 @@ class ScheduledEventLoop(asyncio.SelectorEventLoop):
         return (
             registered > self._own_fds
             or (self.clock is not None and self.clock.executor_jobs > 0)
-            or self._threads_started_since()
-        )
-
-    def _threads_started_since(self) -> bool:
-        """A thread started since this loop was made, other than the one running it (anyio's
-        worker threads, a thread of the test's): it may call back through
-        ``call_soon_threadsafe``, so the clock waits for it in real time rather than jump."""
-        running = threading.get_ident()
-        return any(
-            thread.ident not in self._threads_before and thread.ident != running
-            for thread in threading.enumerate()
+            or threads_started_since(self._threads_before)
         )
 
     def _run_once(self) -> None:
