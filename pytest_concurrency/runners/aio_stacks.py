@@ -28,18 +28,26 @@ def is_own_frame(filename: str) -> bool:
     return owncode.is_plugin_file(filename) or os.path.realpath(filename).startswith(_ASYNCIO_DIR)
 
 
-def task_stack(task: asyncio.Task[Any]) -> str:
-    """Where a suspended task waits: its coroutine chain, innermost last, and what it awaits."""
-    frames: list[tuple[FrameType, int]] = []
+def awaiting_frames(task: asyncio.Task[Any]) -> tuple[list[FrameType], Any]:
+    """The user's frames of a suspended task's coroutine chain, innermost last, and what the
+    innermost awaits (None when the chain ends in a frame)."""
+    frames: list[FrameType] = []
     awaited: Any = task.get_coro()
     while awaited is not None:
         frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
         if frame is None:
             break
         if not is_own_frame(frame.f_code.co_filename):
-            frames.append((frame, frame.f_lineno))
+            frames.append(frame)
         awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-    text = "".join(traceback.StackSummary.extract(iter(frames)).format())
+    return frames, awaited
+
+
+def task_stack(task: asyncio.Task[Any]) -> str:
+    """Where a suspended task waits: its coroutine chain, innermost last, and what it awaits."""
+    frames, awaited = awaiting_frames(task)
+    lines = ((frame, frame.f_lineno) for frame in frames)
+    text = "".join(traceback.StackSummary.extract(lines).format())
     if isinstance(awaited, asyncio.Future):  # a task, or a bare future; C iterators hide theirs
         text += f"  awaiting {awaited!r}\n"
     return text or NOT_STARTED

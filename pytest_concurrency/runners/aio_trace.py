@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 from pytest_concurrency import messages
-from pytest_concurrency.runners.aio_stacks import is_own_frame
+from pytest_concurrency.runners.aio_stacks import awaiting_frames, is_own_frame
 
 SHOWN_STEPS = 20
 SOURCE_WIDTH = 64
@@ -40,16 +40,8 @@ def site_of(frame: FrameType | None, lineno: int | None = None) -> Site:
 
 def waiting_site(task: asyncio.Task[Any]) -> Site:
     """The innermost user frame where a suspended task waits; None before its first step."""
-    found: Site = None
-    awaited: Any = task.get_coro()
-    while awaited is not None:
-        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-        if frame is None:
-            break
-        if not is_own_frame(frame.f_code.co_filename):
-            found = site_of(frame)
-        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-    return found
+    frames, _ = awaiting_frames(task)
+    return site_of(frames[-1]) if frames else None
 
 
 def calling_site() -> Site:
