@@ -111,3 +111,34 @@ def test_the_harness_runs_with_its_remembered_seed(pytester: pytest.Pytester) ->
     again = session(pytester, "test_harness.py")
     again.assert_outcomes(failed=1)
     again.stdout.fnmatch_lines(["*failing-seed memory: 1 test*", "*FAILED after run 3 of 10*"])
+
+
+def test_a_crash_is_remembered_and_crashes_again_in_the_next_session(
+    pytester: pytest.Pytester,
+) -> None:
+    """An isolated test that segfaults with one series seed only: its run died with the
+    interpreter, so the seed is remembered up to the last planned run."""
+    pytester.makepyfile(
+        test_crash="""
+        import ctypes
+        import pathlib
+        import pytest
+
+        FIRST = pathlib.Path(__file__).with_name("crash-seed.txt")
+
+        @pytest.mark.concurrent(workers=2, runs=4, isolate=True)
+        def test_segfault(concurrency):
+            if not FIRST.exists():
+                FIRST.write_text(str(concurrency.seed))
+            if concurrency.run == 2 and concurrency.seed == int(FIRST.read_text()):
+                ctypes.string_at(0)
+        """
+    )
+    first = session(pytester, "test_crash.py")
+    first.assert_outcomes(failed=1)
+    first.stdout.fnmatch_lines(["*CRASHED*"])
+    assert memory(pytester)["test_crash.py::test_segfault"]["run"] == 3
+
+    again = session(pytester, "test_crash.py")  # a new session seed: only the memory finds it
+    again.assert_outcomes(failed=1)
+    again.stdout.fnmatch_lines(["*failing-seed memory: 1 test*", "*CRASHED*"])

@@ -72,8 +72,9 @@ def dump(memory: Memory) -> dict[str, dict[str, Any]]:
 def updated(
     memory: Memory, entries: Iterable[Entry], session_seed: int, *, forget: bool = True
 ) -> Memory:
-    """The memory after a session: each concurrent test that failed in a run is remembered
-    with the seed it failed with; each that ran and passed is forgotten (when ``forget``:
+    """The memory after a session: each concurrent test that failed in a run (or crashed the
+    interpreter running it) is remembered with the seed it failed with; each that ran and
+    passed is forgotten (when ``forget``:
     the session tried the remembered seeds, no seed of its own); the rest stay."""
     kept = dict(memory)
     for entry in entries:
@@ -82,7 +83,7 @@ def updated(
         nodeid = entry.get("nodeid")
         if not isinstance(nodeid, str):
             continue
-        failing_run, seed = entry.get("failing_run"), entry.get("seed")
+        failing_run, seed = _failing_run(entry), entry.get("seed")
         if isinstance(failing_run, int) and isinstance(seed, int):
             kept.pop(nodeid, None)  # re-inserted last: the most recent failures are kept
             kept[nodeid] = Remembered(seed=seed, run=failing_run, session_seed=session_seed)
@@ -91,3 +92,18 @@ def updated(
     if len(kept) > MAX_REMEMBERED:
         kept = dict(list(kept.items())[-MAX_REMEMBERED:])
     return kept
+
+
+CRASH_REPLAY_RUNS = 100
+"""Runs a crash with no planned count (a budget hunt) is tried again with its seed."""
+
+
+def _failing_run(entry: Entry) -> int | None:
+    """The run to replay up to: the one that failed; for a crash, whose run died with the
+    interpreter, the last run the series planned (the same seed replays the same runs)."""
+    failing_run = entry.get("failing_run")
+    if isinstance(failing_run, int) or not entry.get("crashed"):
+        return failing_run if isinstance(failing_run, int) else None
+    planned = entry.get("runs_planned")
+    runs = planned if isinstance(planned, int) and planned > 0 else CRASH_REPLAY_RUNS
+    return runs - 1
