@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+HERE = Path(__file__).resolve().parent
+RACES_DIR = HERE / "races"
+SESSION_TIMEOUT = 900.0
+XFAIL_TYPE = "pytest.xfail"
+XPASS_STRICT = "[XPASS(strict)]"
 
 
 def cpu_model() -> str:
@@ -58,6 +68,112 @@ class PytestMarker:
     def per_run(self, runs: int) -> float:
         """``(T(runs) - T(1)) / (runs - 1)``: start-up and pytest's own work cancel out."""
         return (self.time(runs) - self.time(1)) / (runs - 1)
+
+
+# -- a pytest session over the race corpus: junit, JSON report, shim timings ---------------
+
+
+@dataclass
+class TestResult:
+    failed: bool
+    seconds: float | None  # time to the first failure (or the whole call when it passed)
+    runs: int | None = None
+    failing_run: int | None = None
+    reproduce: str | None = None
+
+
+@dataclass
+class Session:
+    """What one pytest session said about each of its tests."""
+
+    results: dict[str, TestResult] = field(default_factory=dict)
+    wall: float = 0.0
+
+
+# -- running pytest -------------------------------------------------------------------------
+
+
+def run_pytest(
+    python: str,
+    nodeids: Sequence[str],
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    cwd: Path = RACES_DIR,
+    timeout: float = SESSION_TIMEOUT,
+) -> Session:
+    """One pytest session in a subprocess: each test's result from its junit XML (buggy tests
+    are strict xfails), its runs and reproduction line from the JSON report, the seconds to a
+    first failure from pytest-run-parallel's shim."""
+    with tempfile.TemporaryDirectory() as scratch:
+        junit = Path(scratch) / "junit.xml"
+        report = Path(scratch) / "concurrency.json"
+        shim = Path(scratch) / "shim.json"
+        command = [
+            python, "-m", "pytest", *nodeids, *args, "-q", "--no-header", "-p", "no:cacheprovider",
+            "-p", "no:asyncio",  # pytest-asyncio's unset-loop-scope warning is an error here
+            f"--junitxml={junit}",
+        ]  # fmt: skip
+        if "no:concurrency" not in args:
+            command.append(f"--concurrency-json={report}")
+        full_env = {**os.environ, **(env or {})}
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(HERE), full_env.get("PYTHONPATH", "")])
+        )
+        full_env["RUN_PARALLEL_SHIM_JSON"] = str(shim)
+        started = _now()
+        subprocess.run(
+            command, cwd=cwd, env=full_env, timeout=timeout, check=False,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        session = Session(wall=_now() - started)
+        session.results = parse_junit(junit)
+        merge_concurrency_json(session, report)
+        merge_shim_json(session, shim)
+    return session
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+def parse_junit(path: Path) -> dict[str, TestResult]:
+    results: dict[str, TestResult] = {}
+    if not path.exists():
+        return results
+    for case in ElementTree.parse(path).iter("testcase"):
+        nodeid = f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
+        results[nodeid] = TestResult(failed=body_failed(case), seconds=float(case.get("time", "0")))
+    return results
+
+
+def body_failed(case: ElementTree.Element) -> bool:
+    """Did the test body fail? Buggy tests are strict xfails: xfailed = found, XPASS = not."""
+    for child in case:
+        if child.tag in ("failure", "error"):
+            return not (child.get("message") or "").startswith(XPASS_STRICT)
+        if child.tag == "skipped" and child.get("type") == XFAIL_TYPE:
+            return True
+    return False
+
+
+def merge_concurrency_json(session: Session, path: Path) -> None:
+    if not path.exists():
+        return
+    for entry in json.loads(path.read_text()).get("tests", []):
+        result = session.results.get(entry.get("nodeid", ""))
+        if result is not None and entry.get("kind") == "concurrent":
+            result.runs = entry.get("runs_done")
+            result.failing_run = entry.get("failing_run")
+            result.reproduce = entry.get("reproduce")
+
+
+def merge_shim_json(session: Session, path: Path) -> None:
+    if not path.exists():
+        return
+    for nodeid, seconds in json.loads(path.read_text())["first_failure_seconds"].items():
+        result = session.results.get(nodeid)
+        if result is not None and result.failed:
+            result.seconds = seconds
 
 
 # -- found/N: pytest sessions repeated, arms interleaved ------------------------------------
@@ -111,8 +227,6 @@ def found_counts(
 ) -> dict[str, dict[str, Counts]]:
     """``{arm: {case title: Counts}}`` over ``repetitions`` pytest sessions per arm, each
     session running every case's two tests; the arms interleaved (A B C, C B A, ...)."""
-    from detection import run_pytest  # the corpus's runner: junit, JSON report, shim timings
-
     nodeids = [nodeid for case in cases for nodeid in (case.buggy, case.twin)]
     counts = {arm.title: {case.title: Counts() for case in cases} for arm in arms}
     for repetition in range(repetitions):

@@ -36,21 +36,19 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench_common import RACES_DIR, SESSION_TIMEOUT, Session, TestResult, run_pytest
+
 HERE = Path(__file__).resolve().parent
-RACES_DIR = HERE / "races"
 README = HERE / "README.md"
 SECTION = "## Race detection"
 LATER_SECTIONS = ("## Scaling verdicts", "## Processes and asyncio", "## Controlled scheduler")
 """Sections listed after ours in the README's contents: a new section goes before them."""
 WORKERS = 4
-SESSION_TIMEOUT = 900.0
 CALIBRATION_ITERATIONS = 100
 
 RACES: tuple[tuple[str, str], ...] = (
@@ -68,8 +66,6 @@ RACES: tuple[tuple[str, str], ...] = (
     ("test_sqlite_check_then_insert.py", "SQLite check-then-insert"),
 )
 BUGGY, FIXED = "test_buggy", "test_fixed"
-XFAIL_TYPE = "pytest.xfail"
-XPASS_STRICT = "[XPASS(strict)]"
 HARNESS_SUFFIX = "_harness"
 
 
@@ -118,107 +114,6 @@ TOOLS = {
         ),
     )
 }
-
-
-@dataclass
-class TestResult:
-    failed: bool
-    seconds: float | None  # time to the first failure (or the whole call when it passed)
-    runs: int | None = None
-    failing_run: int | None = None
-    reproduce: str | None = None
-
-
-@dataclass
-class Session:
-    """What one pytest session said about each of its tests."""
-
-    results: dict[str, TestResult] = field(default_factory=dict)
-    wall: float = 0.0
-
-
-# -- running pytest -------------------------------------------------------------------------
-
-
-def run_pytest(
-    python: str,
-    nodeids: Sequence[str],
-    args: Sequence[str],
-    env: dict[str, str] | None = None,
-    cwd: Path = RACES_DIR,
-) -> Session:
-    with tempfile.TemporaryDirectory() as scratch:
-        junit = Path(scratch) / "junit.xml"
-        report = Path(scratch) / "concurrency.json"
-        shim = Path(scratch) / "shim.json"
-        command = [
-            python, "-m", "pytest", *nodeids, *args, "-q", "--no-header", "-p", "no:cacheprovider",
-            "-p", "no:asyncio",  # pytest-asyncio's unset-loop-scope warning is an error here
-            f"--junitxml={junit}",
-        ]  # fmt: skip
-        if "no:concurrency" not in args:
-            command.append(f"--concurrency-json={report}")
-        full_env = {**os.environ, **(env or {})}
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(HERE), full_env.get("PYTHONPATH", "")])
-        )
-        full_env["RUN_PARALLEL_SHIM_JSON"] = str(shim)
-        started = _now()
-        subprocess.run(
-            command, cwd=cwd, env=full_env, timeout=SESSION_TIMEOUT, check=False,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        session = Session(wall=_now() - started)
-        session.results = parse_junit(junit)
-        merge_concurrency_json(session, report)
-        merge_shim_json(session, shim)
-    return session
-
-
-def _now() -> float:
-    import time
-
-    return time.perf_counter()
-
-
-def parse_junit(path: Path) -> dict[str, TestResult]:
-    results: dict[str, TestResult] = {}
-    if not path.exists():
-        return results
-    for case in ElementTree.parse(path).iter("testcase"):
-        nodeid = f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
-        results[nodeid] = TestResult(failed=body_failed(case), seconds=float(case.get("time", "0")))
-    return results
-
-
-def body_failed(case: ElementTree.Element) -> bool:
-    """Did the test body fail? Buggy tests are strict xfails: xfailed = found, XPASS = not."""
-    for child in case:
-        if child.tag in ("failure", "error"):
-            return not (child.get("message") or "").startswith(XPASS_STRICT)
-        if child.tag == "skipped" and child.get("type") == XFAIL_TYPE:
-            return True
-    return False
-
-
-def merge_concurrency_json(session: Session, path: Path) -> None:
-    if not path.exists():
-        return
-    for entry in json.loads(path.read_text()).get("tests", []):
-        result = session.results.get(entry.get("nodeid", ""))
-        if result is not None and entry.get("kind") == "concurrent":
-            result.runs = entry.get("runs_done")
-            result.failing_run = entry.get("failing_run")
-            result.reproduce = entry.get("reproduce")
-
-
-def merge_shim_json(session: Session, path: Path) -> None:
-    if not path.exists():
-        return
-    for nodeid, seconds in json.loads(path.read_text())["first_failure_seconds"].items():
-        result = session.results.get(nodeid)
-        if result is not None and result.failed:
-            result.seconds = seconds
 
 
 # -- the measurements -----------------------------------------------------------------------

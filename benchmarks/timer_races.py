@@ -27,14 +27,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench_common import run_pytest
+
 HERE = Path(__file__).resolve().parent
-RACES_DIR = HERE / "races"
 README = HERE / "README.md"
 SECTION = "## asyncio timer races (issue 19)"
 NEXT_SECTION = "## Controlled scheduler"
@@ -45,8 +44,6 @@ RACES = (
     ("test_token_expiry.py", "cached token used after it expired"),
 )
 FORMS = ("", "_harness")
-XFAIL_TYPE = "pytest.xfail"
-XPASS_STRICT = "[XPASS(strict)]"
 
 
 @dataclass
@@ -58,33 +55,13 @@ class Cell:
     seconds: list[float] = field(default_factory=list)
 
 
-def failed(case: ElementTree.Element) -> bool:
-    for child in case:
-        if child.tag in ("failure", "error"):
-            return not (child.get("message") or "").startswith(XPASS_STRICT)
-        if child.tag == "skipped" and child.get("type") == XFAIL_TYPE:
-            return True
-    return False
-
-
 def session(python: str, seed: int, clock: str) -> dict[str, tuple[bool, float]]:
     """One pytest session over the three modules: each test's (failed, call seconds)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        junit = Path(scratch) / "junit.xml"
-        command = [
-            python, "-m", "pytest", *(module for module, _ in RACES), "-q", "--no-header",
-            "-p", "no:cacheprovider", "-p", "no:asyncio", f"--concurrency-seed={seed}",
-            f"--concurrency-clock={clock}", f"--junitxml={junit}",
-        ]  # fmt: skip
-        subprocess.run(
-            command, cwd=RACES_DIR, timeout=SESSION_TIMEOUT, check=False,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ),
-        )  # fmt: skip
-        results = {}
-        for case in ElementTree.parse(junit).iter("testcase"):
-            module = case.get("classname", "").rsplit(".", 1)[-1] + ".py"
-            results[f"{module}::{case.get('name')}"] = (failed(case), float(case.get("time", 0)))
-        return results
+    args = [f"--concurrency-seed={seed}", f"--concurrency-clock={clock}"]
+    ran = run_pytest(python, [module for module, _ in RACES], args, timeout=SESSION_TIMEOUT)
+    return {
+        nodeid: (result.failed, result.seconds or 0.0) for nodeid, result in ran.results.items()
+    }
 
 
 def measure(python: str, seeds: Sequence[int], clock: str) -> dict[str, Cell]:

@@ -524,9 +524,38 @@ ASYNCIO_STEP_START = "(start)"
 ASYNCIO_STEP_END = "(end)"
 ASYNCIO_TIMER_LINE = "timer set at {where} fired at t={when:.4f} s ({late:.4f} s late)"
 FAILS_WITHOUT_REORDERING = (
-    "  fails without reordering: this run kept asyncio's FIFO order with every timer on time "
-    "and nothing injected, as plain asyncio runs it"
+    "  fails without reordering: rerun once in asyncio's own FIFO order on the real clock, "
+    "every timer on time and nothing injected, it failed too ({failure})"
 )
+PASSES_WITHOUT_REORDERING = (
+    "  passes without reordering: rerun once in asyncio's own FIFO order on the real clock, "
+    "every timer on time and nothing injected, it passed: the failure needs {changes}"
+)
+FAILS_IN_PLAIN_RUN = (
+    "  fails without reordering: this run kept asyncio's FIFO order on the real clock, every "
+    "timer on time and nothing injected, as plain asyncio runs it"
+)
+FAILS_IN_PLAIN_VIRTUAL_RUN = (
+    "  fails without reordering, judged from this run on the virtual clock (FIFO order, every "
+    "timer on time, nothing injected): not rerun on the real clock, {why}"
+)
+PASSED_IN_RUN_ZERO = (
+    "  not rerun in FIFO order on the real clock, {why}; judged from run 0 instead, which kept "
+    "FIFO order with every timer on time and nothing injected on the {clock} clock, and passed: "
+    "the failure needs {changes}"
+)
+RERUN_SKIPPED_HARNESS = "a run of concurrency.runs() (its calls share the state the run left)"
+RERUN_SKIPPED_LONG = (
+    "the failing run took {seconds:.3g} s on the loop's clock, more than the {bound:g} s a "
+    "rerun may take"
+)
+RERUN_SKIPPED_HUNG = "the failing run hung"
+RERUN_SKIPPED_ERROR = "the rerun itself raised {error}"
+RERUN_FAILURE_HUNG = "it hung"
+CHANGE_VIRTUAL_CLOCK = "the virtual clock"
+CHANGE_TASK_ORDER = "the seeded task order"
+CHANGE_LATE_TIMERS = "late timers"
+CHANGE_INJECTIONS = "the injections"
 INJECTED_CANCEL = "  injected: worker {worker} cancelled at {where}"
 INJECTED_TIMEOUT = (
     "  injected: the timeout set at {where} expired early, after {after:.4g} s of {delay:.4g} s"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 from pathlib import Path
 
@@ -244,6 +245,8 @@ def test_a_race_across_an_await_is_still_found_and_replays(
             f"*{note.strip()}*",
         ]
     )
+    # run 0 on pytest-asyncio's loop kept FIFO order on the real clock: it is the answer
+    result.stdout.fnmatch_lines(["*" + messages.FAILS_IN_PLAIN_RUN])
     assert "HANG" not in result.stdout.str()
     line = next(line for line in result.stdout.lines if "reproduce: pytest " in line)
     command = line.split("reproduce: pytest ", 1)[1].split()
@@ -447,3 +450,44 @@ def test_a_borrowed_loop_that_a_sync_call_blocks_is_reported_and_given_back(
         assert loop.run_until_complete(asyncio.sleep(0, "usable")) == "usable"
     finally:
         loop.close()
+
+
+ORDER = """
+import asyncio
+import pytest
+import pytest_asyncio
+
+
+@pytest_asyncio.fixture
+async def served():
+    return asyncio.get_running_loop()
+
+
+@pytest.mark.concurrent(workers=1, runs=30)
+async def test_first_come_first_served(served):
+    assert asyncio.get_running_loop() is served
+    order = []
+
+    async def arrive(name):
+        order.append(name)
+
+    await asyncio.gather(arrive("a"), arrive("b"))
+    assert order == ["a", "b"]  # FIFO says so; a seeded order may not
+"""
+
+
+def test_a_failure_on_the_fixtures_loop_is_rerun_there_in_fifo_order(
+    pytester: pytest.Pytester,
+) -> None:
+    """Found in a seeded order on pytest-asyncio's loop (its own clock, the real one), the
+    failure is rerun once on that loop in FIFO order, where it passes, and the report says the
+    failure needs the seeded task order."""
+    pytester.makepyfile(test_order=ORDER)
+    args = ("-o", "asyncio_default_fixture_loop_scope=function", "--concurrency-seed=3")
+    result = run_inner(pytester, "strict", *args, "--concurrency-json=report.json")
+    result.assert_outcomes(failed=1)
+    needs = messages.PASSES_WITHOUT_REORDERING.format(changes=messages.CHANGE_TASK_ORDER)
+    result.stdout.fnmatch_lines(["*RACE DETECTED in run *", "*" + needs])
+    (entry,) = json.loads((pytester.path / "report.json").read_text())["tests"]
+    assert entry["clock"] == "real" and entry["failing_run"] > 0
+    assert (entry["fails_without_reordering"], entry["without_reordering_from"]) == (False, "rerun")

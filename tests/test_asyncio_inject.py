@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -127,3 +128,30 @@ def test_a_bad_injection_names_where_it_came_from(pytester, run) -> None:
     result = run("--concurrency-inject=sometimes")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--concurrency-inject=sometimes*off, cancel*"])
+
+
+def test_the_json_report_lists_the_failing_runs_injections(pytester, run) -> None:
+    """Each asyncio entry carries its clock; a failed one, the injections of its failing run,
+    each with its run, worker, file, line and kind, as its report names them."""
+    pytester.makepyfile(test_pool=POOL)
+    on = run("--concurrency-inject=cancel", SEED, "--concurrency-json=report.json")
+    on.assert_outcomes(passed=2, failed=2)
+    tests = {
+        entry["nodeid"].split("::")[-1]: entry
+        for entry in json.loads((pytester.path / "report.json").read_text())["tests"]
+    }
+    source = (pytester.path / "test_pool.py").read_text().splitlines()
+    for name, kind, line in (
+        ("test_buggy_harness", "cancel", "await asyncio.sleep(0.01)"),
+        ("test_buggy_timeout", "timeout", "await asyncio.wait_for(asyncio.sleep(0.5), 1)"),
+    ):
+        entry = tests[name]
+        assert entry["clock"] == "virtual" and entry["injections"], entry
+        for injected in entry["injections"]:
+            assert injected["run"] == entry["failing_run"]
+            assert injected["kind"] == kind and injected["file"].endswith("test_pool.py")
+            assert source[injected["line"] - 1].strip().startswith(line)
+            assert 0 <= injected["worker"] < entry["workers"]
+    for name in ("test_fixed_harness", "test_fixed_timeout"):
+        assert tests[name]["clock"] == "virtual" and tests[name]["injections"] == []
+        assert tests[name]["fails_without_reordering"] is None

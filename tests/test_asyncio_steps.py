@@ -65,7 +65,10 @@ def test_a_failed_run_shows_its_steps_and_timers(pytester, run) -> None:
         result.stdout.fnmatch_lines(["*" + HEADER + "*", "*" + STEP, "*" + TIMER])
     out = result.stdout.str()
     assert messages.ASYNCIO_STEP_START in out and messages.ASYNCIO_STEP_END in out
-    assert messages.FAILS_WITHOUT_REORDERING not in out  # found by a later run: reordered
+    # found by a later run: the marker's test is rerun plainly on the real clock (which way
+    # that rerun of sleeps 5 ms apart goes on a loaded machine is test_asyncio_plain_rerun's)
+    verdicts = (messages.FAILS_WITHOUT_REORDERING, messages.PASSES_WITHOUT_REORDERING)
+    assert any(verdict.split(",")[0] in out for verdict in verdicts)
 
 
 def test_a_failure_in_asyncios_own_order_says_it_fails_without_reordering(pytester, run) -> None:
@@ -73,7 +76,10 @@ def test_a_failure_in_asyncios_own_order_says_it_fails_without_reordering(pytest
     result = run("-k", "always_wrong", SEED)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*FAILED in run 0 of 5 *", "*" + messages.FAILS_WITHOUT_REORDERING]
+        [
+            "*FAILED in run 0 of 5 *",
+            "*" + messages.FAILS_WITHOUT_REORDERING.format(failure="AssertionError at *"),
+        ]
     )
     # with perturbation off every run is asyncio's own order: the timer race is not found
     off = run("-k", "timer_race", "--concurrency-perturb=false", SEED)

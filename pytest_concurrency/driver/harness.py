@@ -28,6 +28,7 @@ from pytest_concurrency.driver.series import (
     run_series,
     run_series_async,
 )
+from pytest_concurrency.engine.aiorun import LoopRun
 from pytest_concurrency.engine.context import WorkerContext, current
 from pytest_concurrency.engine.modes import NAMES as MODES
 from pytest_concurrency.engine.modes import mode_of
@@ -287,6 +288,7 @@ class HarnessRun:
         self.started: list[Coroutine[Any, Any, list[Any]]] = []
         self.notes: list[str] = []  # the report lines of its runs (asyncio's injections)
         self.explain: Callable[[], list[str]] | None = None  # asyncio: the run's steps
+        self.loop_run: LoopRun | None = None  # asyncio: the run's clock, changes, injections
 
     def observe(self, value: object) -> None:
         """Record an outcome of this run; the histogram is printed on failure and kept in JSON."""
@@ -338,6 +340,7 @@ class HarnessRun:
         if record is not None:
             self.notes.extend(record.notes)
             self.explain = record.explain
+            self.loop_run = record.loop
         if self.record_count > 1:
             outcome.runs_done -= 1  # several run(...) calls in one iteration are one run
         if outcome.interrupt is not None and not outcome.failed:

@@ -22,7 +22,14 @@ from pytest_concurrency.engine.outcomes import (
 )
 from pytest_concurrency.engine.report import failure_report
 from pytest_concurrency.errors import ConcurrencyFailure
-from pytest_concurrency.runners.base import AsyncRunner, Runner, RunPlan, Series, WorkerCall
+from pytest_concurrency.runners.base import (
+    AsyncRunner,
+    Runner,
+    RunPlan,
+    Series,
+    WorkerCall,
+    explain_failure,
+)
 
 if sys.version_info >= (3, 11):
     BaseGroup = BaseExceptionGroup  # noqa: F821
@@ -46,6 +53,8 @@ def account(outcome: SeriesOutcome, record: RunRecord) -> bool:
     outcome.signals.extend(record.signals)
     if record.data_races:
         outcome.add_data_races(record.data_races)
+    if record.loop is not None:
+        outcome.clock = record.loop.clock
     if record.interrupt is not None:
         outcome.interrupt = record.interrupt
     if record.failed:
@@ -63,11 +72,15 @@ def run_series(
     timeout: float,
     keep_results: bool = False,
     on_record: Callable[[RunRecord], None] | None = None,
+    rerun_failure: bool = False,
 ) -> RunRecord | None:
-    """Run ``plan`` on ``runner``; return the last record (with results if kept)."""
+    """Run ``plan`` on ``runner``; return the last record (with results if kept). A failing
+    run gets what the runner can tell about it (:func:`explain_failure`), from a rerun of the
+    calls with ``rerun_failure`` (the marker's series, whose calls are the whole test)."""
     __tracebackhide__ = True
     with AccountedSeries(calls, outcome, plan, timeout, keep_results, on_record) as accounted:
         runner.run_series(accounted.series)
+        accounted.explain_failure(runner, rerun_failure)
     return accounted.last
 
 
@@ -84,6 +97,7 @@ async def run_series_async(
     __tracebackhide__ = True
     with AccountedSeries(calls, outcome, plan, timeout, keep_results) as accounted:
         await runner.run_series_async(accounted.series)
+        accounted.explain_failure(runner, rerun=False)  # no blocking rerun on this loop
     return accounted.last
 
 
@@ -131,6 +145,14 @@ class AccountedSeries:
         if self.on_record is not None:
             self.on_record(record)
         return account(self.outcome, record)
+
+    def explain_failure(self, runner: Runner, rerun: bool) -> None:
+        """The series' failing run, if this series made it and nothing cut it short: the
+        runner's explanation in its notes."""
+        record = self.last
+        cut = self.outcome.interrupt is not None
+        if record is not None and record is self.outcome.failing_run and not cut:
+            explain_failure(runner, self.series, record, rerun)
 
     def __enter__(self) -> AccountedSeries:
         return self

@@ -35,6 +35,16 @@ class FailureGroupEntry(TypedDict):
     message: str
 
 
+class InjectionEntry(TypedDict):
+    """One cancellation or early timeout injected in the failing run (asyncio mode, issue 19)."""
+
+    run: int
+    worker: int
+    file: str
+    line: int
+    kind: str  # "cancel": CancelledError at an await; "timeout": a timeout expired early
+
+
 class _ConcurrentFields(TypedDict):
     kind: str
     nodeid: str
@@ -90,6 +100,12 @@ class ConcurrentEntry(_ConcurrentFields, total=False):
     failure_class: str  # a failed test: "concurrent" (only so), "internal" (the plugin's), or
     # "own" (an audited test that fails again when rerun plainly: not repeatable)
     under_test: list[str]  # a failed test: where it failed inside the packages under test
+    clock: str  # asyncio mode: "virtual" or "real" (the loop's clock, engine/aiorun.py)
+    injections: list[InjectionEntry]  # asyncio mode: the failing run's injections
+    fails_without_reordering: bool | None  # asyncio mode: the failure in plain FIFO order
+    without_reordering_from: str | None  # what that was judged from: "rerun" (on the real
+    # clock), "failing run" (itself plain), "run 0" (the rerun skipped); None: no failure
+    rerun_skipped: str | None  # why the real-clock FIFO rerun was not made; None: made or moot
 
 
 class _SerialFields(TypedDict):

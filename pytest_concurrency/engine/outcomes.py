@@ -17,6 +17,7 @@ from types import FrameType, TracebackType
 
 from pytest_concurrency import messages
 from pytest_concurrency.engine import owncode
+from pytest_concurrency.engine.aiorun import LoopRun
 from pytest_concurrency.engine.dataraces import DATA_RACE_ORIGIN, DataRace
 
 OUTCOME_MODULE = "_pytest.outcomes"
@@ -206,6 +207,7 @@ class RunRecord:
     explain: Callable[[], list[str]] | None = None  # more lines, made only when asked for
     collateral: list[CallFailure] = field(default_factory=list)  # gave up at the barrier
     data_races: list[DataRace] = field(default_factory=list)  # found in this run (threads)
+    loop: LoopRun | None = None  # asyncio mode: the run's clock, changes and injections
 
     @property
     def failed(self) -> bool:
@@ -289,6 +291,7 @@ class SeriesOutcome:
     budget: float | None = None
     interrupt: BaseException | None = None
     data_races: list[DataRace] = field(default_factory=list)  # every run's, each once
+    clock: str | None = None  # asyncio mode: the clock of its runs ("virtual" or "real")
 
     @property
     def failed(self) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine.aiorun import write_keys as write_loop_keys
 from pytest_concurrency.engine.audit import raised_inside_plugin
 from pytest_concurrency.engine.crashes import crash_summary_lines
 from pytest_concurrency.engine.dataraces import ordered as ordered_races
@@ -280,6 +281,9 @@ def concurrent_entry(
         "interrupted": describe_interrupt(outcome.interrupt),
         "data_races": [race.entry() for race in ordered_races(outcome.data_races)],
     }
+    known = MODES.get(outcome.mode)
+    if known is not None and known.runs_coroutines:
+        write_loop_keys(entry, outcome.clock, record.loop if record else None)
     if shard is not None:
         entry["shard"], entry["shards"] = shard
         entry["base_nodeid"] = nodeid.rsplit("[", 1)[0] if "[" in nodeid else nodeid

@@ -177,6 +177,7 @@ def run_marked_series(
             plan=plan,
             timeout=config.timeout,
             on_record=progress.update if progress is not None else None,
+            rerun_failure=True,
         )
 
     try:

@@ -66,6 +66,8 @@ def record_harness(
 
         command = reproduce_for(loop.outcome, fixture.config.reproduce, run.index)
         entry["failing_run"], entry["reproduce"] = run.index, command
+        if run.loop_run is not None:  # asyncio: the run the check failed after
+            run.loop_run.write(entry)
     record_entry(item, entry)
 
 

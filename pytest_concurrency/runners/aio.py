@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine import aiorun
+from pytest_concurrency.engine.aiorun import LoopRun
 from pytest_concurrency.engine.context import CURRENT, WorkerContext
 from pytest_concurrency.engine.outcomes import CallFailure, CallKind, RunRecord, classify
 from pytest_concurrency.engine.seeds import run_seed
@@ -35,18 +37,21 @@ from pytest_concurrency.runners.aio_loop import (
     LoopHost,
     LoopSchedule,
     RunWatch,
+    ScheduledEventLoop,
     order_for_run,
     schedule_of,
     task_stack,
 )
+from pytest_concurrency.runners.aio_rerun import judge_failing_run
 from pytest_concurrency.runners.aio_trace import StepTrace
 from pytest_concurrency.runners.base import Series, set_collateral_apart
 
 __tracebackhide__ = True  # every frame here is the plugin's: pytest leaves them out
 
 MODE = "asyncio"
-VIRTUAL = "virtual"
+VIRTUAL = aiorun.VIRTUAL
 """The clock of the plugin's own loop by default (``runners/aio_clock.py``); "real": asyncio's."""
+REAL = aiorun.REAL
 TRACE_STEPS = True
 """Keep each run's steps for its failure report (``runners/aio_trace.py``); an arm of
 ``benchmarks/asyncio_overhead.py`` turns it off to measure what it costs."""
@@ -218,8 +223,8 @@ class AsyncioRunner:
             else None
         )
         schedule.use_injection(plan)
-        reordered = (self.perturb and index > 0) or (plan is not None and plan.worker >= 0)
-        trace = StepTrace(index, reordered, loop.time()) if TRACE_STEPS else None
+        facts = self._facts(loop, schedule, index)
+        trace = StepTrace(index, loop.time()) if TRACE_STEPS else None
         schedule.use_trace(trace)
         schedule.watch = watch
         try:
@@ -244,19 +249,48 @@ class AsyncioRunner:
             schedule.watch = None
             if plan is not None and self.injection is not None:
                 record.notes.extend(plan.log)
+                facts.injections.extend(plan.injected)
                 self.injection.run_done(plan)
             self._plan = None
+            facts.seconds = loop.time() - watch.clock_started
+            record.loop = facts
             if trace is not None:
-                self._explain(record, trace)
+                self._explain(record, trace, facts)
         return watch
 
-    def _explain(self, record: RunRecord, trace: StepTrace) -> None:
+    def _facts(
+        self, loop: asyncio.AbstractEventLoop, schedule: LoopSchedule, index: int
+    ) -> LoopRun:
+        """What this run changes from plain asyncio: the clock, the order, the timers."""
+        virtual = isinstance(loop, ScheduledEventLoop) and loop.clock is not None
+        ordered = self.perturb and index > 0 and getattr(schedule, "orders_tasks", True)
+        return LoopRun(
+            clock=VIRTUAL if virtual else REAL,
+            reordered_tasks=ordered,
+            late_timers=self.perturb and index > 0 and virtual,
+        )
+
+    def _explain(self, record: RunRecord, trace: StepTrace, facts: LoopRun) -> None:
         """A failed run's report gets its steps; a passing one keeps them for a harness check
-        that fails after it (text only when asked)."""
+        that fails after it (text only when asked), with what plain order is judged from."""
         if record.failures or record.hung_workers:
             record.notes.extend(trace.lines())
         else:
-            record.explain = trace.lines
+            record.explain = lambda: [
+                *trace.lines(),
+                *facts.judged_without_rerun(messages.RERUN_SKIPPED_HARNESS),
+            ]
+
+    def explain_failure(self, series: Series, record: RunRecord, rerun: bool) -> None:
+        """Whether ``record``'s failure also happens without reordering: from a rerun in FIFO
+        order on the real clock when ``rerun`` (the marker's series; ``runners/aio_rerun.py``
+        says when it is made), else from what the runs showed."""
+        plain = AsyncioRunner(self.workers, perturb=False, loop=self.loop, clock=REAL)
+        try:
+            judge_failing_run(series, record, plain if rerun else None)
+        finally:
+            plain.close()
+            self._abandoned.extend(plain.abandoned_threads)
 
     async def _call(
         self, worker: int, record: RunRecord, series: Series, barrier: TaskBarrier

@@ -33,6 +33,8 @@ from types import FrameType
 from typing import Any
 
 from pytest_concurrency import messages
+from pytest_concurrency.engine.aiorun import KIND_CANCEL, KIND_TIMEOUT, Injection
+from pytest_concurrency.engine.context import CURRENT
 from pytest_concurrency.engine.seeds import derive_seed
 from pytest_concurrency.runners.aio_stacks import is_own_frame
 
@@ -52,28 +54,41 @@ def describe(frame: FrameType, lineno: int) -> str:
     return f"{where}: {source}" if source else where
 
 
-def awaiting_line(task: asyncio.Task[Any]) -> str:
-    """The innermost user line where a suspended task waits (its ``await``)."""
-    found = ""
+Place = tuple[FrameType, int] | None
+"""A user's frame and its line (None: no line of the code under test)."""
+
+
+def awaiting_place(task: asyncio.Task[Any]) -> Place:
+    """The innermost user frame where a suspended task waits (its ``await``)."""
+    found: Place = None
     awaited: Any = task.get_coro()
     while awaited is not None:
         frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
         if frame is None:
             break
         if is_user_frame(frame):
-            found = describe(frame, frame.f_lineno)
+            found = (frame, frame.f_lineno)
         awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-    return found or messages.INJECTED_AT_UNKNOWN
+    return found
 
 
-def calling_line() -> str:
-    """The innermost user line on the current stack (where a timeout was set)."""
+def calling_place() -> Place:
+    """The innermost user frame on the current stack (where a timeout was set)."""
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if is_user_frame(frame):
-            return describe(frame, frame.f_lineno)
+            return (frame, frame.f_lineno)
         frame = frame.f_back
-    return messages.INJECTED_AT_UNKNOWN
+    return None
+
+
+def describe_place(place: Place) -> str:
+    return describe(*place) if place is not None else messages.INJECTED_AT_UNKNOWN
+
+
+def injection_at(place: Place, run: int, worker: int, kind: str) -> Injection:
+    filename, lineno = (place[0].f_code.co_filename, place[1]) if place else ("", 0)
+    return Injection(run=run, worker=worker, file=filename, line=lineno, kind=kind)
 
 
 def is_timeout_callback(callback: Callable[..., object]) -> bool:
@@ -93,11 +108,13 @@ class CancelPlan:
     worker: int
     at_step: int
     early_timeouts: bool = True
+    run: int = 0
     tasks: dict[asyncio.Task[Any], int] = field(default_factory=dict)
     steps: dict[int, int] = field(default_factory=dict)
     seen: set[asyncio.Handle] = field(default_factory=set)
     cancelled: set[int] = field(default_factory=set)
     log: list[str] = field(default_factory=list)
+    injected: list[Injection] = field(default_factory=list)  # the log, as the JSON has it
 
     def __post_init__(self) -> None:
         self.rng = random.Random(derive_seed("early-timeouts", self.seed))
@@ -116,8 +133,9 @@ class CancelPlan:
 
     def _cancel(self, worker: int, task: asyncio.Task[Any]) -> None:
         """Cancel a worker whose step is ready: ``CancelledError`` is raised at its ``await``."""
-        where = awaiting_line(task)
-        self.log.append(messages.INJECTED_CANCEL.format(worker=worker, where=where))
+        place = awaiting_place(task)
+        self.log.append(messages.INJECTED_CANCEL.format(worker=worker, where=describe_place(place)))
+        self.injected.append(injection_at(place, self.run, worker, KIND_CANCEL))
         self.cancelled.add(worker)
         task.cancel()
 
@@ -133,10 +151,18 @@ class CancelPlan:
         if self.rng.random() >= EARLY_TIMEOUT_CHANCE:
             return when, callback
         early = delay * self.rng.random()
-        line = messages.INJECTED_TIMEOUT.format(where=calling_line(), after=early, delay=delay)
+        place = calling_place()
+        line = messages.INJECTED_TIMEOUT.format(
+            where=describe_place(place), after=early, delay=delay
+        )
+        context = CURRENT.get()
+        injected = injection_at(
+            place, self.run, -1 if context is None else context.worker, KIND_TIMEOUT
+        )
 
         def expire_early(*args: Any) -> None:
             self.log.append(line)
+            self.injected.append(injected)
             callback(*args)
 
         return now + early, expire_early
@@ -151,11 +177,11 @@ class CancelInjection:
     def plan_for_run(self, run_index: int, seed: int, workers: int) -> CancelPlan:
         """Run 0 only counts the steps of each worker (``worker=-1``: no injection)."""
         if run_index == 0:
-            return CancelPlan(seed, worker=-1, at_step=0, early_timeouts=False)
+            return CancelPlan(seed, worker=-1, at_step=0, early_timeouts=False, run=run_index)
         rng = random.Random(derive_seed("inject", seed))
         worker = rng.randrange(workers)
         at_step = rng.randint(2, self.most_steps.get(worker, 1) + 1)
-        return CancelPlan(seed, worker, at_step)
+        return CancelPlan(seed, worker, at_step, run=run_index)
 
     def run_done(self, plan: CancelPlan) -> None:
         for worker, count in plan.steps.items():

@@ -6,9 +6,8 @@ of a worker, the frame and line of the innermost user frame where the task waite
 text), and for each timer a run's task set, where it was set and when it was due. Only a failed
 run's trace is turned into text (:meth:`StepTrace.lines`): a worker's consecutive steps that go
 from one line to the same line fold into one (``x N``), and the last :data:`SHOWN_STEPS` lines
-are shown. The trace also says whether the run kept asyncio's own order: a failure in run 0
-(or any run with perturbation off: tasks in FIFO order, every timer on time, nothing injected)
-"fails without reordering".
+are shown. Whether the failure also happens without reordering is the report's next line
+(``engine/aiorun.py``, from the rerun of ``runners/aio_rerun.py``).
 """
 
 from __future__ import annotations
@@ -69,7 +68,6 @@ class StepTrace:
     """One run's steps and timers (see the module's docstring)."""
 
     run_index: int
-    reordered: bool  # the run's order or timers came from the seed (False: FIFO, exact)
     started: float = 0.0  # loop.time() at the start of the run: timers fire at t from there
     tasks: dict[asyncio.Task[Any], int] = field(default_factory=dict)
     events: list[tuple[Any, ...]] = field(default_factory=list)
@@ -118,10 +116,7 @@ class StepTrace:
         header = messages.ASYNCIO_STEPS_HEADER.format(
             run=self.run_index, shown=len(shown), total=len(steps)
         )
-        lines = [header, *("    " + line for line in shown)]
-        if not self.reordered:
-            lines.append(messages.FAILS_WITHOUT_REORDERING)
-        return lines
+        return [header, *("    " + line for line in shown)]
 
     def _step_lines(self) -> list[str]:
         nexts = self._next_sites()

@@ -159,6 +159,15 @@ def loop_finished(runner: Runner) -> None:
         method()
 
 
+def explain_failure(runner: Runner, series: Series, record: RunRecord, rerun: bool) -> None:
+    """``record`` failed and ends ``series``: let the runner add what it can tell about the
+    failure to its notes (asyncio: whether it also fails in plain order, from a rerun of the
+    calls when ``rerun``). A runner without ``explain_failure`` adds nothing."""
+    method = getattr(runner, "explain_failure", None)
+    if method is not None:
+        method(series, record, rerun)
+
+
 class AsyncRunner(Runner, Protocol):
     """A mode that can also run a series on the caller's event loop (asyncio)."""
 
