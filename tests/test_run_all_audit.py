@@ -12,6 +12,7 @@ from pytest_concurrency.engine.audit import (
     FAILURE_CONCURRENT,
     FAILURE_INTERNAL,
     FAILURE_OWN,
+    FIRST_RUN_FLOOR,
     QUIET_SHARE,
     SLOW_TEST_SECONDS,
     AuditLedger,
@@ -204,6 +205,13 @@ def test_by_default_a_test_earns_the_cost_times_its_plain_run_less_what_was_spen
     assert AuditLedger(cost=1).allowance(0.0, 0.5, shared=True) == pytest.approx(0.5)
 
 
+def test_the_first_run_is_perturbed_for_what_the_test_may_spend_at_least_its_plain_cost() -> None:
+    ledger = AuditLedger(cost=10)
+    ledger.start(100.0)
+    assert ledger.first_run(100.5, 0.5) == pytest.approx(4.5)  # its share, less what is spent
+    assert ledger.first_run(200.0, 0.5) == pytest.approx(FIRST_RUN_FLOOR * 0.5)  # in debt
+
+
 def test_a_slow_test_earns_on_its_first_second_only() -> None:
     ledger = AuditLedger(cost=8)
     assert ledger.share(0.5, shared=True) == pytest.approx(0.5 * 8)
@@ -285,3 +293,33 @@ def test_a_test_that_fails_when_run_again_plainly_is_its_own_failure(pytester, r
     assert entry["audit"]["plain_rerun"] == "failed"
     module = load(pytester)["audit"]["modules"]["test_once.py"]
     assert (module["races"], module["own_failures"]) == (0, 1)
+
+
+LONG_BODY = """
+class Counter:
+    n = 0
+
+
+def test_many_shared_state_points():
+    counter = Counter()
+    for _ in range(10_000):  # some 30,000 shared-state points in each worker's call
+        counter.n = counter.n + 1
+"""
+
+
+def test_the_first_run_stops_perturbing_once_the_test_has_spent_its_share(
+    pytester, run_subprocess
+) -> None:
+    """Without the audit's deadline each worker's call would meet its whole budget of
+    decision points (MAX_POINTS_PER_CALL): a perturbed and watched point costs far more than
+    the plain loop's step, so the plain cost is spent long before."""
+    from pytest_concurrency.races.perturb import MAX_POINTS_PER_CALL
+
+    pytester.makepyfile(test_long=LONG_BODY)
+    result = run_subprocess(
+        "--concurrency-all", "--concurrency-audit-cost=1", "--concurrency-json=report.json"
+    )
+    result.assert_outcomes(passed=1)
+    (entry,) = load(pytester)["tests"]
+    assert entry["runs_done"] == 1
+    assert 0 < entry["audit"]["shared_points"] < 2 * MAX_POINTS_PER_CALL

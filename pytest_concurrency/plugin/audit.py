@@ -112,9 +112,22 @@ class AllowanceClock:
         self.outcome: SeriesOutcome | None = None
 
     def watch(self, perturbation: Any, outcome: SeriesOutcome) -> None:
-        """The series' perturbation (its shared-state points) and outcome."""
+        """The series' perturbation (its shared-state points) and outcome; the first run's
+        decision points end when what the test may spend is spent (``ledger.first_run``)."""
         self.perturbation = perturbation
         self.outcome = outcome
+        if self.plain_call is not None:
+            now = time.monotonic()
+            self.stop_points_at(now + self.ledger.first_run(now, self.plain_cost()))
+
+    def stop_points_at(self, deadline: float) -> None:
+        """No decision points (perturbation, data-race watch) past ``deadline``, in a thread
+        series (the data-race watch wraps the seeded perturbation that takes it)."""
+        from pytest_concurrency.races.perturb import SeededPerturbation
+
+        seeded = getattr(self.perturbation, "inner", self.perturbation)
+        if isinstance(seeded, SeededPerturbation):
+            seeded.stop_at = deadline
 
     def plain_cost(self) -> float:
         from pytest_concurrency.engine.audit import PLAIN_OVERHEAD
@@ -139,6 +152,7 @@ class AllowanceClock:
             self.estimated = self.plain_cost()
             self.allowance = self.ledger.allowance(now, self.estimated, self.shared)
             self.deadline = now + self.allowance
+            self.stop_points_at(self.deadline)
             if self.outcome is not None:
                 self.outcome.budget = round(self.allowance, 4)
         return time.monotonic() < self.deadline
