@@ -59,6 +59,9 @@ def test_the_audit_runs_each_test_within_its_allowance(pytester, run) -> None:
     result.assert_outcomes(passed=3)
     header = messages.HEADER_AUDIT_COST.format(cost=8, quiet=1 + 7 * QUIET_SHARE, workers=2)
     result.stdout.fnmatch_lines([header, "audit: 2 tests audited (* touched shared state)*"])
+    defaults = messages.HEADER_DEFAULTS_AUDIT_COST.format(workers=2, cost=8)
+    result.stdout.fnmatch_lines([f"concurrency: seed *; defaults: threads, {defaults}, *"])
+    assert " runs, perturbation" not in result.stdout.str()  # not the marker's count of runs
     tests = by_nodeid(load(pytester))
     for name in ("test_calls_into_shared_state", "test_quiet"):
         entry = tests[name]
@@ -82,6 +85,8 @@ def test_a_session_budget_is_spread_and_never_leaves_a_test_without_a_run(pytest
     )
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([messages.HEADER_AUDIT_BUDGET.format(budget=0.000001, workers=2)])
+    defaults = messages.HEADER_DEFAULTS_AUDIT_BUDGET.format(workers=2, budget=0.000001)
+    result.stdout.fnmatch_lines([f"concurrency: seed *; defaults: threads, {defaults}, *"])
     tests = by_nodeid(load(pytester))
     for name in ("test_calls_into_shared_state", "test_quiet"):
         assert tests[name]["runs_done"] == 1  # the first concurrent run always
