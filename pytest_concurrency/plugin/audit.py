@@ -24,7 +24,7 @@ from pytest_concurrency.plugin.items import AUDIT_ENTRY_KEY, STARTED_KEY
 if TYPE_CHECKING:
     from pytest_concurrency.driver.harness import HarnessConfig
     from pytest_concurrency.engine.audit import AuditLedger
-    from pytest_concurrency.engine.outcomes import SeriesOutcome
+    from pytest_concurrency.engine.outcomes import CallKind, SeriesOutcome
     from pytest_concurrency.engine.settings import Settings
 
 
@@ -48,12 +48,10 @@ def start_audit(
     return AllowanceClock(ledger, started - setup_started, plain_call, config.workers)
 
 
-def run_plainly(item: pytest.Function, call: Callable[[], object]) -> None:
-    """The plain single-worker run: a failure is the test's own, raised as it is."""
-    __tracebackhide__ = True
-    from pytest_concurrency.engine.audit import FAILURE_OWN
-    from pytest_concurrency.engine.outcomes import CallKind, add_note, classify
-    from pytest_concurrency.engine.report import serial_entry
+def call_plainly(call: Callable[[], object]) -> tuple[CallKind | None, BaseException | None]:
+    """One plain single-worker call: None when it passed, else how it ended and what it
+    raised; an interrupt (Ctrl-C, pytest's exit) is raised as it is."""
+    from pytest_concurrency.engine.outcomes import CallKind, classify
 
     try:
         call()
@@ -61,33 +59,40 @@ def run_plainly(item: pytest.Function, call: Callable[[], object]) -> None:
         kind = classify(exc)
         if kind is CallKind.INTERRUPTED:
             raise
-        if kind is CallKind.FAILED:
-            entry = serial_entry(item.nodeid, messages.SERIAL_FAILED_PLAIN)
-            entry["failure_class"] = FAILURE_OWN
-            record_entry(item, entry)
-            add_note(exc, messages.OWN_FAILURE_NOTE)
-        else:
-            record_entry(item, serial_entry(item.nodeid, messages.SERIAL_SKIPPED_PLAIN))
-        raise
+        return kind, exc
+    return None, None
+
+
+def run_plainly(item: pytest.Function, call: Callable[[], object]) -> None:
+    """The plain single-worker run: a failure is the test's own, raised as it is."""
+    __tracebackhide__ = True
+    from pytest_concurrency.engine.audit import FAILURE_OWN
+    from pytest_concurrency.engine.outcomes import CallKind, add_note
+    from pytest_concurrency.engine.report import serial_entry
+
+    kind, exc = call_plainly(call)
+    if exc is None:
+        return
+    if kind is CallKind.FAILED:
+        entry = serial_entry(item.nodeid, messages.SERIAL_FAILED_PLAIN)
+        entry["failure_class"] = FAILURE_OWN
+        record_entry(item, entry)
+        add_note(exc, messages.OWN_FAILURE_NOTE)
+    else:
+        record_entry(item, serial_entry(item.nodeid, messages.SERIAL_SKIPPED_PLAIN))
+    raise exc
 
 
 def rerun_plainly(item: pytest.Function, call: Callable[[], object]) -> None:
     """After a concurrent failure, the test once more, plainly: failing again, it is not
     repeatable (it depends on what a first run changed), the test's own failure."""
-    from pytest_concurrency.engine.outcomes import CallKind, classify
+    from pytest_concurrency.engine.outcomes import CallKind
 
     entry = item.stash.get(AUDIT_ENTRY_KEY, None)
     if entry is None:
         return
-    try:
-        call()
-    except BaseException as exc:
-        kind = classify(exc)
-        if kind is CallKind.INTERRUPTED:
-            raise
-        entry["plain_rerun"] = "failed" if kind is CallKind.FAILED else "passed"
-        return
-    entry["plain_rerun"] = "passed"
+    kind, _ = call_plainly(call)
+    entry["plain_rerun"] = "failed" if kind is CallKind.FAILED else "passed"
 
 
 class AllowanceClock:
