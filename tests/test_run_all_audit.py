@@ -328,3 +328,33 @@ def test_the_first_run_stops_perturbing_once_the_test_has_spent_its_share(
     (entry,) = load(pytester)["tests"]
     assert entry["runs_done"] == 1
     assert 0 < entry["audit"]["shared_points"] < 2 * MAX_POINTS_PER_CALL
+
+
+XDIST_MODULE = (
+    "\n".join(
+        f"STORE{i} = {{}}\n\ndef test_{i}():\n    STORE{i}['k'] = STORE{i}.get('k', 0) + 1\n"
+        for i in range(4)
+    )
+    + "\ndef test_unsafe(monkeypatch):\n    monkeypatch.setenv('X', '1')\n"
+)
+
+
+@pytest.mark.parametrize("spread", [(), ("--concurrency-budget=2",)])
+def test_under_xdist_every_test_is_audited_and_reported(pytester, run_subprocess, spread) -> None:
+    """``-n 2``: each worker audits its share (the budget's tests counted per worker); the
+    controller's JSON and per-module report carry every test of both workers."""
+    pytester.makepyfile(**{f"test_m{m}": XDIST_MODULE for m in range(3)})
+    result = run_subprocess(
+        "-n", "2", "--concurrency-all", "--concurrency-json=report.json", *spread
+    )  # fmt: skip
+    result.assert_outcomes(passed=15)
+    document = load(pytester)
+    assert len(document["tests"]) == 12
+    assert all(entry["runs_done"] >= 1 and "audit" in entry for entry in document["tests"])
+    assert len(document["serial"]) == 3
+    modules = document["audit"]["modules"]
+    assert sorted(modules) == ["test_m0.py", "test_m1.py", "test_m2.py"]
+    assert all((tally["concurrent"], tally["once"]) == (4, 1) for tally in modules.values())
+    result.stdout.fnmatch_lines(["audit: 12 tests audited (*", "per module:"])
+    if spread:
+        assert document["audit"]["budget"] == 2
