@@ -121,6 +121,9 @@ HEADER_AUDIT_COST = (
     "--concurrency-audit-cost=N, --concurrency-budget=SECONDS for the session, or "
     "--concurrency-runs=N for a fixed count"
 )
+HEADER_DEFAULTS_AUDIT_COST = "{workers} workers, runs within {cost:g}x each test's plain cost"
+"""The first header line's defaults under the audit (not a run count: the ledger's multiple)."""
+HEADER_DEFAULTS_AUDIT_BUDGET = "{workers} workers, runs within a {budget:g}s session budget"
 HEADER_AUDIT_BUDGET = (
     "concurrency: audit: a session budget of {budget:g}s spread over the audited tests (one "
     "that touches shared state gets 4x a quiet one's share); each test once plainly first, then "

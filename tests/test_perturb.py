@@ -196,6 +196,17 @@ def test_same_seed_same_decisions() -> None:
     assert {decision.action for decision in first} >= {Action.PASS, Action.YIELD, Action.SLEEP}
 
 
+def test_a_deadline_passed_spends_the_calls_budget_at_the_next_clock_reading() -> None:
+    """The audit's deadline (``stop_at``): once past it, a call's decision points end (the
+    clock is read every ``DEADLINE_STRIDE + 1`` points); without one, they go on."""
+    past = WorkerSchedule(a_profile(), worker_seed(7, 11, 2), stop_at=0.0)
+    answers = [past.at_point() for _ in range(200)]
+    assert False in answers
+    assert answers.index(False) <= perturb.DEADLINE_STRIDE + 1
+    future = WorkerSchedule(a_profile(), worker_seed(7, 11, 2), stop_at=float("inf"))
+    assert all(future.at_point() for _ in range(200))
+
+
 @pytest.mark.parametrize("other", [(8, 11, 2), (7, 12, 2), (7, 11, 3)])
 def test_other_seed_run_or_worker_other_decisions(other: tuple[int, int, int]) -> None:
     first = draws(WorkerSchedule(a_profile(), worker_seed(7, 11, 2)))

@@ -12,6 +12,7 @@ from pytest_concurrency.engine.audit import (
     FAILURE_CONCURRENT,
     FAILURE_INTERNAL,
     FAILURE_OWN,
+    FIRST_RUN_FLOOR,
     QUIET_SHARE,
     SLOW_TEST_SECONDS,
     AuditLedger,
@@ -58,6 +59,9 @@ def test_the_audit_runs_each_test_within_its_allowance(pytester, run) -> None:
     result.assert_outcomes(passed=3)
     header = messages.HEADER_AUDIT_COST.format(cost=8, quiet=1 + 7 * QUIET_SHARE, workers=2)
     result.stdout.fnmatch_lines([header, "audit: 2 tests audited (* touched shared state)*"])
+    defaults = messages.HEADER_DEFAULTS_AUDIT_COST.format(workers=2, cost=8)
+    result.stdout.fnmatch_lines([f"concurrency: seed *; defaults: threads, {defaults}, *"])
+    assert " runs, perturbation" not in result.stdout.str()  # not the marker's count of runs
     tests = by_nodeid(load(pytester))
     for name in ("test_calls_into_shared_state", "test_quiet"):
         entry = tests[name]
@@ -81,6 +85,8 @@ def test_a_session_budget_is_spread_and_never_leaves_a_test_without_a_run(pytest
     )
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([messages.HEADER_AUDIT_BUDGET.format(budget=0.000001, workers=2)])
+    defaults = messages.HEADER_DEFAULTS_AUDIT_BUDGET.format(workers=2, budget=0.000001)
+    result.stdout.fnmatch_lines([f"concurrency: seed *; defaults: threads, {defaults}, *"])
     tests = by_nodeid(load(pytester))
     for name in ("test_calls_into_shared_state", "test_quiet"):
         assert tests[name]["runs_done"] == 1  # the first concurrent run always
@@ -204,6 +210,13 @@ def test_by_default_a_test_earns_the_cost_times_its_plain_run_less_what_was_spen
     assert AuditLedger(cost=1).allowance(0.0, 0.5, shared=True) == pytest.approx(0.5)
 
 
+def test_the_first_run_is_perturbed_for_what_the_test_may_spend_at_least_its_plain_cost() -> None:
+    ledger = AuditLedger(cost=10)
+    ledger.start(100.0)
+    assert ledger.first_run(100.5, 0.5) == pytest.approx(4.5)  # its share, less what is spent
+    assert ledger.first_run(200.0, 0.5) == pytest.approx(FIRST_RUN_FLOOR * 0.5)  # in debt
+
+
 def test_a_slow_test_earns_on_its_first_second_only() -> None:
     ledger = AuditLedger(cost=8)
     assert ledger.share(0.5, shared=True) == pytest.approx(0.5 * 8)
@@ -285,3 +298,63 @@ def test_a_test_that_fails_when_run_again_plainly_is_its_own_failure(pytester, r
     assert entry["audit"]["plain_rerun"] == "failed"
     module = load(pytester)["audit"]["modules"]["test_once.py"]
     assert (module["races"], module["own_failures"]) == (0, 1)
+
+
+LONG_BODY = """
+class Counter:
+    n = 0
+
+
+def test_many_shared_state_points():
+    counter = Counter()
+    for _ in range(10_000):  # some 30,000 shared-state points in each worker's call
+        counter.n = counter.n + 1
+"""
+
+
+def test_the_first_run_stops_perturbing_once_the_test_has_spent_its_share(
+    pytester, run_subprocess
+) -> None:
+    """Without the audit's deadline each worker's call would meet its whole budget of
+    decision points (MAX_POINTS_PER_CALL): a perturbed and watched point costs far more than
+    the plain loop's step, so the plain cost is spent long before."""
+    from pytest_concurrency.races.perturb import MAX_POINTS_PER_CALL
+
+    pytester.makepyfile(test_long=LONG_BODY)
+    result = run_subprocess(
+        "--concurrency-all", "--concurrency-audit-cost=1", "--concurrency-json=report.json"
+    )
+    result.assert_outcomes(passed=1)
+    (entry,) = load(pytester)["tests"]
+    assert entry["runs_done"] == 1
+    assert 0 < entry["audit"]["shared_points"] < 2 * MAX_POINTS_PER_CALL
+
+
+XDIST_MODULE = (
+    "\n".join(
+        f"STORE{i} = {{}}\n\ndef test_{i}():\n    STORE{i}['k'] = STORE{i}.get('k', 0) + 1\n"
+        for i in range(4)
+    )
+    + "\ndef test_unsafe(monkeypatch):\n    monkeypatch.setenv('X', '1')\n"
+)
+
+
+@pytest.mark.parametrize("spread", [(), ("--concurrency-budget=2",)])
+def test_under_xdist_every_test_is_audited_and_reported(pytester, run_subprocess, spread) -> None:
+    """``-n 2``: each worker audits its share (the budget's tests counted per worker); the
+    controller's JSON and per-module report carry every test of both workers."""
+    pytester.makepyfile(**{f"test_m{m}": XDIST_MODULE for m in range(3)})
+    result = run_subprocess(
+        "-n", "2", "--concurrency-all", "--concurrency-json=report.json", *spread
+    )  # fmt: skip
+    result.assert_outcomes(passed=15)
+    document = load(pytester)
+    assert len(document["tests"]) == 12
+    assert all(entry["runs_done"] >= 1 and "audit" in entry for entry in document["tests"])
+    assert len(document["serial"]) == 3
+    modules = document["audit"]["modules"]
+    assert sorted(modules) == ["test_m0.py", "test_m1.py", "test_m2.py"]
+    assert all((tally["concurrent"], tally["once"]) == (4, 1) for tally in modules.values())
+    result.stdout.fnmatch_lines(["audit: 12 tests audited (*", "per module:"])
+    if spread:
+        assert document["audit"]["budget"] == 2

@@ -61,6 +61,10 @@ reports), beside the test's call: the plain cost is the plain call's duration pl
 plain pytest session of small tests spends 2-4 ms per test on this machine; the audited
 session's own setup is not measured, since it holds the plugin's hooks)."""
 
+FIRST_RUN_FLOOR = 1.0
+"""The first concurrent run of a test is perturbed and watched for at least this many times
+its plain cost, whatever the audit's debt (the run itself always happens: never zero)."""
+
 USER_FACING_ERRORS = "pytest_concurrency.errors"
 """The module of the plugin's exceptions meant for the user (a barrier given up, a bad
 setting): raised on purpose, never an internal error."""
@@ -111,6 +115,14 @@ class AuditLedger:
         left = max(0.0, started + self.budget - now)
         mean = statistics.fmean([*self.weights, weight])
         return left / max(1, self.tests_left) * weight / mean
+
+    def first_run(self, now: float, plain_cost: float) -> float:
+        """Seconds from ``now`` the first concurrent run is perturbed and watched (the rest of
+        its calls run on unperturbed): what the test may spend, as if it touched shared state,
+        and at least :data:`FIRST_RUN_FLOOR` times its plain cost when the audit is in debt
+        (a long first run of a test with many shared-state points no longer costs a hundred
+        times its plain run)."""
+        return max(self.allowance(now, plain_cost, True), FIRST_RUN_FLOOR * plain_cost)
 
     def charge(self, plain_cost: float, shared: bool) -> None:
         """Count one audited test in: what it earned, one test fewer to come."""

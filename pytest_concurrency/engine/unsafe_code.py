@@ -17,18 +17,24 @@ from collections.abc import Iterable, Sequence
 
 from pytest_concurrency import messages
 
-CALLS: dict[str, str] = {
-    **dict.fromkeys(
-        ("mock.patch", "patch", "patch.object", "patch.dict", "patch.multiple"),
-        messages.UNSAFE_MOCK_PATCH,
-    ),
-    **dict.fromkeys(
-        ("sys.settrace", "sys.setprofile", "threading.settrace", "threading.setprofile"),
+
+def _table(*rows: tuple[str, tuple[str, ...]]) -> dict[str, str]:
+    """Names (dotted, matched on their last parts) and the reason each gives, from rows of
+    (reason, names)."""
+    return {name: reason for reason, names in rows for name in names}
+
+
+MOCK_PATCH = ("mock.patch", "patch", "patch.object", "patch.dict", "patch.multiple")
+CALLS: dict[str, str] = _table(
+    (messages.UNSAFE_MOCK_PATCH, MOCK_PATCH),
+    (
         messages.UNSAFE_TRACE,
+        ("sys.settrace", "sys.setprofile", "threading.settrace", "threading.setprofile"),
     ),
-    **dict.fromkeys(("os.chdir", "os.fchdir", "contextlib.chdir", "chdir"), messages.UNSAFE_CHDIR),
-    **dict.fromkeys(("os.putenv", "os.unsetenv", "setenv", "delenv"), messages.UNSAFE_ENVIRON),
-    **dict.fromkeys(
+    (messages.UNSAFE_CHDIR, ("os.chdir", "os.fchdir", "contextlib.chdir", "chdir")),
+    (messages.UNSAFE_ENVIRON, ("os.putenv", "os.unsetenv", "setenv", "delenv")),
+    (
+        messages.UNSAFE_DOCTEST,
         (
             "doctest.testmod",
             "doctest.testfile",
@@ -37,14 +43,14 @@ CALLS: dict[str, str] = {
             "doctest.DocTestSuite",
             "doctest.DocFileSuite",
         ),
-        messages.UNSAFE_DOCTEST,
     ),
-    **dict.fromkeys(
-        ("redirect_stdout", "redirect_stderr", "contextlib.redirect_stdout"),
+    (
         messages.UNSAFE_REDIRECT,
+        ("redirect_stdout", "redirect_stderr", "contextlib.redirect_stdout"),
     ),
-    **dict.fromkeys(("importlib.reload", "reload"), messages.UNSAFE_SYS_MODULES),
-    **dict.fromkeys(
+    (messages.UNSAFE_SYS_MODULES, ("importlib.reload", "reload")),
+    (
+        messages.UNSAFE_WARNING_FILTERS,
         (
             "warnings.simplefilter",
             "warnings.filterwarnings",
@@ -52,17 +58,17 @@ CALLS: dict[str, str] = {
             "assertWarns",
             "assertWarnsRegex",
         ),
-        messages.UNSAFE_WARNING_FILTERS,
     ),
-    **dict.fromkeys(
-        ("seed", "random.seed", "random.setstate", "np.random.seed", "numpy.random.seed"),
+    (
         messages.UNSAFE_RANDOM_SEED,
+        ("seed", "random.seed", "random.setstate", "np.random.seed", "numpy.random.seed"),
     ),
-    **dict.fromkeys(
-        ("assertLogs", "assertNoLogs", "logging.basicConfig", "logging.disable"),
+    (
         messages.UNSAFE_LOGGING,
+        ("assertLogs", "assertNoLogs", "logging.basicConfig", "logging.disable"),
     ),
-    **dict.fromkeys(
+    (
+        messages.UNSAFE_PROCESS_SETTING,
         (
             "locale.setlocale",
             "time.tzset",
@@ -72,16 +78,13 @@ CALLS: dict[str, str] = {
             "gc.disable",
             "socket.setdefaulttimeout",
         ),
-        messages.UNSAFE_PROCESS_SETTING,
     ),
-}
-"""Calls (dotted, matched on their last parts) and the reason each gives."""
-DECORATORS: dict[str, str] = {
-    **dict.fromkeys(("given", "hypothesis.given"), messages.UNSAFE_HYPOTHESIS),
-    **dict.fromkeys(
-        ("mock.patch", "patch", "patch.object", "patch.dict"), messages.UNSAFE_MOCK_PATCH
-    ),
-}
+)
+"""Calls and the reason each gives."""
+DECORATORS: dict[str, str] = _table(
+    (messages.UNSAFE_HYPOTHESIS, ("given", "hypothesis.given")),
+    (messages.UNSAFE_MOCK_PATCH, MOCK_PATCH),
+)
 MUTATED_GLOBALS: dict[str, str] = {
     "os.environ": messages.UNSAFE_ENVIRON,
     "environ": messages.UNSAFE_ENVIRON,

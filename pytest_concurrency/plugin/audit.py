@@ -24,7 +24,7 @@ from pytest_concurrency.plugin.items import AUDIT_ENTRY_KEY, STARTED_KEY
 if TYPE_CHECKING:
     from pytest_concurrency.driver.harness import HarnessConfig
     from pytest_concurrency.engine.audit import AuditLedger
-    from pytest_concurrency.engine.outcomes import SeriesOutcome
+    from pytest_concurrency.engine.outcomes import CallKind, SeriesOutcome
     from pytest_concurrency.engine.settings import Settings
 
 
@@ -48,12 +48,10 @@ def start_audit(
     return AllowanceClock(ledger, started - setup_started, plain_call, config.workers)
 
 
-def run_plainly(item: pytest.Function, call: Callable[[], object]) -> None:
-    """The plain single-worker run: a failure is the test's own, raised as it is."""
-    __tracebackhide__ = True
-    from pytest_concurrency.engine.audit import FAILURE_OWN
-    from pytest_concurrency.engine.outcomes import CallKind, add_note, classify
-    from pytest_concurrency.engine.report import serial_entry
+def call_plainly(call: Callable[[], object]) -> tuple[CallKind | None, BaseException | None]:
+    """One plain single-worker call: None when it passed, else how it ended and what it
+    raised; an interrupt (Ctrl-C, pytest's exit) is raised as it is."""
+    from pytest_concurrency.engine.outcomes import CallKind, classify
 
     try:
         call()
@@ -61,33 +59,40 @@ def run_plainly(item: pytest.Function, call: Callable[[], object]) -> None:
         kind = classify(exc)
         if kind is CallKind.INTERRUPTED:
             raise
-        if kind is CallKind.FAILED:
-            entry = serial_entry(item.nodeid, messages.SERIAL_FAILED_PLAIN)
-            entry["failure_class"] = FAILURE_OWN
-            record_entry(item, entry)
-            add_note(exc, messages.OWN_FAILURE_NOTE)
-        else:
-            record_entry(item, serial_entry(item.nodeid, messages.SERIAL_SKIPPED_PLAIN))
-        raise
+        return kind, exc
+    return None, None
+
+
+def run_plainly(item: pytest.Function, call: Callable[[], object]) -> None:
+    """The plain single-worker run: a failure is the test's own, raised as it is."""
+    __tracebackhide__ = True
+    from pytest_concurrency.engine.audit import FAILURE_OWN
+    from pytest_concurrency.engine.outcomes import CallKind, add_note
+    from pytest_concurrency.engine.report import serial_entry
+
+    kind, exc = call_plainly(call)
+    if exc is None:
+        return
+    if kind is CallKind.FAILED:
+        entry = serial_entry(item.nodeid, messages.SERIAL_FAILED_PLAIN)
+        entry["failure_class"] = FAILURE_OWN
+        record_entry(item, entry)
+        add_note(exc, messages.OWN_FAILURE_NOTE)
+    else:
+        record_entry(item, serial_entry(item.nodeid, messages.SERIAL_SKIPPED_PLAIN))
+    raise exc
 
 
 def rerun_plainly(item: pytest.Function, call: Callable[[], object]) -> None:
     """After a concurrent failure, the test once more, plainly: failing again, it is not
     repeatable (it depends on what a first run changed), the test's own failure."""
-    from pytest_concurrency.engine.outcomes import CallKind, classify
+    from pytest_concurrency.engine.outcomes import CallKind
 
     entry = item.stash.get(AUDIT_ENTRY_KEY, None)
     if entry is None:
         return
-    try:
-        call()
-    except BaseException as exc:
-        kind = classify(exc)
-        if kind is CallKind.INTERRUPTED:
-            raise
-        entry["plain_rerun"] = "failed" if kind is CallKind.FAILED else "passed"
-        return
-    entry["plain_rerun"] = "passed"
+    kind, _ = call_plainly(call)
+    entry["plain_rerun"] = "failed" if kind is CallKind.FAILED else "passed"
 
 
 class AllowanceClock:
@@ -112,9 +117,22 @@ class AllowanceClock:
         self.outcome: SeriesOutcome | None = None
 
     def watch(self, perturbation: Any, outcome: SeriesOutcome) -> None:
-        """The series' perturbation (its shared-state points) and outcome."""
+        """The series' perturbation (its shared-state points) and outcome; the first run's
+        decision points end when what the test may spend is spent (``ledger.first_run``)."""
         self.perturbation = perturbation
         self.outcome = outcome
+        if self.plain_call is not None:
+            now = time.monotonic()
+            self.stop_points_at(now + self.ledger.first_run(now, self.plain_cost()))
+
+    def stop_points_at(self, deadline: float) -> None:
+        """No decision points (perturbation, data-race watch) past ``deadline``, in a thread
+        series (the data-race watch wraps the seeded perturbation that takes it)."""
+        from pytest_concurrency.races.perturb import SeededPerturbation
+
+        seeded = getattr(self.perturbation, "inner", self.perturbation)
+        if isinstance(seeded, SeededPerturbation):
+            seeded.stop_at = deadline
 
     def plain_cost(self) -> float:
         from pytest_concurrency.engine.audit import PLAIN_OVERHEAD
@@ -139,6 +157,7 @@ class AllowanceClock:
             self.estimated = self.plain_cost()
             self.allowance = self.ledger.allowance(now, self.estimated, self.shared)
             self.deadline = now + self.allowance
+            self.stop_points_at(self.deadline)
             if self.outcome is not None:
                 self.outcome.budget = round(self.allowance, 4)
         return time.monotonic() < self.deadline

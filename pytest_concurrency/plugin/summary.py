@@ -31,9 +31,10 @@ def header_lines(session: ConcurrencySession, config: pytest.Config) -> list[str
     s = session.settings
     workers = "auto" if s.workers is None else str(s.workers)
     runs = f"{s.budget:g}s budget" if s.budget is not None else f"{s.runs} runs"
+    runs = f"{workers} workers, {runs}" if session.audit is None else audit_defaults(session)
     return [
         f"concurrency: seed {session.session_seed} (replay: --concurrency-seed="
-        f"{session.session_seed}); defaults: {s.mode}, {workers} workers, {runs}, "
+        f"{session.session_seed}); defaults: {s.mode}, {runs}, "
         f"perturbation {'on' if s.perturb else 'off'}"
         + ("; --concurrency-all" if session.run_all else ""),
         f"concurrency: cores {session.budget.describe()}; {cores.describe_interpreter()}",
@@ -48,14 +49,28 @@ def header_lines(session: ConcurrencySession, config: pytest.Config) -> list[str
     ]
 
 
-def audit_header_lines(session: ConcurrencySession) -> list[str]:
-    if session.audit is None:
-        return []
+def audit_workers(session: ConcurrencySession) -> int:
     from pytest_concurrency.engine.audit import AUDIT_WORKERS
 
     given = "workers" in session.given_settings
-    workers = session.settings.worker_count(session.budget.usable) if given else AUDIT_WORKERS
-    return [session.audit.header(workers)]
+    return session.settings.worker_count(session.budget.usable) if given else AUDIT_WORKERS
+
+
+def audit_defaults(session: ConcurrencySession) -> str:
+    """What an audited test gets, for the header's defaults: its workers and the audit's
+    cost multiple or session budget (never the marker's run count it does not use)."""
+    ledger = session.audit
+    assert ledger is not None
+    workers = audit_workers(session)
+    if ledger.budget is not None:
+        return messages.HEADER_DEFAULTS_AUDIT_BUDGET.format(workers=workers, budget=ledger.budget)
+    return messages.HEADER_DEFAULTS_AUDIT_COST.format(workers=workers, cost=ledger.cost)
+
+
+def audit_header_lines(session: ConcurrencySession) -> list[str]:
+    if session.audit is None:
+        return []
+    return [session.audit.header(audit_workers(session))]
 
 
 def under_test_header_lines(session: ConcurrencySession) -> list[str]:

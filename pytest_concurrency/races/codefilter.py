@@ -4,7 +4,8 @@ The perturbation engine only makes a worker give way inside the code under test,
 :class:`pytest_concurrency.engine.owncode.CodeFilter` judges it (the one answer every part of
 the plugin uses), and inside that code only at *shared-state operations*: attribute, global,
 closure and subscript loads and stores, method loads, calls, membership tests and iteration
-steps. The offsets are cached per code object by the callers. Pure module: no pytest import.
+steps. The offsets are found once per code object and session. Pure module: no pytest
+import.
 """
 
 from __future__ import annotations
@@ -32,10 +33,19 @@ SHARED_STATE_OPNAMES = frozenset(
 """Instructions before which a worker may be made to give way."""
 
 
+_OFFSETS: dict[int, tuple[CodeType, frozenset[int]]] = {}
+"""Each code object's offsets, found once per session (a library's code is met by test after
+test, each with its own perturbation); the entry keeps the code alive, so its id stays its."""
+
+
 def shared_state_offsets(code: CodeType) -> frozenset[int]:
     """Byte offsets of the shared-state instructions of ``code`` (not of nested code)."""
-    return frozenset(
-        instruction.offset
-        for instruction in dis.get_instructions(code)
-        if instruction.opname in SHARED_STATE_OPNAMES
-    )
+    entry = _OFFSETS.get(id(code))
+    if entry is None or entry[0] is not code:
+        offsets = frozenset(
+            instruction.offset
+            for instruction in dis.get_instructions(code)
+            if instruction.opname in SHARED_STATE_OPNAMES
+        )
+        entry = _OFFSETS[id(code)] = (code, offsets)
+    return entry[1]

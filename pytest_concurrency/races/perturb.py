@@ -72,6 +72,8 @@ MAX_POINTS_PER_CALL = 20_000
 long body stays affordable (see benchmarks/README.md for the cost of one point)."""
 MAX_SLEEP_PER_CALL = 0.005
 """Seconds of sleep decided per call; past it give-ways only yield."""
+DEADLINE_STRIDE = 31
+"""Under a deadline (``stop_at``: the audit's) the clock is read every 32 points; past it, stop."""
 
 MONITORING_TOOL_NAME = "pytest-concurrency"
 MONITORING_TOOL_IDS = (3, 4, 5, 2)
@@ -176,16 +178,24 @@ def worker_seed(seed: int, run_seed: int, worker: int) -> int:
 
 
 _sched_yield: Callable[[], None] = getattr(os, "sched_yield", lambda: time.sleep(0))
+_now = time.monotonic
 
 
 class WorkerSchedule:
     """The seeded give-way choices of one worker in one call, made at each decision point."""
 
-    def __init__(self, profile: RunProfile, seed: int, log: list[Decision] | None = None) -> None:
+    def __init__(
+        self,
+        profile: RunProfile,
+        seed: int,
+        log: list[Decision] | None = None,
+        stop_at: float | None = None,
+    ) -> None:
         self.profile = profile
         self._random = random.Random(seed).random
         self._rate = profile.give_way_rate
         self._max_points = MAX_POINTS_PER_CALL
+        self._stop_at = stop_at  # monotonic seconds: past them, no more points (the audit)
         self.log = log
         self.points = 0
         self.yields = 0
@@ -223,6 +233,9 @@ class WorkerSchedule:
         """
         if self.log is None and self.points < self._max_points:
             self.points += 1
+            stop_at = self._stop_at
+            if stop_at is not None and not self.points & DEADLINE_STRIDE and _now() > stop_at:
+                self._max_points = self.points  # past the deadline: the next point is the last
             if self._random() >= self._rate:
                 return True
             decision = self._give_way_decision()
@@ -316,6 +329,7 @@ class SeededPerturbation:
         self.decisions: list[CallDecisions] | None = [] if record else None
         self.unavailable_reason: str | None = None
         self.fixed_profile: RunProfile | None = None  # benchmarks and tests: one for every run
+        self.stop_at: float | None = None  # the audit's deadline: no decision points past it
         self._thread = _ThreadState()
         self._lock = threading.Lock()
         self._profiles: dict[int, RunProfile] = {}
@@ -344,7 +358,7 @@ class SeededPerturbation:
         state.worker, state.run, state.run_seed = worker, run, run_seed
         log: list[Decision] | None = [] if self.decisions is not None else None
         state.schedule = state.call = WorkerSchedule(
-            self._profile(run_seed), worker_seed(self.seed, run_seed, worker), log
+            self._profile(run_seed), worker_seed(self.seed, run_seed, worker), log, self.stop_at
         )
         self._activate()
 
@@ -403,7 +417,6 @@ class TracePerturbation(SeededPerturbation):
     def __init__(self, roots: Sequence[Path], seed: int, *, record: bool = False) -> None:
         super().__init__(roots, seed, record=record)
         self._tracers: dict[int, tuple[CodeType, TraceFunction]] = {}  # kept across series
-        self._shared_offsets: dict[int, tuple[CodeType, frozenset[int]]] = {}  # under a tracer
 
     def _activate(self) -> None:
         previous = sys.gettrace()
@@ -426,15 +439,9 @@ class TracePerturbation(SeededPerturbation):
             frame.f_trace_opcodes = True
             if theirs is None:
                 frame.f_trace_lines = False
-            return self._opcode_tracer(code, theirs, self._user_offsets(code))
+            return self._opcode_tracer(code, theirs)
 
         return on_call_chained
-
-    def _user_offsets(self, code: CodeType) -> frozenset[int]:
-        entry = self._shared_offsets.get(id(code))
-        if entry is None:
-            entry = self._shared_offsets[id(code)] = (code, shared_state_offsets(code))
-        return entry[1]
 
     def _deactivate(self) -> None:
         sys.settrace(TRACE_LAYER.beneath)
@@ -451,16 +458,10 @@ class TracePerturbation(SeededPerturbation):
         frame.f_trace_opcodes = True
         return entry[1]
 
-    def _opcode_tracer(
-        self,
-        code: CodeType,
-        theirs: TraceFunction | None = None,
-        offsets: frozenset[int] | None = None,
-    ) -> TraceFunction:
+    def _opcode_tracer(self, code: CodeType, theirs: TraceFunction | None = None) -> TraceFunction:
         """The local trace function of a user frame; ``theirs``: another tracer's local trace
         function for this frame, which gets every event but opcodes."""
-        if offsets is None:
-            offsets = shared_state_offsets(code)
+        offsets = shared_state_offsets(code)  # found once per session
         state = self._thread
 
         def on_opcode(frame: FrameType, event: str, arg: Any) -> TraceFunction:
