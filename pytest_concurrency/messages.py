@@ -371,6 +371,7 @@ DATA_RACE_FAIL_HINT = (
     "tracking; --concurrency-data-race-allow=LOCATION,... allows a benign one)"
 )
 DATA_RACE_WARN_HINT = "  (a warning: --concurrency-data-races=warn; fail makes it a failure)"
+DATA_RACE_WARNING = "data races, reported as a warning (data_races='warn'):\n{text}"
 DATA_RACE_MESSAGE = "data race on {location} ({kind})"
 DATA_RACE_ALLOW_EXPECTED = (
     "expected locations separated by commas, e.g. Stats.hits,_cache[*] (shell patterns)"

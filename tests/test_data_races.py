@@ -13,6 +13,11 @@ from pytest_concurrency import messages
 from pytest_concurrency.engine.dataraces import KIND_ITERATION, KIND_STALE_READ
 
 ONE_QUIET_RUN = "workers=4, runs=1, perturb=False"
+WARNING = "pytest_concurrency.plugin.verdicts.ConcurrencyDataRaceWarning"
+SHOW_WARNING = ("-W", f"default::{WARNING}")
+"""A data race under ``data_races="warn"`` is a warning, shown as in a user's suite (the runs
+that warn are subprocesses: this suite's own ``filterwarnings = error`` reaches in-process
+runs)."""
 
 INVENTORY = """
 import threading
@@ -315,7 +320,7 @@ def test_every_synchronization_form_orders_the_accesses(pytester, run) -> None:
     assert all(entry["data_races"] == [] for entry in _entries(pytester.path / "out.json").values())
 
 
-def test_warn_reports_without_failing_and_off_tracks_nothing(pytester, run) -> None:
+def test_warn_reports_without_failing_and_off_tracks_nothing(pytester, run_subprocess) -> None:
     pytester.makepyfile(
         INVENTORY
         + f"""
@@ -332,8 +337,8 @@ def test_allowed():
     inventory.take()
 """
     )
-    result = run("--concurrency-json=out.json", "-p", "no:randomly")
-    result.assert_outcomes(passed=3)
+    result = run_subprocess("--concurrency-json=out.json", "-p", "no:randomly", *SHOW_WARNING)
+    result.assert_outcomes(passed=3, warnings=1)
     result.stdout.fnmatch_lines(
         ["data races: *::test_warned: 1 (reported): Inventory.stock (read-then-write)"]
     )
@@ -343,7 +348,7 @@ def test_allowed():
     assert entries["test_allowed"]["data_races"] == []
 
 
-def test_the_command_line_and_a_bad_value(pytester, run) -> None:
+def test_the_command_line_and_a_bad_value(pytester, run, run_subprocess) -> None:
     pytester.makepyfile(
         INVENTORY
         + f"""
@@ -352,7 +357,8 @@ def test_take():
     inventory.take()
 """
     )
-    run("--concurrency-data-races=warn").assert_outcomes(passed=1)
+    warned = run_subprocess("--concurrency-data-races=warn", *SHOW_WARNING)
+    warned.assert_outcomes(passed=1, warnings=1)
     bad = run("--concurrency-data-races=loud")
     assert bad.ret != 0
     bad.stdout.no_fnmatch_line("*INTERNALERROR*")
@@ -458,7 +464,7 @@ def test_a_length_check_then_append_is_reported_and_its_locked_twin_is_not(pytes
     assert entries["test_locked_buffer"]["data_races"] == []
 
 
-def test_odd_user_objects_never_break_the_call_or_the_plugin(pytester, run) -> None:
+def test_odd_user_objects_never_break_the_call_or_the_plugin(pytester, run_subprocess) -> None:
     pytester.makepyfile(
         f"""
         import pytest
@@ -497,7 +503,38 @@ def test_odd_user_objects_never_break_the_call_or_the_plugin(pytester, run) -> N
                 lazy.total
         """
     )
-    result = run("-p", "no:randomly")
+    result = run_subprocess("-p", "no:randomly", *SHOW_WARNING)
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
     result.stdout.no_fnmatch_line("*pytest_concurrency/races*")
+
+
+def test_warn_makes_a_pytest_warning_and_w_error_makes_it_a_failure(
+    pytester, run_subprocess
+) -> None:
+    """``data_races="warn"`` (marker or command line): a ``ConcurrencyDataRaceWarning`` in the
+    warnings summary, marked test and harness alike; ``-W error::...`` fails the test."""
+    pytester.makepyfile(
+        INVENTORY
+        + f"""
+@pytest.mark.concurrent({ONE_QUIET_RUN}, data_races="warn")
+def test_marked():
+    inventory.take()
+
+def test_harness(concurrency):
+    for run in concurrency.runs(1):
+        run(inventory.take, workers=4)
+"""
+    )
+    quiet = ("--concurrency-perturb=false", "-p", "no:randomly")
+    result = run_subprocess(*quiet, *SHOW_WARNING)
+    result.assert_outcomes(passed=1, failed=1, warnings=1)  # the harness: data_races="fail"
+    result.stdout.fnmatch_lines(
+        ["*warnings summary*", "*ConcurrencyDataRaceWarning: data races, reported as a warning*"]
+    )
+    warned = run_subprocess(*quiet, "--concurrency-data-races=warn", *SHOW_WARNING)
+    warned.assert_outcomes(passed=2, warnings=2)
+    warned.stdout.fnmatch_lines(["*Inventory.stock: read-then-write*"])
+    failed = run_subprocess(*quiet, "--concurrency-data-races=warn", "-W", f"error::{WARNING}")
+    failed.assert_outcomes(failed=2)
+    failed.stdout.fnmatch_lines(["*ConcurrencyDataRaceWarning: data races*"])
