@@ -362,6 +362,10 @@ DATA_RACE_ITERATION = (
     "  {location}: iterate-while-mutate: worker {reader} iterated it while worker {other} "
     "changed it, unordered"
 )
+DATA_RACE_TORN_READ = (
+    "  {location}: torn-read: worker {reader} read it and then {also}, while worker {other} "
+    "changed both in that order, unordered (it can see a half-done update)"
+)
 DATA_RACE_ACCESS = "    worker {worker} {op} at {site}{path} (holding {locks})"
 DATA_RACE_PATH = " in {path}"
 DATA_RACE_NO_LOCK = "no lock"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from pytest_concurrency import messages
-from pytest_concurrency.engine.dataraces import KIND_ITERATION, KIND_STALE_READ
+from pytest_concurrency.engine.dataraces import KIND_ITERATION, KIND_STALE_READ, KIND_TORN_READ
 
 ONE_QUIET_RUN = "workers=4, runs=1, perturb=False"
 WARNING = "pytest_concurrency.plugin.verdicts.ConcurrencyDataRaceWarning"
@@ -538,3 +538,113 @@ def test_harness(concurrency):
     failed = run_subprocess(*quiet, "--concurrency-data-races=warn", "-W", f"error::{WARNING}")
     failed.assert_outcomes(failed=2)
     failed.stdout.fnmatch_lines(["*ConcurrencyDataRaceWarning: data races*"])
+
+
+def test_a_call_result_iterated_and_a_torn_read_are_reported_and_their_locked_twins_not(
+    pytester, run
+) -> None:
+    """``self.handlers().values()`` (an operand made by a call of the user's code that returns
+    the shared dict) iterated while another worker changes it; two dicts read while another
+    worker moves an item from one to the other. Their twins hold one lock."""
+    pytester.makepyfile(
+        f"""
+        import threading
+        import pytest
+
+        class Bus:
+            def __init__(self, lock=None):
+                self._handlers = {{"a": 1, "b": 2}}
+                self._lock = lock
+
+            def handlers(self):
+                return self._handlers
+
+            def publish(self):
+                if self._lock is None:
+                    return self.deliver()
+                with self._lock:
+                    return self.deliver()
+
+            def deliver(self):
+                delivered = 0
+                for _handler in self.handlers().values():
+                    delivered += 1
+                return delivered
+
+            def churn(self, name):
+                if self._lock is not None:
+                    with self._lock:
+                        self._handlers[name] = 3
+                        del self._handlers[name]
+                    return
+                self._handlers[name] = 3
+                del self._handlers[name]
+
+        class Board:
+            def __init__(self, lock=None):
+                self.pending = {{f"job-{{n}}": n for n in range(4)}}
+                self.done = {{}}
+                self._lock = lock or _NoLock()
+
+            def move(self, job):
+                with self._lock:
+                    self.done[job] = self.pending.pop(job)
+                    self.pending[job] = self.done.pop(job)
+
+            def total(self):
+                with self._lock:
+                    return len(self.pending) + len(self.done)
+
+        class _NoLock:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return None
+
+        bus, locked_bus = Bus(), Bus(threading.Lock())
+        board, locked_board = Board(), Board(threading.Lock())
+
+        def use_bus(bus, concurrency):
+            if concurrency.worker % 2:
+                bus.churn(f"w{{concurrency.worker}}")
+            else:
+                bus.publish()
+
+        def use_board(board, concurrency):
+            if concurrency.worker % 2:
+                board.total()
+            else:
+                board.move(f"job-{{concurrency.worker}}")
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_bus(concurrency):
+            use_bus(bus, concurrency)
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_locked_bus(concurrency):
+            use_bus(locked_bus, concurrency)
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_board(concurrency):
+            use_board(board, concurrency)
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_locked_board(concurrency):
+            use_board(locked_board, concurrency)
+        """
+    )
+    result = run("--concurrency-json=out.json", "-p", "no:randomly")
+    result.assert_outcomes(failed=2, passed=2)
+    entries = _entries(pytester.path / "out.json")
+    assert [(r["location"], r["kind"]) for r in entries["test_bus"]["data_races"]] == [
+        ("Bus._handlers", KIND_ITERATION)
+    ]
+    assert [(r["location"], r["kind"]) for r in entries["test_board"]["data_races"]] == [
+        ("Board.pending", KIND_TORN_READ)
+    ]
+    result.stdout.fnmatch_lines(
+        ["*Board.pending: torn-read: worker * read it and then Board.done, while worker *"]
+    )
+    assert entries["test_locked_bus"]["data_races"] == []
+    assert entries["test_locked_board"]["data_races"] == []
