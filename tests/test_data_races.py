@@ -648,3 +648,47 @@ def test_a_call_result_iterated_and_a_torn_read_are_reported_and_their_locked_tw
     )
     assert entries["test_locked_bus"]["data_races"] == []
     assert entries["test_locked_board"]["data_races"] == []
+
+
+def test_a_truth_test_then_pop_is_reported_and_its_locked_twin_is_not(pytester, run) -> None:
+    """``if not self._items: return None`` then ``self._items.pop(0)``: the truth test is a
+    read of the whole container, so two consumers make a check-then-act."""
+    pytester.makepyfile(
+        f"""
+        import threading
+        import pytest
+
+        class Stack:
+            def __init__(self, lock=None):
+                self._items = list(range(100))
+                self._lock = lock
+
+            def take(self):
+                if self._lock is None:
+                    return self._take()
+                with self._lock:
+                    return self._take()
+
+            def _take(self):
+                if not self._items:
+                    return None
+                return self._items.pop(0)
+
+        stack, locked = Stack(), Stack(threading.RLock())
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_take():
+            stack.take()
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_locked_take():
+            locked.take()
+        """
+    )
+    result = run("--concurrency-json=out.json", "-p", "no:randomly")
+    result.assert_outcomes(failed=1, passed=1)
+    entries = _entries(pytester.path / "out.json")
+    assert [(r["location"], r["kind"]) for r in entries["test_take"]["data_races"]] == [
+        ("Stack._items", KIND_STALE_READ)
+    ]
+    assert entries["test_locked_take"]["data_races"] == []

@@ -23,10 +23,11 @@ check-then-act on a buffer). An operand made by a call of the user's code that r
 operand directly (``def handlers(self): return self._handlers``, then
 ``self.handlers().values()``): the callee's load right before its ``return`` leaves the value
 for the call's site (``("result", offset)``, evaluated against the worker's *results*, which the
-call's own decision point clears first). Not covered: closure cells themselves
-(``nonlocal n; n += 1``), operands made by other calls, iteration inside a generator expression
-or (before 3.12) a comprehension, attributes behind properties or ``__getattr__``, truth tests
-(``if not c:``), and containers of other types.
+call's own decision point clears first). A truth test of such a container loaded
+as an attribute or a global (``if not self._items:``) is a read of the whole container. Not
+covered: closure cells themselves (``nonlocal n; n += 1``), operands made by other calls,
+iteration inside a generator expression or (before 3.12) a comprehension, attributes behind
+properties or ``__getattr__``, truth tests of a local, and containers of other types.
 
 Reads of functions, classes, modules and descriptors are immutable in practice and never
 recorded. Pure module: no pytest import.
@@ -108,6 +109,7 @@ class Operation(NamedTuple):
     target: Recipe  # the object (attr, method), the container (item, iterate)
     name: Any = None  # the attribute, global or method name; the key recipe; a call's end
     returned: bool = False  # a load the code returns at once: its value is the call's result
+    truth: bool = False  # a load whose truth is tested at once (``if not self._items:``)
 
 
 Results = dict[tuple[int, int], tuple[Any, str]]
@@ -178,10 +180,14 @@ def decode(code: CodeType) -> dict[int, Operation]:
         loop_head = instruction.opname == "FOR_ITER" and previous == "GET_ITER"
         if _is_jump_target(instruction) and not loop_head:
             stack.clear()  # a loop's head keeps its iterator: the loop jumps back to it
-        if instruction.opname == "RETURN_VALUE":
+        if instruction.opname == "RETURN_VALUE" or _tests_truth(instruction.opname):
             loaded = operations.get(previous_offset)
             if loaded is not None and loaded.op == READ and loaded.kind in ("attr", "global"):
-                operations[previous_offset] = loaded._replace(returned=True)
+                operations[previous_offset] = (
+                    loaded._replace(returned=True)
+                    if instruction.opname == "RETURN_VALUE"
+                    else loaded._replace(truth=True)
+                )
         previous = instruction.opname
         if previous not in _NO_EFFECT:
             previous_offset = instruction.offset
@@ -192,6 +198,13 @@ def decode(code: CodeType) -> dict[int, Operation]:
         if not _apply(instruction, stack):
             stack.clear()
     return operations
+
+
+def _tests_truth(opname: str) -> bool:
+    """``TO_BOOL``, ``UNARY_NOT`` and the jumps on a value's truth (not on ``is None``)."""
+    if opname in ("TO_BOOL", "UNARY_NOT"):
+        return True
+    return "JUMP" in opname and opname.endswith(("_IF_FALSE", "_IF_TRUE", "_OR_POP"))
 
 
 def _is_jump_target(instruction: dis.Instruction) -> bool:

@@ -94,11 +94,18 @@ def _attribute(operation: Operation, frame: FrameType, results: Results) -> Loca
     if owner is MISSING:
         return None
     name = operation.name
+
+    def label() -> str:
+        return attribute_label(owner, name)
+
+    located: Located = [((id(owner), name), owner, label, operation.op)]
     if operation.op == READ:
         value = static_attribute(owner, name)
         if value is MISSING or is_immutable_value(value):
             return None
-    return [((id(owner), name), owner, lambda: attribute_label(owner, name), operation.op)]
+        if operation.truth and isinstance(value, CONTAINER_TYPES):  # if not self._items:
+            located.append(((id(value), WHOLE), value, label, READ))
+    return located
 
 
 def _initializing(operation: Operation, code: CodeType) -> bool:
@@ -120,6 +127,11 @@ def _global(operation: Operation, frame: FrameType) -> Located | None:
             return None  # a builtin, a function, a class, a module
     module = sys.modules.get(str(namespace.get("__name__")))
     owner: object = module if module is not None and vars(module) is namespace else namespace
-    if owner is namespace:
-        return [((id(owner), name), owner, lambda: str(name), operation.op)]
-    return [((id(owner), name), owner, lambda: attribute_label(owner, name), operation.op)]
+
+    def label() -> str:
+        return str(name) if owner is namespace else attribute_label(owner, name)
+
+    located: Located = [((id(owner), name), owner, label, operation.op)]
+    if operation.op == READ and operation.truth and isinstance(value, CONTAINER_TYPES):
+        located.append(((id(value), WHOLE), value, label, READ))  # if not _cache:
+    return located
