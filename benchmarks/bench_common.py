@@ -1,5 +1,6 @@
-"""Pieces the benchmark scripts share: the machine's CPU model, and the marker form timed
-through ``pytest.main`` on a generated file (per run, with pytest's own work cancelled out)."""
+"""Pieces the benchmark scripts share: the machine's CPU model, the marker form timed
+through ``pytest.main`` on a generated file (per run, with pytest's own work cancelled out),
+and a loop of user code timed in worker calls of a perturbation engine (``timed_calls``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,3 +285,59 @@ def now_line() -> str:
     """``date`` and the load average, for a section's record."""
     load = " / ".join(f"{value:.2f}" for value in os.getloadavg())
     return f"{time.strftime('%a %b %d %H:%M:%S %Z %Y')}, load average {load}"
+
+
+# -- a loop of user code, timed in worker calls of an engine ------------------------------
+
+
+class Ledger:
+    """The user code of the per-point cost benchmarks: attribute loads and stores, a
+    subscript, a call (this folder is their code under test)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.entries = [0] * 8
+
+    def post(self, amount: int) -> None:
+        self.total = self.total + amount
+        self.entries[amount % 8] += amount
+
+
+def user_loop(loops: int) -> None:
+    ledger = Ledger()
+    for amount in range(loops):
+        ledger.post(amount)
+
+
+def timed_calls(
+    function: Callable[[int], None],
+    loops: int,
+    engine: Any,
+    *,
+    calls: int = 1,
+    after_call: Callable[[int], object] | None = None,
+) -> float:
+    """Thread CPU seconds of ``calls`` calls of ``function(loops)``: untraced when ``engine``
+    is None, else each one a worker call of the engine's one series (call ``run``, run seed
+    ``run + 1``); ``after_call(run)`` is what the runner asks at a run's end."""
+    if engine is None:
+        start = time.thread_time()
+        for _ in range(calls):
+            function(loops)
+        return time.thread_time() - start
+    engine.series_started()
+    try:
+        elapsed = 0.0
+        for run in range(calls):
+            engine.call_started(0, run, run + 1)
+            start = time.thread_time()
+            try:
+                function(loops)
+            finally:
+                elapsed += time.thread_time() - start
+                engine.call_finished()
+                if after_call is not None:
+                    after_call(run)
+    finally:
+        engine.series_finished()
+    return elapsed

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench_common import timed_calls, user_loop
+
 from pytest_concurrency.races import perturb
 from pytest_concurrency.races.datarace import QUIET_PROFILE, DataRaceWatch
 from pytest_concurrency.races.perturb import SeededPerturbation, seeded_perturbation
@@ -143,52 +145,24 @@ def per_run_overhead(runs: int, repeats: int) -> dict[str, float]:
     }
 
 
-class Ledger:
-    def __init__(self) -> None:
-        self.total = 0
-        self.entries = [0] * 8
-
-    def post(self, amount: int) -> None:
-        self.total = self.total + amount
-        self.entries[amount % 8] += amount
-
-
-def user_loop(loops: int) -> None:
-    ledger = Ledger()
-    for amount in range(loops):
-        ledger.post(amount)
-
-
-def timed(loops: int, calls: int, engine: Any) -> float:
-    """Thread CPU seconds of ``calls`` calls of the loop (each one a worker call)."""
-    if engine is None:
-        start = time.thread_time()
-        for _ in range(calls):
-            user_loop(loops)
-        return time.thread_time() - start
-    engine.series_started()
-    try:
-        elapsed = 0.0
-        for run in range(calls):
-            engine.call_started(0, run, run + 1)
-            start = time.thread_time()
-            try:
-                user_loop(loops)
-            finally:
-                elapsed += time.thread_time() - start
-                engine.call_finished()
-                if isinstance(engine, DataRaceWatch):
-                    engine.describe_run(_Record(run))  # what the runner asks at a run's end
-    finally:
-        engine.series_finished()
-    return elapsed
-
-
 class _Record:
     def __init__(self, index: int) -> None:
         self.index = index
         self.data_races: list[Any] = []
         self.failures: list[Any] = []
+
+
+def timed(loops: int, calls: int, engine: Any) -> float:
+    """Thread CPU seconds of ``calls`` calls of the loop (each one a worker call)."""
+    if not isinstance(engine, DataRaceWatch):
+        return timed_calls(user_loop, loops, engine, calls=calls)
+    return timed_calls(  # the watch tells a run's races at its end, as the runner asks
+        user_loop,
+        loops,
+        engine,
+        calls=calls,
+        after_call=lambda run: engine.describe_run(_Record(run)),
+    )
 
 
 def quiet_perturbation() -> SeededPerturbation:

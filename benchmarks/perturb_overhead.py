@@ -16,33 +16,18 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench_common import timed_calls, user_loop
+
 from pytest_concurrency.races import perturb
-from pytest_concurrency.races.perturb import RunProfile, SeededPerturbation, seeded_perturbation
+from pytest_concurrency.races.perturb import RunProfile, seeded_perturbation
 
 HERE = Path(__file__).resolve().parent
 NEVER_GIVE_WAY = RunProfile(give_way_rate=0.0, sleep_share=0.0, longest_sleep=0.0)
 PAYLOAD = {"key": list(range(20)), "nested": {"a": "b" * 20}}
-
-
-class Ledger:
-    def __init__(self) -> None:
-        self.total = 0
-        self.entries = [0] * 8
-
-    def post(self, amount: int) -> None:
-        self.total = self.total + amount
-        self.entries[amount % 8] += amount
-
-
-def user_loop(loops: int) -> None:
-    ledger = Ledger()
-    for amount in range(loops):
-        ledger.post(amount)
 
 
 def stdlib_loop(loops: int) -> None:
@@ -94,32 +79,13 @@ def _count_with_monitoring(function: Callable[[int], None], loops: int) -> int:
     return count
 
 
-def timed(function: Callable[[int], None], loops: int, engine: SeededPerturbation | None) -> float:
-    if engine is None:
-        start = time.thread_time()
-        function(loops)
-        return time.thread_time() - start
-    engine.series_started()
-    try:
-        engine.call_started(0, 0, 1)
-        start = time.thread_time()
-        try:
-            function(loops)
-        finally:
-            elapsed = time.thread_time() - start
-            engine.call_finished()
-    finally:
-        engine.series_finished()
-    return elapsed
-
-
 def measure(function: Callable[[int], None], loops: int, repeats: int) -> dict[str, float]:
     plain, traced, points = [], [], 0
     for _ in range(repeats):  # interleaved, medians
-        plain.append(timed(function, loops, None))
+        plain.append(timed_calls(function, loops, None))
         engine = seeded_perturbation([HERE], seed=1)
         engine.fixed_profile = NEVER_GIVE_WAY
-        traced.append(timed(function, loops, engine))
+        traced.append(timed_calls(function, loops, engine))
         points = engine.stats.points
     extra = statistics.median(traced) - statistics.median(plain)
     return {"plain": statistics.median(plain), "traced": statistics.median(traced),

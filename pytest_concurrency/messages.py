@@ -365,6 +365,10 @@ DATA_RACE_ITERATION = (
     "  {location}: iterate-while-mutate: worker {reader} iterated it while worker {other} "
     "changed it, unordered"
 )
+DATA_RACE_TORN_READ = (
+    "  {location}: torn-read: worker {reader} read it and then {also}, while worker {other} "
+    "changed both in that order, unordered (it can see a half-done update)"
+)
 DATA_RACE_ACCESS = "    worker {worker} {op} at {site}{path} (holding {locks})"
 DATA_RACE_PATH = " in {path}"
 DATA_RACE_NO_LOCK = "no lock"
@@ -374,6 +378,7 @@ DATA_RACE_FAIL_HINT = (
     "tracking; --concurrency-data-race-allow=LOCATION,... allows a benign one)"
 )
 DATA_RACE_WARN_HINT = "  (a warning: --concurrency-data-races=warn; fail makes it a failure)"
+DATA_RACE_WARNING = "data races, reported as a warning (data_races='warn'):\n{text}"
 DATA_RACE_MESSAGE = "data race on {location} ({kind})"
 DATA_RACE_ALLOW_EXPECTED = (
     "expected locations separated by commas, e.g. Stats.hits,_cache[*] (shell patterns)"

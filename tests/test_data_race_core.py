@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from pytest_concurrency.engine.dataraces import KIND_ITERATION, KIND_STALE_READ
@@ -11,6 +12,8 @@ from pytest_concurrency.races.accesses import (
     READ,
     WRITE,
     decode,
+    evaluate,
+    recipe_label,
     static_attribute,
 )
 from pytest_concurrency.races.datarace import RunAccesses
@@ -48,13 +51,27 @@ def test_the_decoder_names_attribute_item_and_iteration_operands() -> None:
     assert ("iterate", ITERATE) in kinds
 
 
-def test_an_operand_made_by_a_call_is_not_named() -> None:
+def test_an_operand_made_by_a_call_is_named_only_by_what_the_callee_returned() -> None:
     def body(make) -> None:
         make().n = 1
 
+    def getter(box: Box) -> dict[str, int]:
+        return box.items
+
     operations = decode(body.__code__)
     (store,) = [op for op in operations.values() if op.op == WRITE]
-    assert store.target is None  # not recorded: a missed access, never a wrong one
+    (call_offset,) = [offset for offset, op in operations.items() if op.kind == "call"]
+    assert operations[call_offset].name > call_offset  # where the call ends (its caches too)
+    assert store.target == ("result", call_offset)
+    frame = sys._getframe()
+    # unknown until the callee leaves its result: a missed access, never a wrong one
+    assert evaluate(("result", call_offset), frame, {}) is MISSING
+    box = Box()
+    results = {(id(frame), call_offset): (box, "Box")}
+    assert evaluate(("result", call_offset), frame, results) is box
+    assert recipe_label(("attr", ("result", call_offset), "n"), frame, results) == "Box.n"
+    (returned,) = [op for op in decode(getter.__code__).values() if op.returned]
+    assert (returned.kind, returned.name) == ("attr", "items")
 
 
 def test_operands_are_read_without_running_user_code() -> None:

@@ -10,9 +10,14 @@ from __future__ import annotations
 import json
 
 from pytest_concurrency import messages
-from pytest_concurrency.engine.dataraces import KIND_ITERATION, KIND_STALE_READ
+from pytest_concurrency.engine.dataraces import KIND_ITERATION, KIND_STALE_READ, KIND_TORN_READ
 
 ONE_QUIET_RUN = "workers=4, runs=1, perturb=False"
+WARNING = "pytest_concurrency.plugin.verdicts.ConcurrencyDataRaceWarning"
+SHOW_WARNING = ("-W", f"default::{WARNING}")
+"""A data race under ``data_races="warn"`` is a warning, shown as in a user's suite (the runs
+that warn are subprocesses: this suite's own ``filterwarnings = error`` reaches in-process
+runs)."""
 
 INVENTORY = """
 import threading
@@ -315,7 +320,7 @@ def test_every_synchronization_form_orders_the_accesses(pytester, run) -> None:
     assert all(entry["data_races"] == [] for entry in _entries(pytester.path / "out.json").values())
 
 
-def test_warn_reports_without_failing_and_off_tracks_nothing(pytester, run) -> None:
+def test_warn_reports_without_failing_and_off_tracks_nothing(pytester, run_subprocess) -> None:
     pytester.makepyfile(
         INVENTORY
         + f"""
@@ -332,8 +337,8 @@ def test_allowed():
     inventory.take()
 """
     )
-    result = run("--concurrency-json=out.json", "-p", "no:randomly")
-    result.assert_outcomes(passed=3)
+    result = run_subprocess("--concurrency-json=out.json", "-p", "no:randomly", *SHOW_WARNING)
+    result.assert_outcomes(passed=3, warnings=1)
     result.stdout.fnmatch_lines(
         ["data races: *::test_warned: 1 (reported): Inventory.stock (read-then-write)"]
     )
@@ -343,7 +348,7 @@ def test_allowed():
     assert entries["test_allowed"]["data_races"] == []
 
 
-def test_the_command_line_and_a_bad_value(pytester, run) -> None:
+def test_the_command_line_and_a_bad_value(pytester, run, run_subprocess) -> None:
     pytester.makepyfile(
         INVENTORY
         + f"""
@@ -352,7 +357,8 @@ def test_take():
     inventory.take()
 """
     )
-    run("--concurrency-data-races=warn").assert_outcomes(passed=1)
+    warned = run_subprocess("--concurrency-data-races=warn", *SHOW_WARNING)
+    warned.assert_outcomes(passed=1, warnings=1)
     bad = run("--concurrency-data-races=loud")
     assert bad.ret != 0
     bad.stdout.no_fnmatch_line("*INTERNALERROR*")
@@ -458,7 +464,7 @@ def test_a_length_check_then_append_is_reported_and_its_locked_twin_is_not(pytes
     assert entries["test_locked_buffer"]["data_races"] == []
 
 
-def test_odd_user_objects_never_break_the_call_or_the_plugin(pytester, run) -> None:
+def test_odd_user_objects_never_break_the_call_or_the_plugin(pytester, run_subprocess) -> None:
     pytester.makepyfile(
         f"""
         import pytest
@@ -497,7 +503,192 @@ def test_odd_user_objects_never_break_the_call_or_the_plugin(pytester, run) -> N
                 lazy.total
         """
     )
-    result = run("-p", "no:randomly")
+    result = run_subprocess("-p", "no:randomly", *SHOW_WARNING)
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
     result.stdout.no_fnmatch_line("*pytest_concurrency/races*")
+
+
+def test_warn_makes_a_pytest_warning_and_w_error_makes_it_a_failure(
+    pytester, run_subprocess
+) -> None:
+    """``data_races="warn"`` (marker or command line): a ``ConcurrencyDataRaceWarning`` in the
+    warnings summary, marked test and harness alike; ``-W error::...`` fails the test."""
+    pytester.makepyfile(
+        INVENTORY
+        + f"""
+@pytest.mark.concurrent({ONE_QUIET_RUN}, data_races="warn")
+def test_marked():
+    inventory.take()
+
+def test_harness(concurrency):
+    for run in concurrency.runs(1):
+        run(inventory.take, workers=4)
+"""
+    )
+    quiet = ("--concurrency-perturb=false", "-p", "no:randomly")
+    result = run_subprocess(*quiet, *SHOW_WARNING)
+    result.assert_outcomes(passed=1, failed=1, warnings=1)  # the harness: data_races="fail"
+    result.stdout.fnmatch_lines(
+        ["*warnings summary*", "*ConcurrencyDataRaceWarning: data races, reported as a warning*"]
+    )
+    warned = run_subprocess(*quiet, "--concurrency-data-races=warn", *SHOW_WARNING)
+    warned.assert_outcomes(passed=2, warnings=2)
+    warned.stdout.fnmatch_lines(["*Inventory.stock: read-then-write*"])
+    failed = run_subprocess(*quiet, "--concurrency-data-races=warn", "-W", f"error::{WARNING}")
+    failed.assert_outcomes(failed=2)
+    failed.stdout.fnmatch_lines(["*ConcurrencyDataRaceWarning: data races*"])
+
+
+def test_a_call_result_iterated_and_a_torn_read_are_reported_and_their_locked_twins_not(
+    pytester, run
+) -> None:
+    """``self.handlers().values()`` (an operand made by a call of the user's code that returns
+    the shared dict) iterated while another worker changes it; two dicts read while another
+    worker moves an item from one to the other. Their twins hold one lock."""
+    pytester.makepyfile(
+        f"""
+        import threading
+        import pytest
+
+        class Bus:
+            def __init__(self, lock=None):
+                self._handlers = {{"a": 1, "b": 2}}
+                self._lock = lock
+
+            def handlers(self):
+                return self._handlers
+
+            def publish(self):
+                if self._lock is None:
+                    return self.deliver()
+                with self._lock:
+                    return self.deliver()
+
+            def deliver(self):
+                delivered = 0
+                for _handler in self.handlers().values():
+                    delivered += 1
+                return delivered
+
+            def churn(self, name):
+                if self._lock is not None:
+                    with self._lock:
+                        self._handlers[name] = 3
+                        del self._handlers[name]
+                    return
+                self._handlers[name] = 3
+                del self._handlers[name]
+
+        class Board:
+            def __init__(self, lock=None):
+                self.pending = {{f"job-{{n}}": n for n in range(4)}}
+                self.done = {{}}
+                self._lock = lock or _NoLock()
+
+            def move(self, job):
+                with self._lock:
+                    self.done[job] = self.pending.pop(job)
+                    self.pending[job] = self.done.pop(job)
+
+            def total(self):
+                with self._lock:
+                    return len(self.pending) + len(self.done)
+
+        class _NoLock:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return None
+
+        bus, locked_bus = Bus(), Bus(threading.Lock())
+        board, locked_board = Board(), Board(threading.Lock())
+
+        def use_bus(bus, concurrency):
+            if concurrency.worker % 2:
+                bus.churn(f"w{{concurrency.worker}}")
+            else:
+                bus.publish()
+
+        def use_board(board, concurrency):
+            if concurrency.worker % 2:
+                board.total()
+            else:
+                board.move(f"job-{{concurrency.worker}}")
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_bus(concurrency):
+            use_bus(bus, concurrency)
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_locked_bus(concurrency):
+            use_bus(locked_bus, concurrency)
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_board(concurrency):
+            use_board(board, concurrency)
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_locked_board(concurrency):
+            use_board(locked_board, concurrency)
+        """
+    )
+    result = run("--concurrency-json=out.json", "-p", "no:randomly")
+    result.assert_outcomes(failed=2, passed=2)
+    entries = _entries(pytester.path / "out.json")
+    assert [(r["location"], r["kind"]) for r in entries["test_bus"]["data_races"]] == [
+        ("Bus._handlers", KIND_ITERATION)
+    ]
+    assert [(r["location"], r["kind"]) for r in entries["test_board"]["data_races"]] == [
+        ("Board.pending", KIND_TORN_READ)
+    ]
+    result.stdout.fnmatch_lines(
+        ["*Board.pending: torn-read: worker * read it and then Board.done, while worker *"]
+    )
+    assert entries["test_locked_bus"]["data_races"] == []
+    assert entries["test_locked_board"]["data_races"] == []
+
+
+def test_a_truth_test_then_pop_is_reported_and_its_locked_twin_is_not(pytester, run) -> None:
+    """``if not self._items: return None`` then ``self._items.pop(0)``: the truth test is a
+    read of the whole container, so two consumers make a check-then-act."""
+    pytester.makepyfile(
+        f"""
+        import threading
+        import pytest
+
+        class Stack:
+            def __init__(self, lock=None):
+                self._items = list(range(100))
+                self._lock = lock
+
+            def take(self):
+                if self._lock is None:
+                    return self._take()
+                with self._lock:
+                    return self._take()
+
+            def _take(self):
+                if not self._items:
+                    return None
+                return self._items.pop(0)
+
+        stack, locked = Stack(), Stack(threading.RLock())
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_take():
+            stack.take()
+
+        @pytest.mark.concurrent({ONE_QUIET_RUN})
+        def test_locked_take():
+            locked.take()
+        """
+    )
+    result = run("--concurrency-json=out.json", "-p", "no:randomly")
+    result.assert_outcomes(failed=1, passed=1)
+    entries = _entries(pytester.path / "out.json")
+    assert [(r["location"], r["kind"]) for r in entries["test_take"]["data_races"]] == [
+        ("Stack._items", KIND_STALE_READ)
+    ]
+    assert entries["test_locked_take"]["data_races"] == []

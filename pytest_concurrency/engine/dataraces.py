@@ -25,7 +25,10 @@ KIND_STALE_READ = "read-then-write"
 with the read: an update is lost, or acted on a stale check (lazy init, check-then-act)."""
 KIND_ITERATION = "iterate-while-mutate"
 """A worker iterated a container that another worker changed, with nothing ordering them."""
-KIND_ORDER = (KIND_STALE_READ, KIND_ITERATION)
+KIND_TORN_READ = "torn-read"
+"""A worker read two containers that another worker changed in two steps (written in the
+order they were read), with nothing ordering them: it can see a half-done update."""
+KIND_ORDER = (KIND_STALE_READ, KIND_ITERATION, KIND_TORN_READ)
 MAX_RACES_SHOWN = 5
 POLICIES = ("fail", "warn", "off")
 
@@ -81,13 +84,15 @@ class RaceAccess:
 @dataclass(frozen=True)
 class DataRace:
     """Two accesses of ``location`` by different workers, one a write, nothing ordering them;
-    ``acted_at`` is where the reader of a read-then-write wrote what it read."""
+    ``acted_at`` is where the reader of a read-then-write wrote what it read; ``also`` the
+    second location of a torn read."""
 
     location: str
     kind: str
     accesses: tuple[RaceAccess, RaceAccess]
     run: int
     acted_at: tuple[str, int] | None = None
+    also: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -104,11 +109,10 @@ class DataRace:
 
     def lines(self) -> list[str]:
         first, second = self.accesses
-        template = (
-            messages.DATA_RACE_STALE_READ
-            if self.kind == KIND_STALE_READ
-            else messages.DATA_RACE_ITERATION
-        )
+        template = {
+            KIND_STALE_READ: messages.DATA_RACE_STALE_READ,
+            KIND_TORN_READ: messages.DATA_RACE_TORN_READ,
+        }.get(self.kind, messages.DATA_RACE_ITERATION)
         acted = self.acted_at or (first.file, first.line)
         headline = template.format(
             location=self.location,
@@ -116,6 +120,7 @@ class DataRace:
             other=second.worker,
             op=second.op,
             acted=f"{os.path.basename(acted[0])}:{acted[1]}",
+            also=self.also or "?",
         )
         return [headline, first.text(), second.text()]
 

@@ -198,6 +198,12 @@ class LockWatch:
         return "\n".join("\n".join(lines) for lines in watch.inversions)
 
     def verdict(self, item: pytest.Item, watch: _Watch) -> None:
+        from pytest_concurrency.plugin.harness_entries import harness_of
+        from pytest_concurrency.plugin.verdicts import warn_data_races
+
+        harness = harness_of(item)  # a marked test warns when its series ends (verdicts)
+        if harness is not None:
+            warn_data_races(item, harness[1].outcome.data_races, watch.settings.data_races)
         text = self.inversion_text(watch)
         if not text:
             return

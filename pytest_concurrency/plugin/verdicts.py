@@ -23,8 +23,25 @@ from pytest_concurrency.plugin.items import (
 
 if TYPE_CHECKING:  # imported where used: an unmarked suite never loads them
     from pytest_concurrency.driver.harness import HarnessConfig
+    from pytest_concurrency.engine.dataraces import DataRace
     from pytest_concurrency.engine.outcomes import SeriesOutcome
     from pytest_concurrency.plugin.session import ConcurrencySession
+
+
+class ConcurrencyDataRaceWarning(pytest.PytestWarning):
+    """A data race under ``data_races="warn"`` (issue 18): shown in the warnings summary, and
+    a failure under ``-W error::pytest_concurrency.plugin.verdicts.ConcurrencyDataRaceWarning``."""
+
+
+def warn_data_races(item: pytest.Item, races: list[DataRace], policy: str) -> None:
+    """Under ``policy`` "warn", the test's data races as one pytest warning (called inside the
+    test's call, so that ``-W error::...`` fails the test rather than the report)."""
+    if policy != "warn" or not races:
+        return
+    from pytest_concurrency.engine.dataraces import race_lines
+
+    text = "\n".join(race_lines(races, failing=False))
+    item.warn(ConcurrencyDataRaceWarning(messages.DATA_RACE_WARNING.format(text=text)))
 
 
 def record_outcome(
@@ -53,6 +70,8 @@ def record_outcome(
             entry["failure_class"] = FAILURE_OWN
         entry["under_test"] = places_under_test(session, item, outcome)
     record_entry(item, entry)
+    settings = item.stash.get(SETTINGS_KEY, None) or session.settings
+    warn_data_races(item, outcome.data_races, settings.data_races)
 
 
 def places_under_test(

@@ -19,10 +19,15 @@ or a tuple of them: hashing any other key could run the user's code inside the t
 mutating method calls on such a container (``c.append(x)``, ``c.pop(k)``...), recorded as a
 write of the whole container; iteration over such a container or its
 ``keys()``/``values()``/``items()``; ``len(c)``, a read of the whole container (the check of a
-check-then-act on a buffer). Not covered: closure cells themselves (``nonlocal n; n += 1``),
-operands made by a call (``self.handlers().values()``), iteration inside a generator expression
-or (before 3.12) a comprehension, attributes behind properties or ``__getattr__``, truth tests
-(``if not c:``), and containers of other types.
+check-then-act on a buffer). An operand made by a call of the user's code that returns such an
+operand directly (``def handlers(self): return self._handlers``, then
+``self.handlers().values()``): the callee's load right before its ``return`` leaves the value
+for the call's site (``("result", offset)``, evaluated against the worker's *results*, which the
+call's own decision point clears first). A truth test of such a container loaded
+as an attribute or a global (``if not self._items:``) is a read of the whole container. Not
+covered: closure cells themselves (``nonlocal n; n += 1``), operands made by other calls,
+iteration inside a generator expression or (before 3.12) a comprehension, attributes behind
+properties or ``__getattr__``, truth tests of a local, and containers of other types.
 
 Reads of functions, classes, modules and descriptors are immutable in practice and never
 recorded. Pure module: no pytest import.
@@ -89,8 +94,9 @@ MISSING: Any = object()
 
 # -- the symbolic stack ----------------------------------------------------------------------
 # A recipe is a tuple: ("local", name), ("global", name), ("const", value),
-# ("attr", recipe, name), ("view", recipe) for c.keys()/values()/items(), ("iter", recipe);
-# None for a value the decoder cannot name.
+# ("attr", recipe, name), ("view", recipe) for c.keys()/values()/items(), ("iter", recipe),
+# ("result", offset) for what the call at ``offset`` returned; None for a value the decoder
+# cannot name.
 
 Recipe = tuple[Any, ...] | None
 
@@ -98,10 +104,17 @@ Recipe = tuple[Any, ...] | None
 class Operation(NamedTuple):
     """What the instruction at one offset does to shared state, as recipes to evaluate."""
 
-    kind: str  # "attr", "global", "item", "contains", "method", "iterate", "whole"
+    kind: str  # "attr", "global", "item", "contains", "method", "iterate", "whole", "call"
     op: str  # READ, WRITE or ITERATE
     target: Recipe  # the object (attr, method), the container (item, iterate)
-    name: Any = None  # the attribute, global or method name; the key recipe for items
+    name: Any = None  # the attribute, global or method name; the key recipe; a call's end
+    returned: bool = False  # a load the code returns at once: its value is the call's result
+    truth: bool = False  # a load whose truth is tested at once (``if not self._items:``)
+
+
+Results = dict[tuple[int, int], tuple[Any, str]]
+"""What calls of the user's code returned, by (id of the calling frame, offset of the call):
+the value and its label (one worker's, see :func:`evaluate`)."""
 
 
 _PY311 = sys.version_info >= (3, 11)
@@ -158,17 +171,40 @@ def decode(code: CodeType) -> dict[int, Operation]:
     operations: dict[int, Operation] = {}
     stack = _Stack()
     previous = ""
+    previous_offset = -1
+    call: Operation | None = None  # the call just decoded: its end is the next offset
     for instruction in dis.get_instructions(code):
+        if call is not None:
+            operations[previous_offset] = call._replace(name=instruction.offset)
+            call = None
         loop_head = instruction.opname == "FOR_ITER" and previous == "GET_ITER"
         if _is_jump_target(instruction) and not loop_head:
             stack.clear()  # a loop's head keeps its iterator: the loop jumps back to it
+        if instruction.opname == "RETURN_VALUE" or _tests_truth(instruction.opname):
+            loaded = operations.get(previous_offset)
+            if loaded is not None and loaded.op == READ and loaded.kind in ("attr", "global"):
+                operations[previous_offset] = (
+                    loaded._replace(returned=True)
+                    if instruction.opname == "RETURN_VALUE"
+                    else loaded._replace(truth=True)
+                )
         previous = instruction.opname
+        if previous not in _NO_EFFECT:
+            previous_offset = instruction.offset
         operation = _operation(instruction, stack)
         if operation is not None:
             operations[instruction.offset] = operation
+            call = operation if operation.kind == "call" else None
         if not _apply(instruction, stack):
             stack.clear()
     return operations
+
+
+def _tests_truth(opname: str) -> bool:
+    """``TO_BOOL``, ``UNARY_NOT`` and the jumps on a value's truth (not on ``is None``)."""
+    if opname in ("TO_BOOL", "UNARY_NOT"):
+        return True
+    return "JUMP" in opname and opname.endswith(("_IF_FALSE", "_IF_TRUE", "_OR_POP"))
 
 
 def _is_jump_target(instruction: dis.Instruction) -> bool:
@@ -210,7 +246,12 @@ def _operation(instruction: dis.Instruction, stack: _Stack) -> Operation | None:
             return Operation("iterate", ITERATE, iterator[1])
     if name in ("CALL", "CALL_FUNCTION") and instruction.arg == 1 and _calls_len(stack):
         return Operation("whole", READ, stack.peek(1))  # len(c): a check of the whole container
+    if name in _RESULT_CALLS:  # clears its earlier result; ``name``: where it ends
+        return Operation("call", READ, None, instruction.offset + 2)
     return None
+
+
+_RESULT_CALLS = frozenset({"CALL", "CALL_METHOD", "CALL_FUNCTION"})
 
 
 def _calls_len(stack: _Stack) -> bool:
@@ -274,9 +315,9 @@ def _apply_call(instruction: dis.Instruction, stack: _Stack) -> bool:
     name = instruction.opname
     arg = instruction.arg or 0
     if name in ("CALL", "CALL_METHOD"):
-        _call(stack, arg, arg + 2)
+        _call(stack, arg, arg + 2, instruction.offset)
     elif name == "CALL_FUNCTION":
-        _call(stack, arg, arg + 1)
+        _call(stack, arg, arg + 1, instruction.offset)
     elif name in ("CALL_KW", "CALL_FUNCTION_KW"):
         stack.pop(arg + (3 if name == "CALL_KW" else 2))
         stack.push(None)
@@ -285,8 +326,9 @@ def _apply_call(instruction: dis.Instruction, stack: _Stack) -> bool:
     return True
 
 
-def _call(stack: _Stack, arguments: int, popped: int) -> None:
-    """A call: ``c.keys()``/``values()``/``items()`` of a known container is a view of it."""
+def _call(stack: _Stack, arguments: int, popped: int, offset: int) -> None:
+    """A call: ``c.keys()``/``values()``/``items()`` of a known container is a view of it;
+    any other call's value is its result, known if the callee returned a load of the user's."""
     taken = stack.pop(popped)
     callee = taken[0]
     if (
@@ -297,7 +339,7 @@ def _call(stack: _Stack, arguments: int, popped: int) -> None:
     ):
         stack.push(("view", callee[1]))
     else:
-        stack.push(None)
+        stack.push(("result", offset))
 
 
 def _swap(stack: _Stack, depth: int) -> None:
@@ -311,12 +353,15 @@ def _swap(stack: _Stack, depth: int) -> None:
 # -- evaluating a recipe against the running frame ------------------------------------------
 
 
-def evaluate(recipe: Recipe, frame: FrameType) -> Any:
+def evaluate(recipe: Recipe, frame: FrameType, results: Results | None = None) -> Any:
     """The value ``recipe`` names in ``frame``, read without running any of the user's code
     (no property, no ``__getattr__``); :data:`MISSING` when it cannot be known."""
     if recipe is None:
         return MISSING
     what = recipe[0]
+    if what == "result":
+        found = results.get((id(frame), recipe[1])) if results else None
+        return MISSING if found is None else found[0]
     if what == "local":
         return frame.f_locals.get(recipe[1], MISSING)
     if what == "global":
@@ -324,10 +369,10 @@ def evaluate(recipe: Recipe, frame: FrameType) -> Any:
     if what == "const":
         return recipe[1]
     if what == "attr":
-        owner = evaluate(recipe[1], frame)
+        owner = evaluate(recipe[1], frame, results)
         return MISSING if owner is MISSING else static_attribute(owner, recipe[2])
     if what in ("view", "iter"):
-        return evaluate(recipe[1], frame)
+        return evaluate(recipe[1], frame, results)
     return MISSING
 
 
@@ -351,7 +396,7 @@ def own_dict(owner: Any) -> Any:
         return None
 
 
-def recipe_label(recipe: Recipe, frame: FrameType) -> str:
+def recipe_label(recipe: Recipe, frame: FrameType, results: Results | None = None) -> str:
     """How the user would name what ``recipe`` names: ``Inventory.stock``, ``_cache``."""
     if recipe is None:
         return "?"
@@ -359,10 +404,13 @@ def recipe_label(recipe: Recipe, frame: FrameType) -> str:
     if what in ("local", "global"):
         return str(recipe[1])
     if what == "attr":
-        owner = evaluate(recipe[1], frame)
+        owner = evaluate(recipe[1], frame, results)
         return attribute_label(owner, recipe[2]) if owner is not MISSING else recipe[2]
     if what in ("view", "iter"):
-        return recipe_label(recipe[1], frame)
+        return recipe_label(recipe[1], frame, results)
+    if what == "result":
+        found = results.get((id(frame), recipe[1])) if results else None
+        return "?" if found is None else found[1]
     return "?"
 
 

@@ -16,6 +16,9 @@ and iteration of each worker with the vector clock it was made under
   clean: its window is guarded;
 * **iterate-while-mutate**: a worker iterated a container that another worker changed
   (an item stored or deleted, a mutating method called), with nothing ordering the two.
+* **torn-read**: a worker read two containers that another worker changed in two steps, in
+  the order they were read, with nothing ordering them
+  (:mod:`~pytest_concurrency.races.torn_reads`).
 
 Two writes alone are not reported: ``list.append``, ``dict.__setitem__`` and a plain attribute
 store are atomic in CPython on both builds. Nor are two accesses made holding one lock (a real
@@ -48,6 +51,7 @@ from pytest_concurrency.engine.dataraces import (
     DATA_RACE_ORIGIN,
     KIND_ITERATION,
     KIND_STALE_READ,
+    KIND_TORN_READ,
     DataRace,
     RaceAccess,
     allowed,
@@ -55,7 +59,7 @@ from pytest_concurrency.engine.dataraces import (
     race_lines,
 )
 from pytest_concurrency.engine.outcomes import CallFailure, FailureOrigin, RunRecord
-from pytest_concurrency.races import happens_before
+from pytest_concurrency.races import happens_before, torn_reads
 from pytest_concurrency.races.accesses import (
     CONTAINER_TYPES,
     ITERATE,
@@ -63,16 +67,14 @@ from pytest_concurrency.races.accesses import (
     READ,
     WRITE,
     Operation,
+    Results,
     attribute_label,
     decode,
     evaluate,
-    is_immutable_value,
-    key_text,
-    mutating_method,
-    recipe_label,
     static_attribute,
 )
 from pytest_concurrency.races.happens_before import Clock, RunClocks, ordered_before
+from pytest_concurrency.races.locations import WHOLE, locate
 from pytest_concurrency.races.originals import ORIGINAL_CONDITION, RAW_LOCK_TYPE, RAW_RLOCK_TYPE
 from pytest_concurrency.races.perturb import (
     NoPerturbation,
@@ -89,12 +91,13 @@ MAX_LOCATIONS_PER_RUN = 100_000
 bounded on a long body)."""
 MAX_RACES_PER_RUN = 50
 MAX_REAL_LOCKS = 64
+MAX_RESULTS = 256
+"""Call results a worker's call keeps (containers its calls of the user's code returned)."""
 MAX_PATH = 4
 """The user's calls kept with an access (the call path a report shows)."""
 """Real locks (made out of the window's reach) a worker's call remembers having read."""
 QUIET_PROFILE = RunProfile(give_way_rate=0.0, sleep_share=0.0, longest_sleep=1e-6)
 """``perturb=False`` with the watch on: decision points that never give way."""
-WHOLE = "<whole>"
 
 
 @dataclass(slots=True)
@@ -133,6 +136,7 @@ class _Location:
     writes: dict[int, _Access] = field(default_factory=dict)
     windows: dict[int, _Window] = field(default_factory=dict)
     iterations: dict[int, _Access] = field(default_factory=dict)
+    first_writes: dict[int, _Access] = field(default_factory=dict)  # containers (torn reads)
 
 
 Held = tuple[Any, int, str]
@@ -172,6 +176,8 @@ class RunAccesses:
         self._locations: dict[tuple[Any, ...], _Location] = {}
         self._seq = itertools.count()
         self._mutex: Any = _thread.allocate_lock()
+        self._recent_reads: dict[int, list[_Location]] = {}  # by worker: the last containers
+        self._recent_writes: dict[int, list[_Location]] = {}
 
     def record(
         self,
@@ -203,6 +209,22 @@ class RunAccesses:
             else:
                 self._check_write(location, access)
                 location.writes[worker] = access
+            if key[1] is WHOLE and op != ITERATE:
+                self._check_torn(location, access)
+
+    def _check_torn(self, location: _Location, access: _Access) -> None:
+        """A container read or written: the torn reads it completes (:mod:`torn_reads`)."""
+        me = access.worker
+        if access.op == READ:
+            recent = self._recent_reads.setdefault(me, [])
+            found = list(torn_reads.after_read(recent, location, access))
+        else:
+            location.first_writes.setdefault(me, access)
+            recent = self._recent_writes.setdefault(me, [])
+            found = list(torn_reads.after_write(recent, location, access))
+        torn_reads.remember(recent, location)
+        for first, read, write in found:
+            self._race(first, KIND_TORN_READ, read, write, also=location.label)
 
     def _check_windows(self, location: _Location, access: _Access) -> None:
         """``access`` against the finished read-then-write windows of the other workers."""
@@ -246,6 +268,7 @@ class RunAccesses:
         first: _Access,
         second: _Access,
         acted: tuple[str, int] | None = None,
+        also: str | None = None,
     ) -> None:
         if (
             len(self.races) >= MAX_RACES_PER_RUN
@@ -254,7 +277,7 @@ class RunAccesses:
         ):
             return
         first_shown = first.shown(READ) if kind == KIND_ITERATION else first.shown()
-        race = DataRace(location.label, kind, (first_shown, second.shown()), self.run, acted)
+        race = DataRace(location.label, kind, (first_shown, second.shown()), self.run, acted, also)
         self.races.setdefault(race.key, race)
 
 
@@ -262,6 +285,7 @@ class _WorkerState(threading.local):
     worker: int = -1
     accesses: RunAccesses | None = None
     real_locks: dict[int, tuple[Any, str]] | None = None  # real locks read in this call
+    results: Results | None = None  # what this call's calls of the user's code returned
 
 
 class _WatchedPoint:
@@ -331,13 +355,14 @@ class DataRaceWatch:
         state.worker = worker
         state.accesses = self._accesses_of(run)
         state.real_locks = {}
+        state.results = {}
         self.inner.call_started(worker, run, run_seed)
         self.inner.watch_points(lambda inner: _WatchedPoint(inner, self, worker))
 
     def call_finished(self) -> None:
         self.inner.call_finished()
         state = self._state
-        state.worker, state.accesses, state.real_locks = -1, None, None
+        state.worker, state.accesses, state.real_locks, state.results = -1, None, None, None
 
     def describe_run(self, record: RunRecord) -> list[str]:
         """The run's data races into its record (and its failures, under "fail"); the lines
@@ -380,7 +405,8 @@ class DataRaceWatch:
 
     def observe(self, frame: FrameType, worker: int) -> None:
         """Record what the instruction ``frame`` is about to run touches, if it is shared."""
-        accesses = self._state.accesses
+        state = self._state
+        accesses = state.accesses
         if accesses is None:
             return
         code = frame.f_code
@@ -390,10 +416,17 @@ class DataRaceWatch:
         operation = operations.get(frame.f_lasti)
         if operation is None:
             return
+        results = state.results
+        if operation.kind == "call":  # what this call returns is not known yet
+            if results:
+                results.pop((id(frame), frame.f_lasti), None)
+            return
         try:
             if self._is_lock_read(operation, frame):
                 return
-            located = locate(operation, frame)
+            located = locate(operation, frame, results or {})
+            if operation.returned and results is not None:
+                _leave_result(operation, frame, results, self._decoded)
         except Exception:  # reading the user's objects must never break the user's call
             return
         if located is None:
@@ -447,9 +480,6 @@ class DataRaceWatch:
         return True
 
 
-Located = list[tuple[tuple[Any, ...], object, Any, str]]
-
-
 def _real_lock_of(value: Any) -> Any:
     """The real lock or reentrant lock ``value`` is, or guards (a real condition); None."""
     kind = type(value)
@@ -467,88 +497,43 @@ def _is_held(lock: Any) -> bool:
     return bool(lock.locked())  # by someone: maybe this worker
 
 
-def locate(operation: Operation, frame: FrameType) -> Located | None:
-    """The locations ``operation`` touches in ``frame``: (key, object kept, label, op)."""
-    kind = operation.kind
-    if kind == "attr":
-        return _attribute(operation, frame)
-    if kind == "global":
-        return _global(operation, frame)
-    container = evaluate(operation.target, frame)
-    if not isinstance(container, CONTAINER_TYPES):
-        return None
-    whole = ((id(container), WHOLE), container, lambda: recipe_label(operation.target, frame))
-    if kind == "method":
-        if not mutating_method(container, operation.name):
-            return None
-        return [(*whole, WRITE)]
-    if kind == "iterate":
-        return [(*whole, ITERATE)]
-    if kind == "whole":
-        return [(*whole, READ)]
-    if kind == "contains" and not isinstance(container, (dict, set)):
-        return [(*whole, READ)]  # a scan of a list or deque
-    key = evaluate(operation.name, frame)
-    if key is MISSING:
-        return None
-    if not _plain_key(key):
-        return None  # hashing or comparing it could run the user's code inside the tracer
-
-    def label() -> str:
-        return f"{recipe_label(operation.target, frame)}[{key_text(key)}]"
-
-    item = ((id(container), key), container, label)
-    if operation.op == WRITE:
-        return [(*item, WRITE), (*whole, WRITE)]
-    return [(*item, READ)]
+def _leave_result(
+    operation: Operation,
+    frame: FrameType,
+    results: Results,
+    decoded: dict[CodeType, dict[int, Operation]],
+) -> None:
+    """``return self._items``: the container the load is about to return becomes the result
+    of the call that made ``frame``, at the caller's call site (while this worker's call
+    lasts: ``results`` is cleared at the call's end and each entry at its call's next run).
+    A caller paused elsewhere than in a call (a property's getter runs inside a load) or not
+    the user's (not decoded) gets nothing."""
+    caller = frame.f_back
+    if caller is None or len(results) >= MAX_RESULTS:
+        return
+    site = _call_site(decoded.get(caller.f_code), caller.f_lasti)
+    if site < 0:
+        return
+    if operation.kind == "global":
+        value = frame.f_globals.get(operation.name, MISSING)
+        label = str(operation.name)
+    else:
+        owner = evaluate(operation.target, frame, results)
+        if owner is MISSING:
+            return
+        value = static_attribute(owner, operation.name)
+        label = attribute_label(owner, operation.name)
+    if isinstance(value, CONTAINER_TYPES):
+        results[(id(caller), site)] = (value, label)
 
 
-PLAIN_KEY_TYPES = frozenset({str, int, float, bytes, bool, type(None)})
-
-
-def _plain_key(key: Any) -> bool:
-    """A key whose hash and equality are the builtins' own (a tuple of such keys too)."""
-    if type(key) is tuple:
-        return all(_plain_key(part) for part in key)
-    return type(key) in PLAIN_KEY_TYPES
-
-
-def _attribute(operation: Operation, frame: FrameType) -> Located | None:
-    if _initializing(operation, frame.f_code):
-        return None
-    owner = evaluate(operation.target, frame)
-    if owner is MISSING:
-        return None
-    name = operation.name
-    if operation.op == READ:
-        value = static_attribute(owner, name)
-        if value is MISSING or is_immutable_value(value):
-            return None
-    return [((id(owner), name), owner, lambda: attribute_label(owner, name), operation.op)]
-
-
-def _initializing(operation: Operation, code: CodeType) -> bool:
-    """``self.x`` in ``__init__``: the object is being made by this worker and is not shared
-    yet (its maker publishes it afterwards, through a container or an attribute)."""
-    return (
-        code.co_name == "__init__"
-        and code.co_argcount > 0
-        and operation.target == ("local", code.co_varnames[0])
-    )
-
-
-def _global(operation: Operation, frame: FrameType) -> Located | None:
-    namespace = frame.f_globals
-    name = operation.name
-    if operation.op == READ:
-        value = namespace.get(name, MISSING)
-        if value is MISSING or is_immutable_value(value):
-            return None  # a builtin, a function, a class, a module
-    module = sys.modules.get(str(namespace.get("__name__")))
-    owner: object = module if module is not None and vars(module) is namespace else namespace
-    if owner is namespace:
-        return [((id(owner), name), owner, lambda: str(name), operation.op)]
-    return [((id(owner), name), owner, lambda: attribute_label(owner, name), operation.op)]
+def _call_site(operations: dict[int, Operation] | None, lasti: int) -> int:
+    """The offset of the call the caller is paused in (its ``f_lasti`` may point into the
+    call's inline caches), or -1."""
+    for offset, operation in (operations or {}).items():
+        if operation.kind == "call" and offset <= lasti < operation.name:
+            return offset
+    return -1
 
 
 def race_failure(races: Sequence[DataRace], record: RunRecord) -> CallFailure:
